@@ -1,0 +1,5 @@
+"""``python -m AmyloidKDLib``: the library's command line (see AmyloidKDLib.cli)."""
+
+from AmyloidKDLib.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Subcommands of the ``amyloidkd`` command line, one module each (see AmyloidKDLib.cli)."""

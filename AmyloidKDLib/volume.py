@@ -1,0 +1,252 @@
+"""One image type for every step: a float32 array in RAS+ voxel order with its affine.
+
+Orientation is resolved once, on load: data *and* affine are reoriented together to the
+closest canonical (RAS+) orientation, so nothing downstream guesses axes. (Reorienting the
+header without the data silently mirrors a brain; never do that.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+from AmyloidKDLib.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "T2star")
+MODALITIES = MRI_MODALITIES + ("PET", "mask", "label", "saliency")
+
+#: Largest in-memory float32 volume accepted by default, in MiB (override per call or with
+#: the environment variable AMYLOIDKD_MAX_VOLUME_MB).
+DEFAULT_MAX_VOLUME_MB = 2048.0
+#: Voxel sizes above this (mm) are implausible for the structural analysis we do.
+MAX_PLAUSIBLE_SPACING_MM = 5.0
+#: Largest/smallest voxel edge ratio above which an MRI is too anisotropic for sagittal slicing.
+MAX_MRI_ANISOTROPY = 4.0
+
+
+class VolumeWarning(UserWarning):
+    """A volume loaded but looks implausible for this analysis (reported, not fatal)."""
+
+
+@dataclass
+class Volume:
+    """A 3-D image: ``data[i, j, k]`` in RAS+ voxel order and the 4x4 ``affine`` (ijk -> RAS mm).
+
+    Attributes:
+        data: float32 array of shape (X, Y, Z); axis 0 runs left->right, 1 posterior->anterior,
+            2 inferior->superior once loaded through :func:`load_volume`.
+        affine: 4x4 voxel-to-world (RAS, millimetres) matrix.
+        modality: what the intensities are: one of ``MODALITIES``.
+        source: the file it came from, if any.
+        warnings: plausibility warnings found when it was validated.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    modality: str = "T1w"
+    source: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data = np.ascontiguousarray(self.data, dtype=np.float32)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.data.ndim != 3:
+            raise InputError(f"a Volume must be 3-D, got an array of shape {self.data.shape}")
+        if self.affine.shape != (4, 4):
+            raise InputError(f"a Volume's affine must be 4x4, got shape {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Voxel grid size (X, Y, Z)."""
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel edge lengths in mm, derived from the affine."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> str:
+        """Axis code such as ``RAS`` or ``LPS``, derived from the affine."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """The voxel-to-world matrix (alias of ``affine``, named as Slicer names it)."""
+        return self.affine
+
+    def with_data(self, data: np.ndarray, modality: str | None = None) -> "Volume":
+        """A new Volume on the same grid with other intensities (e.g. after a filter)."""
+        return Volume(data, self.affine.copy(), modality or self.modality, self.source)
+
+    def to_nifti(self, dtype: np.dtype | type = np.float32) -> nib.Nifti1Image:
+        """This volume as a nibabel image (sform and qform set to the affine)."""
+        img = nib.Nifti1Image(np.asarray(self.data, dtype=dtype), self.affine)
+        img.set_qform(self.affine, code=1)
+        img.set_sform(self.affine, code=1)
+        img.header.set_xyzt_units("mm")
+        return img
+
+    def __repr__(self) -> str:
+        sp = "x".join(f"{s:.2f}" for s in self.spacing)
+        return (f"Volume(modality={self.modality!r}, shape={self.shape}, spacing={sp} mm, "
+                f"orientation={self.orientation}, source={self.source!r})")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + " ".join(str(exc).split())
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _max_bytes(max_megabytes: float | None) -> float:
+    if max_megabytes is None:
+        max_megabytes = float(os.environ.get("AMYLOIDKD_MAX_VOLUME_MB", DEFAULT_MAX_VOLUME_MB))
+    return max_megabytes * 1024 * 1024
+
+
+def _squeeze_to_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    if len(shape) < 3:
+        raise InputError(f"{path}: image is {len(shape)}-D (shape {shape}); a 3-D volume is needed")
+    if len(shape) > 3:
+        extra = shape[3:]
+        if any(s != 1 for s in extra):
+            raise InputError(
+                f"{path}: image is {len(shape)}-D with {int(np.prod(extra))} frames (shape {shape}); "
+                "give a single 3-D volume (e.g. the mean or the 50-70 min SUVR frame)")
+    if min(shape[:3]) < 2:
+        raise InputError(f"{path}: image of shape {shape} is a single plane, not a 3-D volume")
+    return tuple(int(s) for s in shape[:3])  # type: ignore[return-value]
+
+
+def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip ``data`` to the closest canonical RAS+ order and update ``affine`` to match."""
+    ornt = orientations.io_orientation(affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return data, affine
+    new_data = orientations.apply_orientation(data, ornt)
+    new_affine = affine @ orientations.inv_ornt_aff(ornt, data.shape)
+    return np.ascontiguousarray(new_data), new_affine
+
+
+def check_volume(volume: Volume) -> list[str]:
+    """Plausibility warnings for a loaded volume (voxel size, anisotropy). Empty when fine."""
+    found = []
+    spacing = np.asarray(volume.spacing)
+    shown = " x ".join(f"{s:.3g}" for s in spacing)
+    if spacing.max() > MAX_PLAUSIBLE_SPACING_MM:
+        found.append(f"voxel size {shown} mm has an edge above "
+                     f"{MAX_PLAUSIBLE_SPACING_MM} mm: too coarse for reliable registration")
+    if volume.modality in MRI_MODALITIES and spacing.max() / spacing.min() > MAX_MRI_ANISOTROPY:
+        found.append(f"voxel size {shown} mm is anisotropic beyond "
+                     f"{MAX_MRI_ANISOTROPY}:1; sagittal slices will be blurred along the thick axis")
+    return found
+
+
+def load_volume(
+    path: str | os.PathLike,
+    modality: str = "T1w",
+    *,
+    replace_nonfinite: bool = False,
+    max_megabytes: float | None = None,
+) -> Volume:
+    """Read a NIfTI file, validate it and return it reoriented to RAS+.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        modality: what the image is (``T1w``, ``T2w``, ``FLAIR``, ``T2star``, ``PET``, ...).
+        replace_nonfinite: replace NaN/Inf voxels with 0 (reported as a warning) instead of
+            refusing the file.
+        max_megabytes: memory guard for the float32 array; default 2048 MiB or the
+            environment variable ``AMYLOIDKD_MAX_VOLUME_MB``.
+
+    Raises:
+        InputError: missing, unreadable, truncated or non-image file; not 3-D; empty or
+            constant; NaN/Inf voxels (unless ``replace_nonfinite``); too large.
+    """
+    path = Path(path)
+    if modality not in MODALITIES:
+        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a NIfTI file")
+    if not _is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz); convert DICOM "
+                         "with dcm2niix first")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for garbage input
+        raise InputError(f"{path}: cannot be read as NIfTI ({_one_line(exc)}); "
+                         "the file is damaged or not an image") from None
+
+    shape = _squeeze_to_3d(tuple(img.shape), path)
+    needed = float(np.prod(shape)) * 4
+    if needed > _max_bytes(max_megabytes):
+        raise InputError(
+            f"{path}: volume {shape} needs {needed / 2**20:.0f} MiB as float32, above the "
+            f"{_max_bytes(max_megabytes) / 2**20:.0f} MiB guard; resample it or raise "
+            "AMYLOIDKD_MAX_VOLUME_MB")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except Exception as exc:
+        raise InputError(f"{path}: image data cannot be read ({_one_line(exc)}); "
+                         "the file is probably truncated - copy or export it again") from None
+
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: the header's voxel-to-world matrix is invalid (singular or "
+                         "non-finite); fix the NIfTI header (sform/qform)")
+
+    found: list[str] = []
+    bad = ~np.isfinite(data)
+    if bad.any():
+        n_bad = int(bad.sum())
+        if not replace_nonfinite:
+            raise InputError(f"{path}: {n_bad} voxels are NaN or Inf; fix the image or allow "
+                             "replacing them with 0 (replace_nonfinite=True / --replace-nonfinite)")
+        data[bad] = 0.0
+        found.append(f"{n_bad} NaN/Inf voxels replaced with 0")
+    if not np.any(data):
+        raise InputError(f"{path}: image is empty (every voxel is 0)")
+    if float(data.max()) == float(data.min()):
+        raise InputError(f"{path}: image is constant (every voxel is {float(data.min()):g}); "
+                         "it holds no anatomy")
+
+    data, affine = reorient_to_ras(data, affine)
+    volume = Volume(data, affine, modality, str(path))
+    volume.warnings = found + check_volume(volume)
+    for message in volume.warnings:
+        warnings.warn(f"{path}: {message}", VolumeWarning, stacklevel=2)
+    return volume
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type = np.float32) -> Path:
+    """Write ``volume`` as NIfTI atomically (temporary file in the same folder, then rename).
+
+    A crash or a full disk never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    if not _is_nifti(path):
+        raise InputError(f"{path}: output must end in .nii or .nii.gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(volume.to_nifti(dtype), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,16 @@
+"""The ``amyloidkd`` console script: the library's subcommands plus the training pipeline's."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from AmyloidKDLib.cli import run
+
+#: Pipeline subcommand modules (each has ``register(subparsers)``).
+TRAINING_COMMANDS: tuple[str, ...] = ()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``amyloidkd`` command."""
+    sys.exit(run(argv, TRAINING_COMMANDS))

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from AmyloidKDLib.errors import AmyloidKDError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
-LIBRARY_COMMANDS = ("info",)
+LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom")
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,85 @@
+"""Headless batch prediction inside 3D Slicer.
+
+    Slicer --no-main-window --python-script AmyloidKDBatch.py -- \
+        --input DIR_OR_CSV --out DIR [--checkpoint CKPT] [--device auto|cpu|cuda] \
+        [--skull-strip hd-bet-v1|hd-bet|none] [--timeout SECONDS] [--no-scene]
+
+Each MRI is loaded as a volume node and run through ``AmyloidKDLogic.process`` (the same
+path as the Apply button). Per case, ``OUT/<case>/`` receives the prediction command's files
+(results.csv, saliency NIfTIs, top-region label map, overview PNG) and, unless ``--no-scene``,
+a Slicer scene ``<case>.mrb`` with the MRI and both overlays for review. ``OUT/batch_results.csv``
+summarises all cases. Exit code: 0 all cases ok, 1 some failed, 2 bad usage or input.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def run_batch(argv: list) -> int:
+    """Process every case named by ``argv``; return the exit code."""
+    import slicer
+
+    moduleDir = str(Path(slicer.util.modulePath("AmyloidKD")).parent)
+    if moduleDir not in sys.path:
+        sys.path.insert(0, moduleDir)
+    from AmyloidKDModuleLib.batch import (
+        EXIT_USAGE,
+        BatchRow,
+        batch_exit_code,
+        list_cases,
+        parse_batch_arguments,
+        write_batch_summary,
+    )
+    from AmyloidKDModuleLib.errors import ModuleError
+    from AmyloidKDModuleLib.runner import case_name
+
+    try:
+        args = parse_batch_arguments(argv)
+    except SystemExit as exc:  # argparse already printed the usage and the problem
+        return EXIT_USAGE if exc.code else 0
+    checkpoint = args.checkpoint or slicer.util.settingsValue("AmyloidKD/checkpoint", "")
+    try:
+        cases = list_cases(args.input)
+        if not str(checkpoint).strip():
+            raise ModuleError("no checkpoint: pass --checkpoint (the student checkpoint folder).")
+        from AmyloidKD import AmyloidKDLogic  # the module file, already loaded by Slicer
+
+        logic = AmyloidKDLogic()
+        logic.setupPythonRequirements(args.skull_strip, askConfirmation=False)
+    except ModuleError as exc:
+        print(f"AmyloidKDBatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for index, path in enumerate(cases, start=1):
+        case = case_name(path)
+        caseOut = args.out / case
+        print(f"AmyloidKDBatch: [{index}/{len(cases)}] {case}", flush=True)
+        started = time.monotonic()
+        slicer.mrmlScene.Clear()
+        try:
+            mriNode: "vtkMRMLScalarVolumeNode" = slicer.util.loadVolume(str(path), properties={"name": case, "show": False})
+            result = logic.process(mriNode, checkpoint=checkpoint, device=args.device, skullStrip=args.skull_strip,
+                                   showResult=not args.no_scene, outputDirectory=caseOut, timeout=args.timeout)
+            if not args.no_scene:
+                slicer.util.saveScene(str(caseOut / f"{case}.mrb"))
+            rows.append(BatchRow(case, str(path), "ok", result.probability, result.label, result.threshold,
+                                 seconds=round(time.monotonic() - started, 2)))
+            print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.labelText}", flush=True)
+        except Exception as exc:  # one bad case must not stop the batch; it is recorded with its reason
+            logging.exception(f"AmyloidKDBatch: {case} failed")
+            rows.append(BatchRow(case, str(path), "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                 seconds=round(time.monotonic() - started, 2)))
+    summary = write_batch_summary(rows, args.out / "batch_results.csv")
+    failed = sum(r.status != "ok" for r in rows)
+    print(f"AmyloidKDBatch: {len(rows) - failed} ok, {failed} failed; summary in {summary}", flush=True)
+    return batch_exit_code(rows)
+
+
+if __name__ == "__main__":
+    import slicer
+
+    slicer.util.exit(run_batch(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""Safe model checkpoints: a folder with ``model.safetensors`` and ``checkpoint.json``.
+
+The JSON carries everything needed to rebuild and trust the model: the model config, the
+preprocessing and slicing configs the model was trained with, the decision threshold, metrics,
+provenance, package versions, and the SHA-256 and size of the weights file. Loading checks all
+of it and raises :class:`CheckpointError` for a truncated, tampered, mismatched or unknown file.
+Nothing is ever unpickled: weights are read with safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from AmyloidKDLib.errors import AmyloidKDError, CheckpointError
+
+FORMAT_NAME = "amyloidkd-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "checkpoint.json"
+_VERSIONED_PACKAGES = ("amyloidkd", "torch", "open_clip_torch", "timm", "peft", "safetensors", "numpy")
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything stored next to the weights (see module docstring)."""
+
+    model_config: Any  # AmyloidKDLib.models.ModelConfig
+    prep_config: dict
+    slice_config: dict
+    threshold: float
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    path: Path | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a model's weights and outputs."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(target: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, model_config: Any, *, prep_config: dict,
+                    slice_config: dict, threshold: float, metrics: dict | None = None,
+                    provenance: dict | None = None) -> Path:
+    """Write ``model``'s weights and their description into ``directory``; returns the folder.
+
+    Both files are written to temporary names and renamed into place (the JSON last), so a
+    crash never leaves a half-written file under the final name.
+    """
+    from safetensors.torch import save_file
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise CheckpointError(f"decision threshold must be a probability in [0, 1], got {threshold}.")
+    info = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_config": model_config.to_dict(),
+        "prep_config": prep_config,
+        "slice_config": slice_config,
+        "threshold": float(threshold),
+        "metrics": metrics or {},
+        "provenance": provenance or {},
+        "versions": package_versions(),
+    }
+    try:
+        json.dumps(info, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serialisable ({exc}); pass plain "
+                              "dicts of numbers and strings for configs, metrics and provenance.") from exc
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    weights_path = directory / WEIGHTS_FILE
+    _write_atomically(weights_path,
+                      lambda p: save_file(state, str(p), metadata={"format": "pt", "producer": FORMAT_NAME}))
+    info["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(weights_path),
+                       "size_bytes": weights_path.stat().st_size, "tensors": len(state)}
+    text = json.dumps(info, indent=2, sort_keys=True, allow_nan=False)
+    _write_atomically(directory / INFO_FILE, lambda p: p.write_text(text + "\n"))
+    return directory
+
+
+def _read_info(directory: Path) -> dict:
+    info_path = directory / INFO_FILE
+    if not info_path.is_file():
+        found = ", ".join(sorted(p.name for p in directory.iterdir())[:8]) or "nothing"
+        raise CheckpointError(f"{directory} is not an AmyloidKD checkpoint: {INFO_FILE} is missing "
+                              f"(found: {found}). A checkpoint is a folder with {WEIGHTS_FILE} and "
+                              f"{INFO_FILE}, written by save_checkpoint; pickled .pt/.bin files are "
+                              "not loaded.")
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{info_path} is damaged (not valid JSON: {exc}). Re-export the "
+                              "checkpoint or restore it from a copy.") from exc
+    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{info_path} is not an AmyloidKD checkpoint description "
+                              f"(format is {info.get('format') if isinstance(info, dict) else None!r}, "
+                              f"expected '{FORMAT_NAME}').")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(f"{info_path} has checkpoint format version {version!r}; this AmyloidKD "
+                              f"reads version {FORMAT_VERSION}. Upgrade AmyloidKD to load it.")
+    missing = [k for k in ("model_config", "prep_config", "slice_config", "threshold", "weights")
+               if k not in info]
+    if missing:
+        raise CheckpointError(f"{info_path} lacks the entries {', '.join(missing)}.")
+    return info
+
+
+def _check_weights_file(directory: Path, info: dict) -> Path:
+    recorded = info["weights"]
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint folder is incomplete.")
+    size = path.stat().st_size
+    if size != recorded.get("size_bytes"):
+        raise CheckpointError(f"{path} has {size} bytes but the checkpoint recorded "
+                              f"{recorded.get('size_bytes')}: the file is truncated or was replaced. "
+                              "Copy the checkpoint again.")
+    if _sha256(path) != recorded.get("sha256"):
+        raise CheckpointError(f"{path} does not match the SHA-256 recorded in {INFO_FILE}: the "
+                              "weights were modified or corrupted. Use an untouched copy.")
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild the model saved in ``path`` (the folder, or its ``checkpoint.json``), in eval mode.
+
+    Raises:
+        CheckpointError: missing, truncated, tampered, unknown-format or incompatible files.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from AmyloidKDLib.models import ModelConfig, build_model
+
+    directory = Path(path)
+    if directory.is_file() and directory.name == INFO_FILE:
+        directory = directory.parent
+    if not directory.exists():
+        raise CheckpointError(f"checkpoint {directory} does not exist.")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not an AmyloidKD checkpoint folder "
+                              f"({WEIGHTS_FILE} + {INFO_FILE}). Pickled .pt/.bin/.ckpt files are never "
+                              "loaded, for safety; export the model with save_checkpoint.")
+    info = _read_info(directory)
+    weights_path = _check_weights_file(directory, info)
+    try:
+        config = ModelConfig.from_dict(info["model_config"])
+    except AmyloidKDError as exc:
+        raise CheckpointError(f"the model config in {directory / INFO_FILE} is not usable by this "
+                              f"AmyloidKD version: {exc}") from exc
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {weights_path}: {exc}.") from exc
+    model = build_model(config, load_pretrained=False)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        def first(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+        raise CheckpointError(
+            f"the weights in {weights_path} do not match the model described in {INFO_FILE} "
+            f"({config.kind}, encoder {config.encoder}): {len(missing)} missing [{first(missing)}], "
+            f"{len(unexpected)} unexpected [{first(unexpected)}], {len(wrong)} with another shape "
+            f"[{first(wrong)}]. The two files do not belong together.")
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return model, CheckpointInfo(
+        model_config=config, prep_config=info["prep_config"], slice_config=info["slice_config"],
+        threshold=float(info["threshold"]), metrics=info.get("metrics", {}),
+        provenance=info.get("provenance", {}), versions=info.get("versions", {}),
+        created=info.get("created", ""), path=directory)

@@ -1,0 +1,272 @@
+"""``amyloidkd predict INPUT --checkpoint CKPT --out DIR``: batch prediction with saliency maps.
+
+INPUT is a NIfTI file, a folder of NIfTI files or a manifest CSV (column ``t1w`` or
+``mri_path``). DIR receives ``results.csv`` and, per case, the saliency NIfTIs (native and
+MNI), the top-region label map and an overview PNG. A case that fails is recorded with its
+error and the batch goes on; the exit code is 0 when every case worked, 1 when some failed,
+2 for bad usage or input (see docs/INTERFACES.md, "Prediction CLI").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.volume import NIFTI_SUFFIXES, save_volume
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("case", "input", "probability", "label", "threshold", "status", "error",
+                  "seconds_prepare", "seconds_model", "seconds_saliency", "seconds_total")
+MANIFEST_PATH_COLUMNS = ("t1w", "mri_path")
+SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
+PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
+#: Per-case steps reported on the progress channel, in order.
+CASE_STEPS = ("load", "prepare", "model", "saliency", "write")
+EXIT_OK, EXIT_SOME_FAILED = 0, 1
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of a batch: its output name and the MRI file it comes from."""
+
+    case: str
+    path: Path | None
+    problem: str | None = None   # why the case cannot run (e.g. an empty manifest cell)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` subcommand."""
+    parser = subparsers.add_parser(
+        "predict", help="predict amyloid positivity and saliency maps for T1 MRIs",
+        description="Predict amyloid-beta positivity from T1-weighted MRIs with a trained student "
+                    "checkpoint; write results.csv, saliency NIfTIs and an overview PNG per case. "
+                    "Research software - not for clinical use.")
+    parser.add_argument("input", metavar="INPUT",
+                        help="a NIfTI file, a folder of NIfTI files, or a manifest CSV "
+                             "(column t1w or mri_path)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="student checkpoint folder (model.safetensors + checkpoint.json)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs (auto: CUDA if available)")
+    parser.add_argument("--skull-strip", default=None, choices=SKULL_STRIP_CHOICES,
+                        help="override the checkpoint's skull stripping (none: input is already "
+                             "skull-stripped)")
+    parser.add_argument("--progress", default=None, choices=("lines",),
+                        help="'lines': print 'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout")
+    parser.set_defaults(func=run)
+
+
+def case_name(path: Path) -> str:
+    """The output name of an input file: its name without ``.nii`` / ``.nii.gz``."""
+    name = path.name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _unique_names(cases: list[CaseInput]) -> list[CaseInput]:
+    # Two inputs with the same file name (sub-01/T1w.nii.gz, sub-02/T1w.nii.gz) would overwrite
+    # each other's outputs: later ones get _2, _3, ...
+    seen: dict[str, int] = {}
+    unique = []
+    for item in cases:
+        count = seen.get(item.case, 0) + 1
+        seen[item.case] = count
+        name = item.case if count == 1 else f"{item.case}_{count}"
+        unique.append(CaseInput(name, item.path, item.problem))
+    return unique
+
+
+def collect_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
+    """The cases named by INPUT: one NIfTI file, the NIfTI files of a folder, or a manifest CSV.
+
+    Raises:
+        InputError: INPUT missing, an empty folder, or a CSV without a path column.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; give a NIfTI file, a folder of NIfTI "
+                         "files or a manifest CSV")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+        if not files:
+            raise InputError(f"{path}: folder holds no .nii or .nii.gz file")
+        return _unique_names([CaseInput(case_name(p), p) for p in files])
+    if path.name.lower().endswith(".csv"):
+        return _unique_names(_read_manifest(path))
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return [CaseInput(case_name(path), path)]
+    raise InputError(f"{path}: not a NIfTI file (.nii/.nii.gz), a folder or a manifest .csv")
+
+
+def _read_manifest(path: Path) -> list[CaseInput]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: manifest cannot be read ({exc})") from None
+    column = next((c for c in MANIFEST_PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise InputError(f"{path}: manifest needs a column {' or '.join(MANIFEST_PATH_COLUMNS)} "
+                         f"with the T1 file paths; found columns {columns or 'none'}")
+    cases = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        value = {k.strip(): v for k, v in row.items() if k is not None}.get(column) or ""
+        value = value.strip()
+        if not value:
+            cases.append(CaseInput(f"row{number}", None, f"{path} line {number}: empty {column}"))
+            continue
+        mri = Path(value)
+        if not mri.is_absolute():
+            mri = path.parent / mri
+        cases.append(CaseInput(case_name(mri), mri))
+    if not cases:
+        raise InputError(f"{path}: manifest has a header but no rows")
+    return cases
+
+
+class Progress:
+    """Machine-readable progress lines on stdout (``AMYLOIDKD_PROGRESS <fraction> <text>``)."""
+
+    def __init__(self, enabled: bool, n_cases: int) -> None:
+        self.enabled = enabled
+        self.n_cases = max(n_cases, 1)
+
+    def report(self, case_index: int, step_index: int, text: str) -> None:
+        """Report that ``step_index`` (0-based, of ``CASE_STEPS``) of case ``case_index`` is done."""
+        if not self.enabled:
+            return
+        fraction = (case_index + (step_index + 1) / len(CASE_STEPS)) / self.n_cases
+        self.line(fraction, text)
+
+    def line(self, fraction: float, text: str) -> None:
+        """Print one progress line and flush, so a GUI reading the pipe sees it at once."""
+        if self.enabled:
+            text = " ".join(str(text).split())
+            print(f"{PROGRESS_PREFIX} {min(max(fraction, 0.0), 1.0):.4f} {text}", flush=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split())
+    if type(exc).__module__.startswith("AmyloidKDLib"):
+        return message
+    return f"{type(exc).__name__}: {message}"
+
+
+def _write_results(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".csv.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
+    """Write one case's saliency NIfTIs, label map and overview PNG; return their paths."""
+    from AmyloidKDLib.report_png import render_overview
+
+    written = []
+    explains = "amyloid-positive class" if result.saliency_target == 1 else "amyloid-negative class"
+    try:
+        if result.saliency is not None:
+            written.append(save_volume(result.saliency, out_dir / f"{case}_saliency.nii.gz"))
+            written.append(save_volume(result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz"))
+            written.append(save_volume(result.top_regions, out_dir / f"{case}_top_regions.nii.gz",
+                                       dtype=np.uint8))
+        written.append(render_overview(result.mri, result.saliency, result.top_regions,
+                                       out_dir / f"{case}_overview.png", case=case,
+                                       probability=result.probability, label=result.label,
+                                       threshold=result.threshold, explains=explains))
+    except BaseException:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
+    return written
+
+
+def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
+                  progress: Progress | None = None,
+                  tqdm_factory: Callable | None = None) -> list[dict]:
+    """Predict every case, writing outputs and ``results.csv`` after each; return the rows.
+
+    A case that raises is recorded (``status`` failed, ``error`` one line) and the batch goes on.
+    """
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(False, len(cases))
+    rows: list[dict] = []
+    bar = (tqdm_factory or tqdm)(cases, desc="predict", unit="case", file=sys.stderr)
+    for index, item in enumerate(bar):
+        started = time.perf_counter()
+        row = {column: "" for column in RESULT_COLUMNS}
+        row.update(case=item.case, input="" if item.path is None else str(item.path),
+                   threshold=f"{predictor.threshold:.6g}")
+        try:
+            if item.problem is not None:
+                raise InputError(item.problem)
+            from AmyloidKDLib.volume import load_volume
+
+            mri = load_volume(item.path, "T1w")
+            progress.report(index, 0, f"{item.case}: loaded")
+            step_index = {name: i + 1 for i, name in enumerate(("prepare", "model", "saliency"))}
+            result = predictor.predict(
+                mri, on_step=lambda name: progress.report(index, step_index[name],
+                                                          f"{item.case}: {name} done"))
+            write_case_outputs(result, out_dir, item.case)
+            row.update(probability=repr(result.probability), label=str(result.label),
+                       status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
+                       seconds_model=f"{result.timings.get('model', 0.0):.3f}",
+                       seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
+        except Exception as exc:  # a failing case is recorded, the batch continues
+            log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
+            row.update(status="failed", error=_one_line(exc))
+            print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)
+        row["seconds_total"] = f"{time.perf_counter() - started:.3f}"
+        rows.append(row)
+        _write_results(rows, out_dir / "results.csv")
+        progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: {row['status']}")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a batch prediction; exit 0 all ok, 1 some case failed, 2 bad usage/input (raised)."""
+    from AmyloidKDLib.inference import Predictor
+
+    cases = collect_inputs(args.input)
+    progress = Progress(args.progress == "lines", len(cases))
+    progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
+    predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip)
+    rows = predict_cases(cases, predictor, Path(args.out), progress=progress)
+    failed = [row["case"] for row in rows if row["status"] != "ok"]
+    progress.line(1.0, f"done: {len(rows) - len(failed)} ok, {len(failed)} failed")
+    if failed:
+        print(f"amyloidkd predict: {len(failed)} of {len(rows)} case(s) failed: "
+              f"{', '.join(failed)} (see {Path(args.out) / 'results.csv'})", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK

@@ -1,0 +1,157 @@
+"""``amyloidkd preprocess INPUT --out DIR``: prepare one MRI or a manifest of cases into MNI space.
+
+Per case the output folder holds ``mri.nii.gz``, ``mask.nii.gz`` (and ``pet.nii.gz``), the
+transforms and ``steps.json``. Cases run in parallel (``--jobs``); a failing case is listed
+in ``DIR/errors.csv`` and does not stop the batch (exit code 1 if any case failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
+from AmyloidKDLib.skullstrip import BACKENDS
+
+MRI_COLUMNS = ("t1w", "mri_path")
+PET_COLUMNS = ("pet_path", "pet")
+CASE_COLUMNS = ("case", "session_id", "subject_id")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``preprocess`` subcommand."""
+    parser = subparsers.add_parser(
+        "preprocess", help="skull strip, N4, normalise and register cases to MNI152",
+        description="Prepare a NIfTI MRI, or every row of a manifest CSV (column t1w or mri_path, "
+                    "optional pet_path and case/session_id/subject_id), into MNI space.")
+    parser.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz MRI or a manifest .csv")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
+    parser.add_argument("--pet", help="SUVR PET for a single INPUT file")
+    parser.add_argument("--preset", default="paper", choices=("paper", "fast"))
+    parser.add_argument("--config", help="JSON file with PrepConfig settings (overrides --preset)")
+    parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
+    parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
+    parser.add_argument("--jobs", type=int, default=1, help="cases prepared in parallel (processes)")
+    parser.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace):
+    from AmyloidKDLib.pipeline import PrepConfig
+
+    if args.config:
+        try:
+            config = PrepConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{args.config}: cannot read the config ({exc})") from None
+    else:
+        config = PrepConfig.preset(args.preset)
+    if args.skull_strip:
+        config.skull_strip.backend = args.skull_strip
+    return config
+
+
+def _case_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_cases(input_path: str, pet: str | None = None) -> list[dict[str, str | None]]:
+    """Cases to prepare: ``{"case", "mri", "pet"}`` from one NIfTI file or a manifest CSV."""
+    path = Path(input_path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() != ".csv":
+        return [{"case": _case_name(str(path)), "mri": str(path), "pet": pet}]
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise InputError(f"{path}: the manifest has no rows")
+    mri_column = next((c for c in MRI_COLUMNS if c in rows[0]), None)
+    if mri_column is None:
+        raise InputError(f"{path}: the manifest needs a column {' or '.join(MRI_COLUMNS)}; "
+                         f"found {', '.join(rows[0])}")
+    pet_column = next((c for c in PET_COLUMNS if c in rows[0]), None)
+    case_column = next((c for c in CASE_COLUMNS if c in rows[0]), None)
+    cases, seen = [], set()
+    for row in rows:
+        mri = row[mri_column]
+        if not os.path.isabs(mri):
+            mri = str(path.parent / mri)
+        pet_path = row.get(pet_column) if pet_column else None
+        if pet_path and not os.path.isabs(pet_path):
+            pet_path = str(path.parent / pet_path)
+        name = (row.get(case_column) if case_column else None) or _case_name(mri)
+        if name in seen:
+            name = f"{name}_{len(seen)}"
+        seen.add(name)
+        cases.append({"case": name, "mri": mri, "pet": pet_path or None})
+    return cases
+
+
+def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None) -> dict:
+    """Prepare and save one case; returns a result row (status ``ok`` or ``failed``)."""
+    from AmyloidKDLib.pipeline import PrepConfig, prepare_case, save_prepared
+    from AmyloidKDLib.volume import load_volume
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mri = load_volume(case["mri"], "T1w")
+            pet = load_volume(case["pet"], "PET") if case["pet"] else None
+        prepared = prepare_case(mri, pet, PrepConfig.from_dict(config_dict), cache_dir=cache_dir)
+        save_prepared(prepared, Path(out) / case["case"])
+        seconds = sum(step["seconds"] for step in prepared.steps)
+        return {**case, "status": "ok", "error": "", "seconds": f"{seconds:.2f}"}
+    except AmyloidKDError as exc:
+        return {**case, "status": "failed", "error": str(exc), "seconds": ""}
+    except Exception as exc:  # a broken case must not stop the batch; its error is reported
+        return {**case, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": ""}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare every case; write ``cases.csv`` and ``errors.csv``; exit 1 if any case failed."""
+    from tqdm import tqdm
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    config = _config(args)
+    cases = read_cases(args.input, args.pet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_dict = config.to_dict()
+    (out / "prep_config.json").write_text(json.dumps(config_dict, indent=1))
+    results = []
+    progress = tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr)
+    if args.jobs == 1:
+        for case in cases:
+            results.append(prepare_one(case, config_dict, str(out), args.cache_dir))
+            progress.update()
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir)
+                       for case in cases]
+            for future in as_completed(futures):
+                results.append(future.result())
+                progress.update()
+    progress.close()
+    order = {case["case"]: i for i, case in enumerate(cases)}
+    results.sort(key=lambda row: order[row["case"]])
+    columns = ["case", "mri", "pet", "status", "error", "seconds"]
+    for name, rows in (("cases.csv", results), ("errors.csv", [r for r in results if r["status"] != "ok"])):
+        with (out / name).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    failed = sum(r["status"] != "ok" for r in results)
+    print(f"prepared {len(results) - failed} of {len(results)} cases into {out}"
+          + (f"; {failed} failed, see {out / 'errors.csv'}" if failed else ""))
+    return 1 if failed else 0

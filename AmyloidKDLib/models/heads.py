@@ -1,0 +1,115 @@
+"""The small modules on top of the per-slice encoder.
+
+Shapes: ``B`` cases, ``N`` slices per case in anatomical order (left -> right), ``D`` embedding
+size (128 in the paper). Slices keep their order all the way: each token gets a learned
+slice-position embedding, attention mixes them, attention pooling weights them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from AmyloidKDLib.errors import ConfigError, InputError
+
+
+def _check_dropout(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}.")
+
+
+class SliceProjection(nn.Module):
+    """Per-slice projection of encoder features to the shared embedding space.
+
+    ``[..., in_features] -> LayerNorm -> Linear -> GELU -> Dropout -> Linear -> [..., D]``
+    """
+
+    def __init__(self, in_features: int, embed_dim: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        _check_dropout("projection dropout", dropout)
+        self.layers = nn.Sequential(
+            nn.LayerNorm(in_features), nn.Linear(in_features, embed_dim), nn.GELU(),
+            nn.Dropout(dropout), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Project ``[..., in_features]`` to ``[..., D]``."""
+        return self.layers(features)
+
+
+class SlicePositionEmbedding(nn.Module):
+    """Learned embedding of each slice's place in the anatomical order, added to its token."""
+
+    def __init__(self, n_slices: int, embed_dim: int) -> None:
+        super().__init__()
+        if n_slices < 1:
+            raise ConfigError(f"n_slices must be >= 1, got {n_slices}.")
+        self.embedding = nn.Parameter(torch.randn(n_slices, embed_dim) * 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens[B, N, D]`` plus the position embedding of slices ``0..N-1``."""
+        if tokens.shape[1] != self.embedding.shape[0]:
+            raise InputError(f"the model was built for {self.embedding.shape[0]} slices per case, "
+                             f"got {tokens.shape[1]}. Slice the volume with the same n_slices "
+                             "as the model config.")
+        return tokens + self.embedding
+
+
+class TokenAttention(nn.Module):
+    """Multi-head attention over slice tokens with a residual and LayerNorm.
+
+    ``out = LayerNorm(residual + Dropout(MHA(query, context, context)))``
+
+    Self-attention (intra-modality aggregation): ``query = context = residual = x``.
+    Cross-modal attention in the teacher: PET tokens are the queries, MRI tokens the keys and
+    values and the residual, so the output is the MRI sequence guided by PET. The two uses
+    share this structure, which lets the student's self-attention start from the teacher's
+    cross-attention weights.
+    """
+
+    def __init__(self, embed_dim: int = 128, num_heads: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ConfigError(f"embed_dim {embed_dim} must be divisible by attention_heads {num_heads}.")
+        _check_dropout("attention dropout", dropout)
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend from ``query[B, N, D]`` to ``context[B, M, D]`` (default: self-attention)."""
+        context = query if context is None else context
+        residual = query if residual is None else residual
+        attended, _ = self.attention(query, context, context, need_weights=False)
+        return self.norm(residual + self.dropout(attended))
+
+
+class AttentionPooling(nn.Module):
+    """Attention-based pooling over slices (Ilse et al., 2018):
+
+    ``w = softmax_n(v^T tanh(W x_n))``, ``embedding = sum_n w_n x_n``.
+    """
+
+    def __init__(self, embed_dim: int = 128, hidden: int = 64) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool ``tokens[B, N, D]`` -> ``(embedding[B, D], weights[B, N])``."""
+        weights = torch.softmax(self.score(tokens).squeeze(-1), dim=1)
+        return torch.einsum("bn,bnd->bd", weights, tokens), weights
+
+
+class Classifier(nn.Module):
+    """Amyloid-positivity head: ``D -> hidden -> 1`` with LayerNorm, ReLU and dropout; returns
+    one logit per case."""
+
+    def __init__(self, embed_dim: int = 128, hidden: int = 64, dropout: float = 0.3) -> None:
+        super().__init__()
+        _check_dropout("classifier dropout", dropout)
+        self.layers = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                                    nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``embedding[B, D] -> logits[B]``."""
+        return self.layers(embedding).squeeze(-1)

@@ -1,0 +1,132 @@
+"""MRI-only students: the paper student (BiomedCLIP + LoRA), the light CNN student, and the
+shared slice-embedding front end the teacher also uses.
+
+A student sees only the MRI slice stack ``[B, N, 3, S, S]``: each slice is encoded, projected to
+``D`` = 128, tagged with its slice position, mixed by self-attention, pooled by attention over
+slices, and classified. The MRI-only baseline is this model trained without a teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.models.config import ModelConfig
+from AmyloidKDLib.models.encoders import SliceEncoder, create_encoder
+from AmyloidKDLib.models.heads import (
+    AttentionPooling,
+    Classifier,
+    SlicePositionEmbedding,
+    SliceProjection,
+    TokenAttention,
+)
+from AmyloidKDLib.models.lora import apply_lora, configure_encoder_training
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutput:
+    """What a student returns for ``B`` cases of ``N`` slices."""
+
+    logits: torch.Tensor          # [B] amyloid-positivity logit
+    embedding: torch.Tensor       # [B, D] case embedding (distillation target/feature)
+    slice_tokens: torch.Tensor    # [B, N, D] per-slice tokens after attention
+    slice_weights: torch.Tensor   # [B, N] attention-pooling weight of each slice (sums to 1)
+
+
+def build_encoder(config: ModelConfig, *, load_pretrained: bool = True) -> SliceEncoder:
+    """The configured encoder with LoRA injected and frozen blocks set.
+
+    ``load_pretrained=False`` builds random weights silently (used when a checkpoint's own
+    weights will be loaded next).
+    """
+    encoder = create_encoder(config.encoder, weights=config.weights if load_pretrained else "none",
+                             image_size=config.image_size, allow_network=config.allow_network,
+                             warn_if_random=load_pretrained)
+    lora = config.lora_rank > 0
+    if lora:
+        apply_lora(encoder, rank=config.lora_rank, alpha=config.lora_alpha,
+                   dropout=config.lora_dropout, target_regex=config.lora_target)
+    configure_encoder_training(encoder, lora=lora, frozen_blocks=config.frozen_blocks)
+    return encoder
+
+
+def check_slice_stack(images: torch.Tensor, config: ModelConfig, what: str = "MRI") -> None:
+    """Raise InputError unless ``images`` is ``[B, n_slices, 3, image_size, image_size]``."""
+    expected = [config.n_slices, 3, config.image_size, config.image_size]
+    if images.ndim != 5 or list(images.shape[1:]) != expected:
+        raise InputError(f"{what} slice stack must be shaped [B, {', '.join(map(str, expected))}] "
+                         f"(cases, slices, channels, height, width); got {list(images.shape)}. "
+                         "Slice with the n_slices and image_size of the model config.")
+
+
+class SliceEmbedder(nn.Module):
+    """Encoder + per-slice projection + slice-position embedding: ``[B, N, 3, S, S] -> [B, N, D]``."""
+
+    def __init__(self, config: ModelConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.encoder = build_encoder(config, load_pretrained=load_pretrained)
+        self.projection = SliceProjection(self.encoder.num_features, config.embed_dim,
+                                          config.projection_dropout)
+        self.position = SlicePositionEmbedding(config.n_slices, config.embed_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Slice tokens ``[B, N, D]`` of a stack ``[B, N, 3, S, S]``."""
+        b, n = images.shape[:2]
+        features = self.encoder(images.reshape(b * n, *images.shape[2:]))
+        return self.position(self.projection(features).reshape(b, n, -1))
+
+
+class StudentModel(nn.Module):
+    """MRI-only classifier (paper student, light student, or baseline); see module docstring."""
+
+    def __init__(self, config: ModelConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.slices = SliceEmbedder(config, load_pretrained=load_pretrained)
+        self.attention = TokenAttention(config.embed_dim, config.attention_heads, config.attention_dropout)
+        self.pool = AttentionPooling(config.embed_dim, config.pooling_hidden)
+        self.classifier = Classifier(config.embed_dim, config.classifier_hidden, config.classifier_dropout)
+
+    @property
+    def encoder(self) -> SliceEncoder:
+        """The per-slice encoder, callable on ``[N, 3, S, S]`` (e.g. for per-slice Grad-CAM)."""
+        return self.slices.encoder
+
+    def forward(self, mri: torch.Tensor) -> ModelOutput:
+        """Classify MRI slice stacks ``[B, N, 3, S, S]``."""
+        check_slice_stack(mri, self.config)
+        tokens = self.attention(self.slices(mri))
+        embedding, weights = self.pool(tokens)
+        return ModelOutput(self.classifier(embedding), embedding, tokens, weights)
+
+    def gradcam_target_layers(self) -> list[nn.Module]:
+        """The encoder layer(s) Grad-CAM should hook (see SliceEncoder.gradcam_target_layers)."""
+        return self.encoder.gradcam_target_layers()
+
+    @property
+    def gradcam_reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Tokens -> ``[N, C, H, W]`` for ViT encoders (class token dropped); None for CNNs."""
+        return self.encoder.gradcam_reshape_transform
+
+    def gradcam_model(self) -> nn.Module:
+        """This model seen as ``slices[N, 3, S, S] -> logit[1, 1]`` (one case), the form
+        pytorch-grad-cam needs to return one map per slice."""
+        return _CaseLogitFromSlices(self)
+
+
+class _CaseLogitFromSlices(nn.Module):
+    """Grad-CAM adapter: the slices of one case in, that case's logit out."""
+
+    def __init__(self, student: StudentModel) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.student(slices.unsqueeze(0)).logits.unsqueeze(-1)

@@ -1,0 +1,73 @@
+"""The PET-guided teacher: aligns MRI and PET slice embeddings (phase 1 of the method).
+
+Both modalities go through the same encoder (BiomedCLIP + LoRA), projection and slice-position
+embedding. Each modality's tokens are mixed by their own self-attention; then cross-modal
+attention lets the PET tokens (queries) attend to the MRI tokens (keys, values, residual),
+giving the PET-guided MRI sequence. Attention pooling turns each sequence into one embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from AmyloidKDLib.errors import ConfigError
+from AmyloidKDLib.models.config import ModelConfig
+from AmyloidKDLib.models.encoders import SliceEncoder
+from AmyloidKDLib.models.heads import AttentionPooling, Classifier, TokenAttention
+from AmyloidKDLib.models.student import SliceEmbedder, check_slice_stack
+
+
+@dataclass
+class TeacherOutput:
+    """Embeddings and logits of the teacher for ``B`` MRI/PET pairs."""
+
+    guided: torch.Tensor  # [B, D] PET-guided MRI embedding: triplet anchor, distillation target
+    pet: torch.Tensor     # [B, D] PET embedding: triplet positive
+    mri: torch.Tensor     # [B, D] MRI-only embedding of the teacher
+    logits: torch.Tensor  # [B] amyloid-positivity logit from the guided embedding
+
+
+class TeacherModel(nn.Module):
+    """MRI + PET teacher; ``forward(mri, pet)`` and ``embed_pet(pet)`` (for negatives)."""
+
+    def __init__(self, config: ModelConfig, *, load_pretrained: bool = True) -> None:
+        super().__init__()
+        if config.kind != "teacher":
+            raise ConfigError(f"TeacherModel needs a config of kind 'teacher', got '{config.kind}'.")
+        self.config = config
+        dim, heads, drop = config.embed_dim, config.attention_heads, config.attention_dropout
+        self.slices = SliceEmbedder(config, load_pretrained=load_pretrained)
+        self.mri_attention = TokenAttention(dim, heads, drop)
+        self.pet_attention = TokenAttention(dim, heads, drop)
+        self.cross_attention = TokenAttention(dim, heads, drop)
+        self.guided_pool = AttentionPooling(dim, config.pooling_hidden)
+        self.pet_pool = AttentionPooling(dim, config.pooling_hidden)
+        self.mri_pool = AttentionPooling(dim, config.pooling_hidden)
+        self.classifier = Classifier(dim, config.classifier_hidden, config.classifier_dropout)
+
+    @property
+    def encoder(self) -> SliceEncoder:
+        """The shared per-slice encoder."""
+        return self.slices.encoder
+
+    def pet_tokens(self, pet: torch.Tensor) -> torch.Tensor:
+        """PET slice tokens after PET self-attention, ``[B, N, D]``."""
+        check_slice_stack(pet, self.config, "PET")
+        return self.pet_attention(self.slices(pet))
+
+    def embed_pet(self, pet: torch.Tensor) -> torch.Tensor:
+        """PET embedding ``[B, D]`` of PET stacks ``[B, N, 3, S, S]`` (positives and negatives)."""
+        return self.pet_pool(self.pet_tokens(pet))[0]
+
+    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> TeacherOutput:
+        """Embed matched MRI and PET stacks ``[B, N, 3, S, S]``."""
+        check_slice_stack(mri, self.config, "MRI")
+        mri_tokens = self.mri_attention(self.slices(mri))
+        pet_tokens = self.pet_tokens(pet)
+        guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens, residual=mri_tokens)
+        guided = self.guided_pool(guided_tokens)[0]
+        return TeacherOutput(guided=guided, pet=self.pet_pool(pet_tokens)[0],
+                             mri=self.mri_pool(mri_tokens)[0], logits=self.classifier(guided))

@@ -1,0 +1,267 @@
+"""One call from a native MRI (and optional PET) to MNI-space model inputs: ``prepare_case``.
+
+Training and inference both go through here, so the student sees at inference exactly
+what it saw in training. Results are cached on disk under a key made of the input bytes,
+the configuration and the pipeline version: preparing the same case again costs a read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from AmyloidKDLib.errors import ConfigError, InputError
+from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, n4_bias_correction,
+                                     normalize_intensity, suvr_window)
+from AmyloidKDLib.registration import RegistrationConfig, Transform, register_to_mni, rigid_pet_to_mri
+from AmyloidKDLib.skullstrip import SkullStripConfig, skull_strip
+from AmyloidKDLib.template import load_template
+from AmyloidKDLib.volume import MRI_MODALITIES, Volume, load_volume, save_volume
+
+#: Bump when a change to the image path alters its output (invalidates the cache).
+PIPELINE_VERSION = "1"
+PRESETS = ("paper", "fast")
+
+
+@dataclass
+class PETConfig:
+    """PET handling: rigid registration to the MRI and the fixed SUVR window."""
+
+    window: SUVRWindow = field(default_factory=SUVRWindow)
+    registration: RegistrationConfig = field(default_factory=lambda: RegistrationConfig(
+        transform="rigid", shrink_factors=(4, 2, 1), smoothing_sigmas=(2.0, 1.0, 0.0),
+        iterations=(1000, 500, 50)))
+    mask_to_brain: bool = True
+
+    def __post_init__(self) -> None:
+        if self.registration.transform != "rigid":
+            raise ConfigError("PET-to-MRI registration must be 'rigid' (same head, same session)")
+
+
+@dataclass
+class PrepConfig:
+    """Every setting of the image path; the defaults are the paper's (``preset("paper")``)."""
+
+    skull_strip: SkullStripConfig = field(default_factory=SkullStripConfig)
+    n4: N4Config = field(default_factory=N4Config)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    pet: PETConfig = field(default_factory=PETConfig)
+
+    @classmethod
+    def preset(cls, name: str) -> "PrepConfig":
+        """``paper`` (N4, HD-BET v1, affine at 1 mm) or ``fast`` (skull-free input, 2 mm, coarse)."""
+        if name == "paper":
+            return cls()
+        if name == "fast":
+            return cls(
+                skull_strip=SkullStripConfig(backend="none"),
+                n4=N4Config(shrink_factor=4, iterations=(20, 10)),
+                registration=RegistrationConfig(template_resolution=2, shrink_factors=(4, 2),
+                                                smoothing_sigmas=(2.0, 1.0), iterations=(1000, 200)),
+                pet=PETConfig(registration=RegistrationConfig(
+                    transform="rigid", shrink_factors=(4, 2), smoothing_sigmas=(2.0, 1.0),
+                    iterations=(500, 100))))
+        raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PrepConfig":
+        """Inverse of :meth:`to_dict`; missing keys keep defaults, unknown keys are an error."""
+        return _build(cls, values, "PrepConfig")
+
+
+def _build(kind: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
+            else fields[name].default
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return kind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass
+class PreparedCase:
+    """A case in MNI space, ready for slicing, with the transforms that put it there.
+
+    Attributes:
+        mri: the brain in MNI space, normalised to [0, 1] (0 outside the brain).
+        mask: the subject's brain mask in MNI space (0/1).
+        pet: SUVR in MNI space scaled by the fixed window to [0, 1], or None.
+        mri_to_mni: native MRI grid -> MNI grid (its inverse maps MNI maps to the user's MRI).
+        pet_to_mri: native PET grid -> native MRI grid, or None.
+        steps: what ran, in order: ``{"name", "parameters", "seconds"}`` per step.
+        cache_key: the content hash this result is stored under.
+    """
+
+    mri: Volume
+    mask: Volume
+    pet: Volume | None
+    mri_to_mni: Transform
+    pet_to_mri: Transform | None
+    steps: list[dict[str, Any]]
+    cache_key: str = ""
+
+
+def cache_key(mri: Volume, pet: Volume | None, config: PrepConfig) -> str:
+    """SHA-256 of the input voxels and geometry, the config and the pipeline version."""
+    digest = hashlib.sha256()
+    digest.update(f"amyloidkd-prep-{PIPELINE_VERSION}".encode())
+    for volume in (mri, pet):
+        if volume is None:
+            digest.update(b"none")
+            continue
+        digest.update(str(volume.shape).encode())
+        digest.update(np.ascontiguousarray(volume.affine, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(volume.data, dtype=np.float32).tobytes())
+    digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class _Steps:
+    """Collects the step record: name, parameters and wall time of each step."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def run(self, name: str, parameters: Any, function, *args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        if dataclasses.is_dataclass(parameters):
+            parameters = json.loads(json.dumps(dataclasses.asdict(parameters)))
+        self.records.append({"name": name, "parameters": parameters,
+                             "seconds": round(time.perf_counter() - start, 3)})
+        return result
+
+
+def _prepare(mri: Volume, pet: Volume | None, config: PrepConfig) -> PreparedCase:
+    steps = _Steps()
+    stripped = steps.run("skull_strip", config.skull_strip, skull_strip, mri, config.skull_strip)
+    brain, native_mask = stripped.brain, stripped.mask
+    if config.n4.enabled:
+        brain = steps.run("n4", config.n4, n4_bias_correction, brain, native_mask, config.n4)
+    normalized = steps.run("normalize", config.normalization, normalize_intensity, brain,
+                           native_mask, config.normalization)
+    mri_to_mni = steps.run("register_mri_to_mni", config.registration, register_to_mni,
+                           normalized, config.registration, native_mask)
+
+    def to_mni() -> tuple[Volume, Volume]:
+        mask = mri_to_mni.apply(native_mask, "forward", "nearest")
+        image = mri_to_mni.apply(normalized, "forward", "linear")
+        image.data[:] = np.clip(image.data, 0.0, 1.0) * (mask.data > 0.5)
+        return image, mask
+
+    mri_mni, mask_mni = steps.run("resample_mri_to_mni", {"interpolation": "linear/nearest",
+                                                          "template_resolution": config.registration.template_resolution},
+                                  to_mni)
+    pet_mni, pet_to_mri = None, None
+    if pet is not None:
+        pet_to_mri = steps.run("register_pet_to_mri", config.pet.registration, rigid_pet_to_mri,
+                               pet, brain, config.pet.registration, native_mask)
+
+        def pet_to_mni() -> Volume:
+            moved = pet_to_mri.then(mri_to_mni).apply(pet, "forward", "linear")
+            windowed = suvr_window(moved, config.pet.window)
+            if config.pet.mask_to_brain:
+                windowed.data *= mask_mni.data > 0.5
+            return windowed
+
+        pet_mni = steps.run("pet_to_mni_suvr_window", config.pet, pet_to_mni)
+    return PreparedCase(mri_mni, mask_mni, pet_mni, mri_to_mni, pet_to_mri, steps.records)
+
+
+def _save(case: PreparedCase, folder: Path) -> None:
+    save_volume(case.mri, folder / "mri.nii.gz")
+    save_volume(case.mask, folder / "mask.nii.gz", np.uint8)
+    if case.pet is not None:
+        save_volume(case.pet, folder / "pet.nii.gz")
+    case.mri_to_mni.save(folder / "mri_to_mni")
+    if case.pet_to_mri is not None:
+        case.pet_to_mri.save(folder / "pet_to_mri")
+    (folder / "steps.json").write_text(json.dumps({"key": case.cache_key, "steps": case.steps}, indent=1))
+
+
+def load_prepared(folder: str | os.PathLike) -> PreparedCase:
+    """Read a prepared case written by ``prepare_case`` (its cache entry or a save folder)."""
+    folder = Path(folder)
+    if not (folder / "steps.json").is_file():
+        raise InputError(f"{folder}: not a prepared case (steps.json is missing)")
+    record = json.loads((folder / "steps.json").read_text())
+    has_pet = (folder / "pet.nii.gz").is_file()
+    return PreparedCase(
+        mri=load_volume(folder / "mri.nii.gz", "T1w"),
+        mask=load_volume(folder / "mask.nii.gz", "mask"),
+        pet=load_volume(folder / "pet.nii.gz", "PET") if has_pet else None,
+        mri_to_mni=Transform.load(folder / "mri_to_mni"),
+        pet_to_mri=Transform.load(folder / "pet_to_mri") if has_pet else None,
+        steps=record["steps"], cache_key=record.get("key", ""))
+
+
+def save_prepared(case: PreparedCase, folder: str | os.PathLike) -> Path:
+    """Write a prepared case to ``folder`` atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _save(case, tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def prepare_case(mri: Volume, pet: Volume | None = None, config: PrepConfig | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> PreparedCase:
+    """Native MRI (+ optional SUVR PET) -> MNI-space brain, mask, PET and transforms.
+
+    MRI path: skull strip -> N4 inside the brain mask -> normalise (percentiles inside the
+    brain, [0, 1], gamma) -> register to MNI152 -> resample. The skull is removed before N4
+    so the field is estimated on brain only (HD-BET does not need bias-corrected input).
+    PET path: rigid to the subject's MRI, into MNI through the MRI's transform, fixed SUVR
+    window. With ``cache_dir`` the result is stored under :func:`cache_key` and re-used.
+    """
+    config = config or PrepConfig()
+    if mri.modality not in MRI_MODALITIES:
+        raise InputError(f"prepare_case needs a structural MRI as `mri`, got modality "
+                         f"{mri.modality!r}; pass PET as `pet`")
+    if pet is not None and float(pet.data.min()) < 0:
+        raise InputError(f"{pet.source or 'the PET'}: negative SUVR values; pass an SUVR map "
+                         "(uptake divided by the reference region)")
+    key = cache_key(mri, pet, config)
+    entry = Path(cache_dir) / key if cache_dir is not None else None
+    if entry is not None and (entry / "steps.json").is_file():
+        return load_prepared(entry)
+    load_template(config.registration.template_resolution)
+    case = _prepare(mri, pet, config)
+    case.cache_key = key
+    if entry is not None:
+        save_prepared(case, entry)
+        return load_prepared(entry)  # transforms then live in the cache, not a temp folder
+    return case

@@ -1,0 +1,271 @@
+"""Registration with ANTsPy: MRI -> MNI152 and PET -> its MRI, as invertible Transform objects.
+
+A :class:`Transform` keeps the ANTs transform files it needs in a folder it owns (removed
+when the object is garbage-collected), so nothing accumulates in /tmp, and it maps images
+both ways: forward onto the fixed (template) grid, inverse back onto the moving (native)
+grid - how a saliency map made in MNI space lands on the user's own MRI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from AmyloidKDLib.errors import ConfigError, InputError
+from AmyloidKDLib.preprocess import ants_to_volume, import_ants, volume_to_ants
+from AmyloidKDLib.template import load_template
+from AmyloidKDLib.volume import Volume
+
+TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
+INTERPOLATIONS = {"linear": "linear", "nearest": "nearestNeighbor", "label": "genericLabel",
+                  "bspline": "bSpline"}
+DIRECTIONS = ("forward", "inverse")
+TRANSFORM_FILE = "transform.json"
+
+
+@dataclass
+class RegistrationConfig:
+    """ANTs registration settings; the multi-resolution schedule sets speed and accuracy.
+
+    ``shrink_factors``, ``smoothing_sigmas`` (voxels) and ``iterations`` are per level of the
+    linear stage, coarse to fine. Stopping before shrink factor 1 (the ``fast`` preset) skips
+    the full-resolution level, which costs most of the time and adds little for affine.
+    """
+
+    transform: str = "affine"
+    template_resolution: int = 1
+    metric: str = "mattes"
+    sampling_rate: float = 0.2
+    shrink_factors: tuple[int, ...] = (6, 4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (3.0, 2.0, 1.0, 0.0)
+    iterations: tuple[int, ...] = (2100, 1200, 1200, 10)
+    syn_iterations: tuple[int, ...] = (40, 20, 0)
+    use_mask: bool = True
+    random_seed: int | None = 1234
+
+    def __post_init__(self) -> None:
+        self.shrink_factors = tuple(int(s) for s in self.shrink_factors)
+        self.smoothing_sigmas = tuple(float(s) for s in self.smoothing_sigmas)
+        self.iterations = tuple(int(i) for i in self.iterations)
+        self.syn_iterations = tuple(int(i) for i in self.syn_iterations)
+        if self.transform not in TRANSFORM_TYPES:
+            raise ConfigError(f"unknown registration transform {self.transform!r}; choose one of "
+                              f"{', '.join(TRANSFORM_TYPES)}")
+        if self.template_resolution not in (1, 2):
+            raise ConfigError(f"template_resolution must be 1 or 2 (mm), got {self.template_resolution}")
+        if not (len(self.shrink_factors) == len(self.smoothing_sigmas) == len(self.iterations) > 0):
+            raise ConfigError("shrink_factors, smoothing_sigmas and iterations need one value per "
+                              f"level; got {self.shrink_factors}, {self.smoothing_sigmas}, {self.iterations}")
+        if not 0 < self.sampling_rate <= 1:
+            raise ConfigError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: shape and voxel-to-RAS affine (what a resampling needs from a reference)."""
+
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def of(cls, volume: "Volume | Grid") -> "Grid":
+        """The grid of a Volume (or a Grid itself)."""
+        if isinstance(volume, Grid):
+            return volume
+        return cls(volume.shape, tuple(tuple(float(x) for x in row) for row in volume.affine))
+
+    def empty_volume(self, modality: str = "T1w") -> Volume:
+        """A zero volume on this grid (the reference image ANTs resamples onto)."""
+        return Volume(np.zeros(self.shape, np.float32), np.asarray(self.affine), modality)
+
+
+class Transform:
+    """A spatial mapping from a moving image's grid to a fixed image's grid, and back.
+
+    ``forward`` maps images from the moving (e.g. native MRI) space onto the fixed (e.g.
+    MNI) grid; ``inverse`` maps fixed-space images back onto the moving grid.
+    """
+
+    def __init__(self, forward: list[str], inverse: list[str], inverse_flags: list[bool],
+                 fixed: Grid, moving: Grid, kind: str, owners: tuple = ()) -> None:
+        self.forward_files = list(forward)
+        self.inverse_files = list(inverse)
+        self.inverse_flags = list(inverse_flags)
+        self.fixed = fixed
+        self.moving = moving
+        self.kind = kind
+        self._owners = owners  # keeps the folders holding the files alive
+
+    def __repr__(self) -> str:
+        return (f"Transform(kind={self.kind!r}, moving={self.moving.shape} -> fixed={self.fixed.shape}, "
+                f"files={len(set(self.forward_files + self.inverse_files))})")
+
+    def apply(self, volume: Volume, direction: str = "forward", interpolation: str = "linear",
+              reference: "Volume | Grid | None" = None) -> Volume:
+        """Resample ``volume`` through this transform onto ``reference`` (default: the other grid).
+
+        Args:
+            volume: image in the moving space (forward) or fixed space (inverse).
+            direction: ``forward`` (moving -> fixed) or ``inverse`` (fixed -> moving).
+            interpolation: ``linear`` for intensities, ``nearest`` or ``label`` (ANTs
+                generic label) for masks and label maps, ``bspline``.
+            reference: output grid; default the fixed grid (forward) or the moving grid
+                (inverse), e.g. ``reference=native_mri`` to land on the user's MRI.
+        """
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"got {interpolation!r}")
+        ants = import_ants()
+        if reference is None:
+            reference = self.fixed if direction == "forward" else self.moving
+        fixed_image = volume_to_ants(Grid.of(reference).empty_volume())
+        if direction == "forward":
+            files, flags = self.forward_files, [False] * len(self.forward_files)
+        else:
+            files, flags = self.inverse_files, self.inverse_flags
+        moved = ants.apply_transforms(fixed=fixed_image, moving=volume_to_ants(volume),
+                                      transformlist=files, whichtoinvert=flags,
+                                      interpolator=INTERPOLATIONS[interpolation])
+        return ants_to_volume(moved, volume.modality, volume.source)
+
+    def then(self, other: "Transform") -> "Transform":
+        """The composition ``other`` after ``self`` (e.g. PET->MRI then MRI->MNI = PET->MNI)."""
+        return Transform(other.forward_files + self.forward_files,
+                         self.inverse_files + other.inverse_files,
+                         self.inverse_flags + other.inverse_flags,
+                         other.fixed, self.moving, f"{self.kind}+{other.kind}",
+                         self._owners + other._owners)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the transform files and a ``transform.json`` describing them into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names: dict[str, str] = {}
+        for index, source in enumerate(dict.fromkeys(self.forward_files + self.inverse_files)):
+            suffix = ".nii.gz" if source.endswith(".nii.gz") else Path(source).suffix
+            names[source] = f"part{index}{suffix}"
+            shutil.copyfile(source, folder / names[source])
+        record = {
+            "kind": self.kind,
+            "forward": [names[f] for f in self.forward_files],
+            "inverse": [names[f] for f in self.inverse_files],
+            "inverse_flags": self.inverse_flags,
+            "fixed": asdict(self.fixed),
+            "moving": asdict(self.moving),
+        }
+        tmp = folder / f".{TRANSFORM_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, folder / TRANSFORM_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Transform":
+        """Read a transform written by :meth:`save` (the files stay where they are)."""
+        folder = Path(folder)
+        try:
+            record = json.loads((folder / TRANSFORM_FILE).read_text())
+            files = record["forward"] + record["inverse"]
+            grids = [Grid(tuple(record[k]["shape"]), tuple(tuple(r) for r in record[k]["affine"]))
+                     for k in ("fixed", "moving")]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{folder}: not a saved transform ({type(exc).__name__}: {exc}); "
+                             "it must hold transform.json written by Transform.save") from None
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise InputError(f"{folder}: transform files {missing} are missing; save it again")
+        return cls([str(folder / f) for f in record["forward"]],
+                   [str(folder / f) for f in record["inverse"]],
+                   [bool(b) for b in record["inverse_flags"]], grids[0], grids[1], record["kind"])
+
+
+class _OwnedFolder:
+    """A temporary folder deleted when the last Transform using it is garbage-collected."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="amyloidkd-transform-")
+        weakref.finalize(self, shutil.rmtree, self.path, True)
+
+
+@contextlib.contextmanager
+def _ants_seed(seed: int | None):
+    # ANTsPy reads its seed from a module global; setting it via set_ants_deterministic would
+    # also force one thread, so set and restore the global here.
+    import ants.config as ants_config
+
+    previous = ants_config._random_seed
+    ants_config._random_seed = seed
+    try:
+        yield
+    finally:
+        ants_config._random_seed = previous
+
+
+def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = None,
+             fixed_mask: Volume | None = None, moving_mask: Volume | None = None) -> Transform:
+    """Register ``moving`` onto ``fixed`` with ANTs and return the invertible Transform.
+
+    ANTs' output files are written into a folder owned by the Transform (not loose in /tmp).
+    """
+    config = config or RegistrationConfig()
+    ants = import_ants()
+    owner = _OwnedFolder()
+    kwargs = {}
+    if config.use_mask and fixed_mask is not None:
+        kwargs["mask"] = volume_to_ants(fixed_mask.with_data((fixed_mask.data > 0.5).astype(np.float32)))
+    if config.use_mask and moving_mask is not None:
+        kwargs["moving_mask"] = volume_to_ants(moving_mask.with_data((moving_mask.data > 0.5).astype(np.float32)))
+    try:
+        with _ants_seed(config.random_seed):
+            result = ants.registration(
+                fixed=volume_to_ants(fixed), moving=volume_to_ants(moving),
+                type_of_transform=TRANSFORM_TYPES[config.transform],
+                outprefix=os.path.join(owner.path, "reg_"),
+                aff_metric=config.metric, aff_random_sampling_rate=config.sampling_rate,
+                aff_iterations=config.iterations, aff_shrink_factors=config.shrink_factors,
+                aff_smoothing_sigmas=config.smoothing_sigmas,
+                reg_iterations=config.syn_iterations, **kwargs)
+    except RuntimeError as exc:
+        raise InputError(f"ANTs registration of {moving.source or 'the image'} failed ({exc}); check "
+                         "that both images hold the same anatomy and are not empty") from None
+    forward = list(result["fwdtransforms"])
+    inverse = list(result["invtransforms"])
+    flags = [name.endswith(".mat") for name in inverse]
+    for name in forward + inverse:
+        if not name.startswith(owner.path):
+            raise RuntimeError(f"ANTs wrote {name} outside the transform folder")
+    return Transform(forward, inverse, flags, Grid.of(fixed), Grid.of(moving),
+                     config.transform, (owner,))
+
+
+def register_to_mni(mri: Volume, config: RegistrationConfig | None = None,
+                    mask: Volume | None = None) -> Transform:
+    """Register a brain-extracted MRI to the MNI152 2009 template (brain masks used when known)."""
+    config = config or RegistrationConfig()
+    template = load_template(config.template_resolution)
+    return register(template.t1, mri, config, fixed_mask=template.mask, moving_mask=mask)
+
+
+def rigid_pet_to_mri(pet: Volume, mri: Volume, config: RegistrationConfig | None = None,
+                     mri_mask: Volume | None = None) -> Transform:
+    """Rigidly register a PET (SUVR) volume to its subject's MRI (mutual information)."""
+    config = config or RegistrationConfig(transform="rigid")
+    if config.transform != "rigid":
+        raise ConfigError(f"PET-to-MRI registration is rigid (same head); got {config.transform!r}")
+    return register(mri, pet, config, fixed_mask=mri_mask)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(a) > 0.5, np.asarray(b) > 0.5
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)

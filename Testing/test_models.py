@@ -1,0 +1,268 @@
+"""Encoders, LoRA, heads, teacher and students, built for real (BiomedCLIP once, tiny presets
+for the rest)."""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
+from AmyloidKDLib.models import (
+    ModelConfig,
+    StudentModel,
+    TeacherModel,
+    build_model,
+    create_encoder,
+    init_student_from_teacher,
+    trainable_parameter_report,
+)
+from AmyloidKDLib.models.lora import block_index
+
+BIOMEDCLIP_PARAMETERS = 86_191_872
+# LoRA r=10 on ViT-B/16 (width 768): qkv 10*768 + 2304*10, proj 10*768 + 768*10 -> 46,080 per
+# block; blocks 6..11 train.
+BIOMEDCLIP_LORA_TRAINABLE = 6 * (10 * 768 + 2304 * 10 + 10 * 768 + 768 * 10)
+# Same for ViT-Ti/16 (width 192) in the cpu preset.
+VIT_TINY_LORA_TRAINABLE = 6 * (10 * 192 + 576 * 10 + 10 * 192 + 192 * 10)
+
+
+@pytest.fixture(scope="session")
+def biomedclip_encoder():
+    """The BiomedCLIP vision tower from the packaged config, randomly initialised."""
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        return create_encoder("biomedclip", weights="none")
+
+
+@pytest.fixture(scope="session")
+def vit_tiny_state():
+    """A state dict of the vit_tiny vision tower with random (non-initial) values."""
+    torch.manual_seed(2)
+    return {k: torch.randn_like(v) for k, v in create_encoder("vit_tiny").backbone.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def cpu_teacher():
+    torch.manual_seed(0)
+    return build_model(ModelConfig.preset("cpu", "teacher"))
+
+
+def stack(config: ModelConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.n_slices, 3, config.image_size, config.image_size, generator=generator)
+
+
+# --- encoders -------------------------------------------------------------------------------------
+
+def test_biomedclip_vision_tower_has_the_published_parameter_count(biomedclip_encoder):
+    assert sum(p.numel() for p in biomedclip_encoder.backbone.parameters()) == BIOMEDCLIP_PARAMETERS
+    assert biomedclip_encoder.num_features == 512 and biomedclip_encoder.image_size == 224
+
+
+def test_real_biomedclip_checkpoint_keys_load_through_the_model_config(biomedclip_encoder, tmp_path, capsys):
+    # An open_clip BiomedCLIP checkpoint holds the whole CLIP model: visual.*, text.*, logit_scale.
+    torch.manual_seed(1)
+    clip_state = {f"visual.{k}": torch.randn_like(v) for k, v in biomedclip_encoder.backbone.state_dict().items()}
+    clip_state["text.transformer.embeddings.word_embeddings.weight"] = torch.randn(64, 768)
+    clip_state["text.proj.0.weight"] = torch.randn(640, 768)
+    clip_state["logit_scale"] = torch.tensor(4.6052)
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(clip_state, path)
+
+    student = build_model(ModelConfig.preset("paper", "student", weights=str(path)))
+    loaded = student.encoder.backbone.state_dict()
+    for key, value in clip_state.items():
+        if key.startswith("visual."):
+            name = key.removeprefix("visual.")
+            if name not in loaded:  # LoRA-wrapped layers keep the original weight as base_layer
+                name = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+            assert torch.equal(loaded[name], value), name
+
+    report = trainable_parameter_report(student)
+    print(report)
+    assert "trainable parameters" in capsys.readouterr().out
+    assert report.by_part["slices"][0] - sum(
+        p.numel() for p in student.slices.projection.parameters()) - student.slices.position.embedding.numel() \
+        == BIOMEDCLIP_LORA_TRAINABLE
+    head_parameters = sum(p.numel() for n, p in student.named_parameters() if not n.startswith("slices.encoder"))
+    assert report.trainable == BIOMEDCLIP_LORA_TRAINABLE + head_parameters
+
+
+def test_safetensors_vision_weights_load_into_the_small_vit(vit_tiny_state, tmp_path):
+    save_file(vit_tiny_state, str(tmp_path / "vit_tiny.safetensors"))
+    encoder = create_encoder("vit_tiny", weights=str(tmp_path / "vit_tiny.safetensors"))
+    assert all(torch.equal(encoder.backbone.state_dict()[k], v) for k, v in vit_tiny_state.items())
+
+
+def test_weights_of_another_architecture_are_refused_with_the_offending_keys(vit_tiny_state, tmp_path):
+    state = dict(vit_tiny_state, **{"head.proj.weight": torch.zeros(384, 192), "trunk.extra.weight": torch.zeros(1)})
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(DependencyError, match=r"do not fit encoder 'vit_tiny'.*1 unexpected \[trunk.extra.weight\]"
+                                              r".*1 with another shape \[head.proj.weight\]"):
+        create_encoder("vit_tiny", weights=str(tmp_path / "other.pt"))
+
+
+def test_weights_files_that_need_unpickling_are_refused(tmp_path):
+    torch.save({"created": datetime.datetime(2024, 1, 1)}, tmp_path / "pickled.pt")
+    with pytest.raises(DependencyError, match="no pickled objects"):
+        create_encoder("vit_tiny", weights=str(tmp_path / "pickled.pt"))
+
+
+def test_hub_weights_offline_give_a_clear_error_with_the_local_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DependencyError, match="download open_clip_pytorch_model.bin .* pass its path"):
+        build_model(ModelConfig.preset("paper", "student"))
+
+
+def test_unknown_encoder_and_impossible_sizes_are_config_errors():
+    with pytest.raises(ConfigError, match="Did you mean 'biomedclip'"):
+        ModelConfig(encoder="biomedclp")
+    with pytest.raises(ConfigError, match="multiple of the patch size 16"):
+        create_encoder("vit_tiny", image_size=100)
+    with pytest.raises(ConfigError, match="needs a CNN encoder"):
+        ModelConfig.preset("cpu", "light_student", encoder="vit_tiny")
+    with pytest.raises(ConfigError, match="lora_rank=0"):
+        ModelConfig(kind="student", encoder="efficientnet_b0", weights="none")
+    with pytest.raises(ConfigError, match="unknown ModelConfig keys: depth"):
+        ModelConfig.from_dict({"depth": 3})
+
+
+def test_model_config_round_trips_through_json(tmp_path):
+    config = ModelConfig.preset("paper", "teacher", lora_rank=8)
+    assert ModelConfig.from_json(config.to_json()) == config
+    config.to_json(tmp_path / "model.json")
+    assert ModelConfig.from_json(tmp_path / "model.json") == config
+    assert config.n_slices == 15 and config.image_size == 224 and config.encoder == "biomedclip"
+
+
+# --- LoRA and gradients ----------------------------------------------------------------------------
+
+def test_gradients_reach_only_trainable_parameters(cpu_teacher):
+    config = cpu_teacher.config
+    cpu_teacher.train()
+    cpu_teacher.zero_grad(set_to_none=True)
+    out = cpu_teacher(stack(config), stack(config, seed=1))
+    negatives = cpu_teacher.embed_pet(stack(config, seed=2))
+    (out.logits.sum() + out.guided.pow(2).sum() + out.mri.sum() + negatives.sum()).backward()
+
+    named = dict(cpu_teacher.named_parameters())
+    lora = {n: p for n, p in named.items() if "lora_" in n}
+    assert len(lora) == 12 * 2 * 2  # 12 blocks x (qkv, proj) x (A, B)
+    for name, parameter in named.items():
+        block = block_index(name) if name.startswith("slices.encoder") else None
+        if name.startswith("slices.encoder") and ("lora_" not in name or block < config.frozen_blocks):
+            assert not parameter.requires_grad and parameter.grad is None, name
+        else:
+            assert parameter.requires_grad and parameter.grad is not None, name
+    for name, parameter in lora.items():  # B starts at zero, so only B gets a non-zero gradient at first
+        if block_index(name) >= config.frozen_blocks and "lora_B" in name:
+            assert parameter.grad.abs().sum() > 0, name
+    for part in ("cross_attention", "pet_attention", "mri_attention", "classifier", "slices.projection"):
+        assert any(p.grad.abs().sum() > 0 for n, p in named.items() if n.startswith(part)), part
+    encoder_trainable = sum(p.numel() for p in cpu_teacher.encoder.parameters() if p.requires_grad)
+    assert encoder_trainable == VIT_TINY_LORA_TRAINABLE
+
+
+def test_without_lora_frozen_blocks_and_stem_get_no_gradient():
+    config = ModelConfig.preset("cpu", "student", lora_rank=0, frozen_blocks=3)
+    student = build_model(config)
+    student(stack(config, batch=1)).logits.sum().backward()
+    for name, parameter in student.encoder.named_parameters():
+        block = block_index(name)
+        frozen = (block is not None and block < 3) or any(s in name for s in ("patch_embed", "cls_token", "pos_embed"))
+        assert (parameter.grad is None) == frozen, name
+
+
+# --- heads, teacher, students -----------------------------------------------------------------------
+
+def test_student_outputs_and_slice_order_matter():
+    torch.manual_seed(0)
+    config = ModelConfig.preset("cpu", "student")
+    student = build_model(config).eval()
+    mri = stack(config)
+    with torch.no_grad():
+        out = student(mri)
+        again = student(mri)
+        reversed_slices = student(mri.flip(1))
+        single = student(mri[:1])
+    assert out.logits.shape == (2,) and out.embedding.shape == (2, 128)
+    assert out.slice_tokens.shape == (2, config.n_slices, 128)
+    assert torch.allclose(out.slice_weights.sum(1), torch.ones(2))
+    assert torch.equal(out.logits, again.logits)  # eval mode is deterministic
+    assert torch.allclose(single.logits, out.logits[:1], atol=1e-5)  # cases do not interact
+    # slice-position embedding: the same slices in the other anatomical order give another output
+    assert not torch.allclose(reversed_slices.embedding, out.embedding, atol=1e-4)
+
+
+def test_wrong_slice_stacks_are_refused_with_the_expected_shape():
+    config = ModelConfig.preset("cpu", "student")
+    student = build_model(config)
+    with pytest.raises(InputError, match=r"\[B, 8, 3, 112, 112\].*got \[2, 5, 3, 112, 112\]"):
+        student(torch.zeros(2, 5, 3, 112, 112))
+    with pytest.raises(InputError, match="slice stack"):
+        student(torch.zeros(8, 3, 112, 112))
+
+
+def test_teacher_embeds_pet_negatives_like_its_positives(cpu_teacher):
+    config = cpu_teacher.config
+    cpu_teacher.eval()
+    mri, pet = stack(config), stack(config, seed=3)
+    with torch.no_grad():
+        out = cpu_teacher(mri, pet)
+        pet_again = cpu_teacher.embed_pet(pet)
+        other_pet = cpu_teacher(mri, stack(config, seed=4))
+    assert out.guided.shape == out.pet.shape == out.mri.shape == (2, 128) and out.logits.shape == (2,)
+    assert torch.allclose(pet_again, out.pet, atol=1e-6)
+    assert not torch.allclose(other_pet.guided, out.guided, atol=1e-4)  # PET guides the anchor
+    assert torch.allclose(other_pet.mri, out.mri, atol=1e-6)            # the MRI-only path ignores PET
+
+
+def test_student_self_attention_starts_from_the_teacher_cross_attention(cpu_teacher):
+    student = build_model(ModelConfig.preset("cpu", "student"))
+    copied = init_student_from_teacher(student, cpu_teacher)
+    assert set(copied) == {"attention", "pool", "classifier", "slices.position", "slices.encoder",
+                           "slices.projection"}
+    student.eval()
+    cpu_teacher.eval()
+    tokens = torch.randn(2, 8, 128)
+    with torch.no_grad():
+        assert torch.allclose(student.attention(tokens), cpu_teacher.cross_attention(tokens, tokens, tokens))
+        mri = stack(student.config)
+        assert torch.allclose(student.slices(mri), cpu_teacher.slices(mri))
+
+
+def test_light_student_takes_the_teacher_heads_but_keeps_its_cnn(cpu_teacher):
+    light = build_model(ModelConfig.preset("cpu", "light_student"))
+    assert isinstance(light, StudentModel) and not light.encoder.is_vit
+    copied = init_student_from_teacher(light, cpu_teacher)
+    assert set(copied) == {"attention", "pool", "classifier", "slices.position"}
+    assert torch.equal(light.classifier.layers[0].weight, cpu_teacher.classifier.layers[0].weight)
+    teacher = ModelConfig.preset("cpu", "teacher", embed_dim=64)
+    with pytest.raises(ConfigError, match="embed_dim differs"):
+        init_student_from_teacher(light, TeacherModel(teacher))
+
+
+@pytest.mark.parametrize("kind", ["student", "light_student"])
+def test_grad_cam_gives_one_map_per_slice(kind):
+    from pytorch_grad_cam import GradCAM
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("cpu", kind)
+    student = build_model(config).eval()
+
+    slices = stack(config, batch=1)[0]
+    with GradCAM(model=student.gradcam_model(), target_layers=student.gradcam_target_layers(),
+                 reshape_transform=student.gradcam_reshape_transform) as cam:
+        maps = cam(input_tensor=slices, targets=None)
+    assert maps.shape == (config.n_slices, config.image_size, config.image_size)
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert maps.reshape(config.n_slices, -1).std(1).max() > 0  # not a blank map
+    if kind == "student":
+        tokens = torch.randn(3, 1 + 7 * 7, 192)
+        assert torch.equal(student.gradcam_reshape_transform(tokens)[:, :, 1, 2], tokens[:, 1 + 1 * 7 + 2])
+    else:
+        assert student.gradcam_reshape_transform is None
+    assert student.encoder(slices).shape == (config.n_slices, student.encoder.num_features)

@@ -1,0 +1,465 @@
+"""The four training phases of the method, each a function of (config, dataset, split, run dir).
+
+1. :func:`train_teacher` - PET-guided teacher: soft triplet loss with a Centiloid-adaptive
+   margin (anchor = PET-guided MRI embedding, positive = matched PET, negative = PET of
+   another training subject >= 5 Centiloid away, chosen online), alignment losses with
+   epoch-dependent weights, and classification of the guided embedding. AdamW with two
+   learning rates (encoder, heads), cosine annealing.
+2. :func:`train_student` - MRI-only student initialised from the teacher (self-attention
+   from its cross-attention) and trained with feature + logit distillation and a margin
+   focal loss, the weight moving from distillation to classification (0.5 -> 0.8); AdamW
+   with three learning rates, ReduceLROnPlateau on the monitored validation metric.
+   With ``teacher=None`` the same function trains the MRI-only *baseline*.
+3. :func:`train_light` - a small CNN student distilled from the teacher with classic KD.
+
+Teacher targets for the students are computed once per case on unaugmented stacks and
+reused every epoch (the teacher is frozen by then), which makes distillation cost about
+as much as training the baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from AmyloidKDLib.errors import ConfigError, InputError
+from Training.augment import augment_pair
+from Training.config import RunConfig
+from Training.data import SliceDataset
+from Training.engine import FitResult, FitSettings, fit
+from Training.evaluation import f1_optimal_threshold, roc_auc, threshold_metrics, write_json
+from Training.sampling import CentiloidNegativeSampler, ClassBalancedBatchSampler
+from Training.splits import Split
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("teacher", "student", "baseline", "light")
+
+
+@dataclass
+class PhaseResult:
+    """A trained phase: its model (best epoch), validation threshold and where it was saved."""
+
+    name: str
+    model: nn.Module
+    threshold: float
+    val_probabilities: np.ndarray
+    fit: FitResult
+    checkpoint: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def make_loader(dataset: SliceDataset, indices: Sequence[int], batch_size: int, *, train: bool,
+                balanced: bool = False, seed: int = 0, num_workers: int = 0
+                ) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset[indices]``: class-balanced or shuffled for training, in order otherwise."""
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise InputError("an empty set of cases cannot be batched; the split left a set empty.")
+    if train and balanced:
+        sampler = ClassBalancedBatchSampler(dataset.labels, indices, batch_size, seed)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    subset = torch.utils.data.Subset(dataset, indices)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=train,
+                                       drop_last=train and len(indices) > batch_size,
+                                       generator=generator, num_workers=num_workers)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _augment_generator(config: RunConfig, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 100003 + epoch * 101 + salt)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: SliceDataset, indices: Sequence[int],
+                   batch_size: int = 8, with_pet: bool = False) -> torch.Tensor:
+    """Logits of ``model`` for ``dataset[indices]`` in that order (eval mode, no augmentation)."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = [dataset[int(i)] for i in indices[start:start + batch_size]]
+        mri = torch.stack([c["mri"] for c in chunk]).to(device)
+        if with_pet:
+            pet = torch.stack([c["pet"] for c in chunk]).to(device)
+            out.append(model(mri, pet).logits.float().cpu())
+        else:
+            out.append(model(mri).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def predict_probabilities(model: nn.Module, dataset: SliceDataset, indices: Sequence[int],
+                          batch_size: int = 8, with_pet: bool = False) -> np.ndarray:
+    """Amyloid-positive probabilities for ``dataset[indices]``."""
+    return torch.sigmoid(predict_logits(model, dataset, indices, batch_size, with_pet)).numpy()
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Validation metrics the engine monitors: loss (BCE), AUC, F1 and accuracy at 0.5."""
+    p = np.clip(probabilities, 1e-6, 1 - 1e-6)
+    bce = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    at_half = threshold_metrics(labels, probabilities, 0.5)
+    auc = roc_auc(labels, probabilities)
+    return {"val_bce": bce, "val_auc": auc if math.isfinite(auc) else 0.5,
+            "val_f1": at_half["f1"], "val_accuracy": at_half["accuracy"]}
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+
+def param_groups(model: nn.Module, rules: Sequence[tuple[str, float]], weight_decay: float
+                 ) -> list[dict[str, Any]]:
+    """AdamW groups: each trainable parameter goes to the first rule whose prefix matches
+    its name (``""`` matches all); a parameter matched by no rule is an error."""
+    groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix, _ in rules}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        for prefix, _ in rules:
+            if name.startswith(prefix):
+                groups[prefix].append(parameter)
+                break
+        else:
+            raise ConfigError(f"parameter {name} matches no learning-rate group "
+                              f"{[p for p, _ in rules]}.")
+    return [{"params": groups[prefix], "lr": lr, "weight_decay": weight_decay, "name": prefix or "rest"}
+            for prefix, lr in rules if groups[prefix]]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _settings(phase_config: Any, scheduler_step: str = "epoch") -> FitSettings:
+    return FitSettings(epochs=phase_config.epochs, patience=phase_config.patience,
+                       monitor=phase_config.monitor, mode=phase_config.mode,
+                       grad_accum_steps=phase_config.grad_accum_steps, scheduler_step=scheduler_step)
+
+
+def _labels(batch: dict[str, Any]) -> torch.Tensor:
+    return batch["label"].float()
+
+
+def _checkpoint(config: RunConfig, result_dir: Path, model: nn.Module, kind: str, threshold: float,
+                metrics: dict[str, float], provenance: dict[str, Any]) -> Path:
+    from AmyloidKDLib.checkpoint import save_checkpoint
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return save_checkpoint(result_dir, model, config.model_config(kind),
+                           prep_config=config.prep_config().to_dict(),
+                           slice_config=_slice_dict(config), threshold=float(threshold),
+                           metrics=clean, provenance={"run": config.name, **provenance})
+
+
+def _slice_dict(config: RunConfig) -> dict[str, Any]:
+    import dataclasses
+
+    slice_config = config.slice_config()
+    return slice_config.to_dict() if hasattr(slice_config, "to_dict") else dataclasses.asdict(slice_config)
+
+
+def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
+            fit_result: FitResult, phase_dir: Path, checkpoint_dir: Path | None, kind: str,
+            with_pet: bool = False) -> PhaseResult:
+    """Threshold on validation, history/curves to disk, checkpoint; the model holds its best epoch."""
+    from Training.evaluation import plot_training_curves
+
+    val_probs = predict_probabilities(model, dataset, split.val, with_pet=with_pet)
+    val_labels = dataset.labels[list(split.val)]
+    try:
+        threshold = f1_optimal_threshold(val_labels, val_probs)
+    except InputError:
+        logger.warning("%s: validation has no positive case; keeping theta = 0.5", name)
+        threshold = 0.5
+    write_json(phase_dir / "history.json", {"history": fit_result.history, "best_epoch": fit_result.best_epoch,
+                                            "best_value": fit_result.best_value,
+                                            "stopped_early": fit_result.stopped_early,
+                                            "resumed_from_epoch": fit_result.resumed_from_epoch,
+                                            "seconds": fit_result.seconds, "threshold": threshold})
+    plot_training_curves(fit_result.history, phase_dir / "training_curves.png", title=name)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        val_metrics = classification_metrics(val_labels, val_probs)
+        checkpoint = _checkpoint(config, checkpoint_dir, model, kind, threshold, val_metrics,
+                                 {"phase": name, "best_epoch": fit_result.best_epoch,
+                                  "train_cases": len(split.train), "val_cases": len(split.val),
+                                  "fold": split.fold, "contrast": config.data.contrast})
+    return PhaseResult(name, model, threshold, val_probs, fit_result, checkpoint)
+
+
+# ----------------------------------------------------------------------------- teacher
+
+
+class TeacherObjective:
+    """The teacher's loss on one batch: triplet + alignment + classification.
+
+    Triplet: anchor = PET-guided MRI embedding, positive = matched PET embedding, negative =
+    the PET embedding of another batch member chosen by :class:`CentiloidNegativeSampler`
+    (hardest valid one by default). Anchors without a valid negative in the batch are left
+    out of the triplet term (their fraction is logged as ``no_negative``).
+    """
+
+    def __init__(self, config: RunConfig, dataset: SliceDataset, fold_indices: Sequence[int],
+                 seed: int) -> None:
+        from AmyloidKDLib.losses import SoftTripletLoss
+
+        t = config.teacher
+        self.config = config
+        self.schedule = _phase_schedule(config, t.epochs)
+        self.sampler = CentiloidNegativeSampler(dataset.subjects, dataset.centiloids, fold_indices,
+                                                t.min_centiloid_gap, seed)
+        self.triplet = SoftTripletLoss(base_margin=t.base_margin, max_margin=t.max_margin,
+                                       centiloid_scale=t.centiloid_scale, normalize=True)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], epoch: int, augment: bool
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        from AmyloidKDLib.losses import alignment_loss, alignment_weight, margin_scale_at
+
+        t = self.config.teacher
+        mri, pet = batch["mri"], batch["pet"]
+        if augment:
+            mri, pet = augment_pair(mri.cpu(), pet.cpu(), self.config.augment,
+                                    _augment_generator(self.config, epoch, int(batch["index"][0])))
+            mri, pet = mri.to(batch["mri"].device), pet.to(batch["mri"].device)
+        out = model(mri, pet)
+        self.last_logits = out.logits.detach().float().cpu()
+        guided, pet_embedding = out.guided.float(), out.pet.float()
+        anchor, positive = F.normalize(guided, dim=-1), F.normalize(pet_embedding, dim=-1)
+        negatives = self.sampler.choose(batch["index"].tolist(), torch.cdist(anchor, positive))
+        negatives = negatives.to(anchor.device)
+        valid = negatives >= 0
+        centiloid = batch["centiloid"].to(anchor.device).float()
+        if bool(valid.any()):
+            neg = negatives[valid]
+            gap = (centiloid[valid] - centiloid[neg]).abs()
+            triplet = self.triplet(guided[valid], pet_embedding[valid], pet_embedding[neg], gap,
+                                   margin_scale=margin_scale_at(epoch - 1, self.schedule))
+            with torch.no_grad():
+                d_neg = float((anchor[valid] - positive[neg]).norm(dim=-1).mean())
+        else:
+            triplet, d_neg = guided.sum() * 0.0, float("nan")
+        align = alignment_loss(F.normalize(out.mri.float(), dim=-1), anchor)
+        cls = F.binary_cross_entropy_with_logits(out.logits.float(), _labels(batch).to(out.logits.device))
+        w_align = t.alignment_weight * alignment_weight(epoch - 1, self.schedule)
+        loss = triplet + w_align * align + t.classification_weight * cls
+        d_pos = float((anchor - positive).norm(dim=-1).mean().detach())
+        return loss, {"triplet_loss": float(triplet), "align_loss": float(align), "cls_loss": float(cls),
+                      "no_negative": float((~valid).float().mean()), "d_anchor_pos": d_pos,
+                      "d_anchor_neg": float(d_neg)}
+
+
+def _phase_schedule(config: RunConfig, epochs: int):
+    import dataclasses
+
+    return dataclasses.replace(config.schedule, ramp_epochs=max(1, epochs))
+
+
+def _teacher_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = config.teacher
+    groups = param_groups(model, [("slices.encoder.", t.lr_encoder), ("", t.lr_heads)], t.weight_decay)
+    return torch.optim.AdamW(groups)
+
+
+def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
+                  resume: bool = False) -> PhaseResult:
+    """Phase 1: the PET-guided teacher; writes ``run_dir/teacher`` and ``run_dir/checkpoints/teacher``."""
+    from AmyloidKDLib.models import build_model
+
+    run_dir = Path(run_dir)
+    if not dataset.has_pet(list(split.train) + list(split.val)):
+        raise InputError("the teacher needs a PET for every training and validation case; some "
+                         "cases have none. Give every case a pet_path, or train only the baseline.")
+    t = config.teacher
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config("teacher"))
+    optimizer = _teacher_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t.epochs))
+    loader = make_loader(dataset, split.train, t.batch_size, train=True, balanced=t.balanced_batches,
+                         seed=config.seed, num_workers=config.engine.num_workers)
+    objective = TeacherObjective(config, dataset, split.train, config.seed)
+    val_objective = TeacherObjective(config, dataset, split.val, config.seed)
+    val_labels = dataset.labels[list(split.val)]
+
+    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
+        return objective(m, batch, epoch, augment=t.augment and config.augment.enabled)
+
+    def validate(m: nn.Module, epoch: int) -> dict[str, float]:
+        device = _device_of(m)
+        losses, logits = [], []
+        for batch in make_loader(dataset, split.val, t.batch_size, train=False):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss, _ = val_objective(m, batch, epoch, augment=False)
+            losses.append(float(loss) * len(batch["index"]))
+            logits.append(val_objective.last_logits)
+        probs = torch.sigmoid(torch.cat(logits)).numpy()
+        metrics = classification_metrics(val_labels, probs)
+        metrics["val_loss"] = sum(losses) / len(split.val)
+        return metrics
+
+    phase_dir = run_dir / "teacher"
+    result = fit(model, optimizer, loader, train_step, validate, _settings(t), phase_dir,
+                 config.engine, scheduler=scheduler, resume=resume, description="teacher")
+    return _finish("teacher", config, model, dataset, split, result, phase_dir,
+                   run_dir / "checkpoints" / "teacher", "teacher", with_pet=True)
+
+
+# ----------------------------------------------------------------------------- students
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence[int],
+                    batch_size: int = 8) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The frozen teacher's (PET-guided embedding, logit) per case, on unaugmented stacks."""
+    teacher.eval()
+    device = _device_of(teacher)
+    targets = {}
+    indices = [int(i) for i in indices]
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        mri = torch.stack([dataset[i]["mri"] for i in chunk]).to(device)
+        pet = torch.stack([dataset[i]["pet"] for i in chunk]).to(device)
+        out = teacher(mri, pet)
+        for k, i in enumerate(chunk):
+            targets[i] = (out.guided[k].float().cpu(), out.logits[k].float().cpu())
+    return targets
+
+
+def _student_optimizer(config: RunConfig, model: nn.Module, lr: tuple[float, float, float],
+                       weight_decay: float) -> torch.optim.Optimizer:
+    attention, projection, classifier = lr
+    groups = param_groups(model, [("attention.", attention), ("slices.", projection),
+                                  ("pool.", classifier), ("classifier.", classifier)], weight_decay)
+    return torch.optim.AdamW(groups)
+
+
+def _student_validate(dataset: SliceDataset, split: Split, batch_size: int):
+    val_labels = dataset.labels[list(split.val)]
+
+    def validate(m: nn.Module, epoch: int) -> dict[str, float]:
+        probs = predict_probabilities(m, dataset, split.val, batch_size)
+        metrics = classification_metrics(val_labels, probs)
+        metrics["val_loss"] = metrics["val_bce"]
+        return metrics
+
+    return validate
+
+
+def _augmented_mri(config: RunConfig, batch: dict[str, Any], epoch: int, enabled: bool) -> torch.Tensor:
+    mri = batch["mri"]
+    if not (enabled and config.augment.enabled):
+        return mri
+    aug, _ = augment_pair(mri.cpu(), None, config.augment,
+                          _augment_generator(config, epoch, int(batch["index"][0])))
+    return aug.to(mri.device)
+
+
+def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
+                  teacher: nn.Module | None = None, resume: bool = False, name: str | None = None
+                  ) -> PhaseResult:
+    """Phase 2: the distilled MRI-only student, or with ``teacher=None`` the baseline.
+
+    Loss per batch: ``w_cls * MarginFocal + (1 - w_cls) * (feature_weight * feature KD +
+    logit_weight * logit KD)`` with ``w_cls`` following the schedule (0.5 -> 0.8); the baseline
+    uses the margin focal loss alone. Writes ``run_dir/<name>`` and ``run_dir/checkpoints/<name>``.
+    """
+    from AmyloidKDLib.losses import (MarginFocalLoss, classification_weight, feature_distillation_loss,
+                                     logit_distillation_loss, temperature_at)
+    from AmyloidKDLib.models import build_model, init_student_from_teacher
+
+    name = name or ("student" if teacher is not None else "baseline")
+    run_dir = Path(run_dir)
+    s = config.student
+    torch.manual_seed(config.seed + 1)
+    model = build_model(config.model_config("student"))
+    copied: list[str] = []
+    if teacher is not None and s.init_from_teacher:
+        copied = init_student_from_teacher(model, teacher)
+        logger.info("student initialised from the teacher: %s", ", ".join(copied))
+    targets = teacher_targets(teacher, dataset, split.train) if teacher is not None else {}
+    focal = MarginFocalLoss(alpha=s.focal_alpha, gamma=s.focal_gamma, margin_positive=s.focal_margin_positive)
+    optimizer = _student_optimizer(config, model, (s.lr_attention, s.lr_projection, s.lr_classifier),
+                                   s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=s.mode, factor=s.plateau_factor, patience=s.plateau_patience)
+    loader = make_loader(dataset, split.train, s.batch_size, train=True, balanced=s.balanced_batches,
+                         seed=config.seed + 1, num_workers=config.engine.num_workers)
+
+    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
+        out = m(_augmented_mri(config, batch, epoch, s.augment))
+        labels = _labels(batch).to(out.logits.device)
+        cls = focal(out.logits.float(), labels)
+        if teacher is None:
+            return cls, {"cls_loss": float(cls)}
+        idx = batch["index"].tolist()
+        t_embed = torch.stack([targets[i][0] for i in idx]).to(out.embedding.device)
+        t_logit = torch.stack([targets[i][1] for i in idx]).to(out.logits.device)
+        feature = feature_distillation_loss(out.embedding.float(), t_embed)
+        logit = logit_distillation_loss(out.logits.float(), t_logit,
+                                        temperature=temperature_at(epoch - 1, config.schedule))
+        w = classification_weight(epoch - 1, config.schedule)
+        loss = w * cls + (1 - w) * (s.feature_weight * feature + s.logit_weight * logit)
+        return loss, {"cls_loss": float(cls), "feature_loss": float(feature), "logit_loss": float(logit),
+                      "cls_weight": w}
+
+    phase_dir = run_dir / name
+    settings = _settings(s, scheduler_step="plateau")
+    result = fit(model, optimizer, loader, train_step, _student_validate(dataset, split, s.batch_size),
+                 settings, phase_dir, config.engine, scheduler=scheduler, resume=resume, description=name)
+    phase = _finish(name, config, model, dataset, split, result, phase_dir,
+                    run_dir / "checkpoints" / name, "student")
+    phase.extra["initialised_from_teacher"] = copied
+    return phase
+
+
+def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
+                teacher: nn.Module, resume: bool = False) -> PhaseResult:
+    """Phase 3: the light CNN student, distilled with ``alpha*T^2*KL + (1-alpha)*BCE``.
+
+    Its attention, pooling and classifier start from the teacher's (cross-attention, guided
+    pooling, classifier); the CNN keeps its own weights. Writes ``run_dir/light`` and
+    ``run_dir/checkpoints/light``.
+    """
+    from AmyloidKDLib.losses import kd_loss
+    from AmyloidKDLib.models import build_model, init_student_from_teacher
+
+    run_dir = Path(run_dir)
+    c = config.light
+    torch.manual_seed(config.seed + 2)
+    model = build_model(config.model_config("light_student"))
+    init_student_from_teacher(model, teacher)
+    targets = teacher_targets(teacher, dataset, split.train)
+    optimizer = torch.optim.AdamW(param_groups(model, [("", c.lr)], c.weight_decay))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, c.epochs))
+    loader = make_loader(dataset, split.train, c.batch_size, train=True, balanced=c.balanced_batches,
+                         seed=config.seed + 2, num_workers=config.engine.num_workers)
+
+    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
+        out = m(_augmented_mri(config, batch, epoch, c.augment))
+        t_logit = torch.stack([targets[i][1] for i in batch["index"].tolist()]).to(out.logits.device)
+        loss = kd_loss(out.logits.float(), t_logit, _labels(batch).to(out.logits.device),
+                       alpha=c.alpha, temperature=c.temperature)
+        return loss, {}
+
+    phase_dir = run_dir / "light"
+    result = fit(model, optimizer, loader, train_step, _student_validate(dataset, split, c.batch_size),
+                 _settings(c), phase_dir, config.engine, scheduler=scheduler, resume=resume,
+                 description="light")
+    return _finish("light", config, model, dataset, split, result, phase_dir,
+                   run_dir / "checkpoints" / "light", "light_student")

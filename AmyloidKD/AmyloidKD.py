@@ -6,6 +6,7 @@ background process so Slicer stays responsive; this file converts nodes to files
 shows progress, and displays the result.
 """
 
+import importlib
 import logging
 import re
 import shutil
@@ -183,7 +184,8 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed."""
+        """Called just before the scene is closed: a running prediction's nodes are going away."""
+        self.onCancelButton()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -356,15 +358,16 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
     def _interactive() -> bool:
         return slicer.util.mainWindow() is not None and not slicer.app.commandOptions().testingEnabled
 
-    def setupPythonRequirements(self, skullStrip: str = "hd-bet-v1", askConfirmation: bool = True) -> None:
+    def setupPythonRequirements(self, skullStrip: Optional[str] = "hd-bet-v1", askConfirmation: bool = True) -> None:
         """Install what the prediction needs: PyTorch via the PyTorch extension, the rest via pip.
 
         Asks first when Slicer has a main window and is not testing; never replaces a
-        package that is already installed. Raises ModuleError with what to do otherwise.
+        package that is already installed. ``skullStrip`` adds that backend's package (None:
+        none). Raises ModuleError with what to do otherwise.
         """
         confirm = askConfirmation and self._interactive()
         self._ensureTorch(confirm)
-        requirements = read_requirements(REQUIREMENTS_FILE) + list(SKULL_STRIP_REQUIREMENTS[skullStrip])
+        requirements = read_requirements(REQUIREMENTS_FILE) + list(SKULL_STRIP_REQUIREMENTS.get(skullStrip, ()))
         missing = missing_requirements(requirements)
         if not missing:
             return
@@ -379,6 +382,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         constraintsPath = Path(slicer.util.tempDirectory("AmyloidKD-pip")) / "constraints.txt"
         constraintsPath.write_text(constraints_text(installed_distributions()), encoding="utf-8")
         slicer.util.pip_install(pip_install_arguments(missing, constraintsPath))
+        importlib.invalidate_caches()
         stillMissing = missing_requirements(missing)
         if stillMissing:
             raise ModuleError("installing " + ", ".join(stillMissing) + " failed (see the Python console). "
@@ -431,17 +435,21 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
             raise ModuleError("select a checkpoint (the folder with model.safetensors and checkpoint.json).")
         checkpointDir = resolve_checkpoint(checkpoint)
         workDirectory = Path(slicer.util.tempDirectory("AmyloidKD"))
-        caseName = re.sub(r"[^A-Za-z0-9_-]+", "_", mriNode.GetName()).strip("_") or "mri"
-        inputPath = workDirectory / "input" / f"{caseName}.nii.gz"
-        inputPath.parent.mkdir(parents=True, exist_ok=True)
-        if not slicer.util.exportNode(mriNode, str(inputPath)):
-            raise ModuleError(f"could not write {mriNode.GetName()} to {inputPath}; check free disk space.")
-        outDir = Path(outputDirectory) if outputDirectory else workDirectory / "output"
-        request = PredictRequest(inputPath, checkpointDir, outDir, device=device, skull_strip=skullStrip)
-        command = build_predict_command(self._pythonExecutable(), request)
-        env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
-        logging.info("AmyloidKD: " + " ".join(command))
-        process = BackgroundProcess.start(command, env=env, cwd=workDirectory)
+        try:
+            caseName = re.sub(r"[^A-Za-z0-9_-]+", "_", mriNode.GetName()).strip("_") or "mri"
+            inputPath = workDirectory / "input" / f"{caseName}.nii.gz"
+            inputPath.parent.mkdir(parents=True, exist_ok=True)
+            if not slicer.util.exportNode(mriNode, str(inputPath)):
+                raise ModuleError(f"could not write {mriNode.GetName()} to {inputPath}; check free disk space.")
+            outDir = Path(outputDirectory) if outputDirectory else workDirectory / "output"
+            request = PredictRequest(inputPath, checkpointDir, outDir, device=device, skull_strip=skullStrip)
+            command = build_predict_command(self._pythonExecutable(), request)
+            env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
+            logging.info("AmyloidKD: " + " ".join(command))
+            process = BackgroundProcess.start(command, env=env, cwd=workDirectory)
+        except BaseException:
+            shutil.rmtree(workDirectory, ignore_errors=True)
+            raise
         return AmyloidKDJob(process, request, caseName, mriNode, petNode, workDirectory,
                             keepOutputs=outputDirectory is not None)
 
@@ -514,7 +522,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(
             background=mriNode, foreground=saliencyNode, label=result.topRegionsNode,
             foregroundOpacity=self.overlay.foregroundOpacity if opacity is None else opacity,
-            labelOpacity=self.overlay.labelOpacity, fit=True)
+            labelOpacity=self.overlay.labelOpacity, fit=slicer.app.layoutManager() is not None)
 
     def process(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
                 checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1", showResult: bool = True,

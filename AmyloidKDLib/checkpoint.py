@@ -29,7 +29,7 @@ FORMAT_NAME = "amyloidkd-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "checkpoint.json"
-_VERSIONED_PACKAGES = ("amyloidkd", "torch", "open_clip_torch", "timm", "peft", "safetensors", "numpy")
+_VERSIONED_PACKAGES = ("torch", "open_clip_torch", "timm", "peft", "safetensors", "numpy")
 
 
 @dataclass
@@ -49,7 +49,9 @@ class CheckpointInfo:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that shape a model's weights and outputs."""
-    versions = {"python": platform.python_version()}
+    from AmyloidKDLib import __version__
+
+    versions = {"python": platform.python_version(), "amyloidkd": __version__}
     for name in _VERSIONED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -8,6 +8,7 @@ Nothing is downloaded: the checkpoint folder holds everything the student needs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -30,6 +31,8 @@ STUDENT_KINDS = ("student", "light_student")
 #: Seed set before every prediction so that dropout-free eval runs repeat bit for bit.
 PREDICTION_SEED = 0
 
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
 #: Steps reported through ``on_step`` and in ``PredictionResult.timings`` (seconds).
 PREDICTION_STEPS = ("prepare", "model", "saliency")
 
@@ -47,9 +50,12 @@ class PredictionResult:
         mri: the input MRI (native grid).
         saliency: [0, 1] saliency on the native grid, or None when saliency was not asked for.
         saliency_mni: the same in MNI space (grid of the prepared MRI).
-        top_regions: uint8 label map of the top-saliency regions, native grid.
+        top_regions: label map of the top-saliency regions on the native grid (integers
+            1..255 by strength, 0 elsewhere; written as uint8).
         saliency_target: the class the saliency explains (1 = amyloid positive).
         device: where the model ran.
+        details: extras for reports: the saliency threshold of the top regions and the
+            sagittal MNI planes the model saw.
     """
 
     probability: float
@@ -77,6 +83,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def make_deterministic(device: torch.device) -> None:
+    """Ask for repeatable results in this process: single-threaded ITK (ANTs), fixed seeds,
+    and on the CPU deterministic PyTorch algorithms.
+
+    ANTs registration sums its metric over threads in a varying order, so two runs of the
+    same case differ slightly unless ITK uses one thread. ITK reads that setting once, at
+    its first use in the process: set here before any registration runs (the ``predict``
+    command does), or set ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1`` in the environment.
+    A value the user already set is kept.
+    """
+    os.environ.setdefault(ITK_THREADS_ENV, "1")
+    if os.environ[ITK_THREADS_ENV] != "1":
+        log.warning("%s=%s: ANTs registration may differ slightly between runs",
+                    ITK_THREADS_ENV, os.environ[ITK_THREADS_ENV])
+    torch.manual_seed(PREDICTION_SEED)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 class Predictor:
     """A loaded student checkpoint that turns raw MRIs into predictions and saliency maps.
 
@@ -88,8 +113,9 @@ class Predictor:
             Everything else of the preparation stays as in training.
         saliency: make the Grad-CAM saliency volumes (costs one backward pass).
         saliency_config: how saliency and top regions are made.
-        deterministic: on CPU, ask PyTorch for deterministic algorithms (process-wide) so
-            repeated predictions are identical.
+        deterministic: make repeated predictions identical (process-wide settings, see
+            :func:`make_deterministic`): single-threaded ITK for registration, and on the CPU
+            deterministic PyTorch algorithms.
         cache_dir: optional cache for preparation (passed to ``prepare_case``).
 
     Raises:
@@ -105,21 +131,27 @@ class Predictor:
 
         self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint)
+        # Refuse a teacher or an inconsistent checkpoint before building its (large) model.
+        described = _read_description(self.checkpoint)
+        if described is not None:
+            _check_student(described.get("model_config"), self.checkpoint)
+            _check_slices_fit_model(described.get("model_config"), described.get("slice_config"),
+                                    self.checkpoint)
         model, info = load_checkpoint(self.checkpoint, device=self.device)
+        model_config = info.model_config.to_dict()
+        _check_student(model_config, self.checkpoint)
         self.info = info
-        kind = _info_get(info, "model_config", "kind", default=None)
-        if kind is not None and kind not in STUDENT_KINDS:
-            raise CheckpointError(f"{self.checkpoint} holds a {kind!r} model; prediction needs a "
-                                  f"student checkpoint ({' or '.join(STUDENT_KINDS)}) - the "
-                                  "teacher needs PET and is only used in training")
-        self.prep_config = _prep_config_from(info, self.checkpoint, skull_strip)
-        self.slice_config = _slice_config_from(info, self.checkpoint)
-        self.threshold = float(_info_get(info, "threshold", default=0.5))
+        # An explicit device choice applies to skull stripping too (HD-BET runs on torch).
+        self.prep_config = _prep_config_from(info.prep_config, self.checkpoint, skull_strip,
+                                             None if device == "auto" else self.device)
+        self.slice_config = _slice_config_from(info.slice_config, self.checkpoint)
+        _check_slices_fit_model(model_config, self.slice_config.to_dict(), self.checkpoint)
+        self.threshold = float(info.threshold)
         self.make_saliency = saliency
         self.saliency_config = saliency_config or SaliencyConfig()
         self.cache_dir = cache_dir
-        if deterministic and self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        if deterministic:
+            make_deterministic(self.device)
         self.model = model.to(self.device).eval()
 
     def predict_file(self, path: str | os.PathLike,
@@ -131,6 +163,8 @@ class Predictor:
         """Prepare ``mri`` as in training, run the student and make the saliency volumes.
 
         ``on_step(name)`` is called after each of ``PREDICTION_STEPS`` (for progress bars).
+        The ``model`` time includes slicing; ``saliency`` includes Grad-CAM, placing the maps
+        back and warping them to the native grid.
         """
         from AmyloidKDLib.pipeline import prepare_case
         from AmyloidKDLib.slicing import sagittal_slices
@@ -138,8 +172,8 @@ class Predictor:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         prepared = prepare_case(mri, None, config=self.prep_config, cache_dir=self.cache_dir)
-        for step in getattr(prepared, "steps", None) or []:
-            timings[f"prepare/{step.get('name', '?')}"] = float(step.get("seconds", 0.0))
+        for step in prepared.steps:
+            timings[f"prepare/{step['name']}"] = float(step["seconds"])
         timings["prepare"] = time.perf_counter() - start
         _notify(on_step, "prepare")
 
@@ -149,8 +183,7 @@ class Predictor:
         torch.manual_seed(PREDICTION_SEED)
         with torch.inference_mode():
             output = self.model(slices.unsqueeze(0).to(self.device))
-        logits = output.logits if hasattr(output, "logits") else output
-        probability = float(torch.sigmoid(logits.float().reshape(-1)[0]).cpu())
+        probability = float(torch.sigmoid(output.logits.float().reshape(-1)[0]).cpu())
         label = int(probability >= self.threshold)
         timings["model"] = time.perf_counter() - started
         _notify(on_step, "model")
@@ -174,52 +207,66 @@ class Predictor:
         return result
 
 
+def _read_description(checkpoint: Path) -> dict | None:
+    """checkpoint.json as a dict, or None when unreadable (load_checkpoint then says why)."""
+    from AmyloidKDLib.checkpoint import INFO_FILE
+
+    path = checkpoint / INFO_FILE if checkpoint.is_dir() else checkpoint
+    try:
+        described = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return described if isinstance(described, dict) else None
+
+
+def _check_student(model_config: Any, checkpoint: Path) -> None:
+    kind = model_config.get("kind") if isinstance(model_config, dict) else None
+    if kind is not None and kind not in STUDENT_KINDS:
+        raise CheckpointError(f"{checkpoint} holds a {kind!r} model; prediction needs a student "
+                              f"checkpoint ({' or '.join(STUDENT_KINDS)}) - the teacher needs PET "
+                              "and is only used in training")
+
+
+def _check_slices_fit_model(model_config: Any, slice_config: Any, checkpoint: Path) -> None:
+    if not isinstance(model_config, dict) or not isinstance(slice_config, dict):
+        return
+    model = (model_config.get("n_slices"), model_config.get("image_size"))
+    slices = (slice_config.get("n_slices"), slice_config.get("image_size"))
+    if None not in model + slices and model != slices:
+        raise CheckpointError(
+            f"{checkpoint}: the model expects {model[0]} slices of {model[1]} px but the stored "
+            f"slice config gives {slices[0]} of {slices[1]} px; the checkpoint is inconsistent - "
+            "re-export it from its training run")
+
+
 def _notify(on_step: Callable[[str], None] | None, name: str) -> None:
     if on_step is not None:
         on_step(name)
 
 
-def _info_get(info: Any, *keys: str, default: Any = None) -> Any:
-    value = info
-    for key in keys:
-        if isinstance(value, dict):
-            value = value.get(key, None)
-        else:
-            value = getattr(value, key, None)
-        if value is None:
-            return default
-    return value
-
-
-def _prep_config_from(info: Any, checkpoint: Path, skull_strip: str | None):
+def _prep_config_from(stored: dict, checkpoint: Path, skull_strip: str | None,
+                      device: torch.device | None = None):
+    """The checkpoint's PrepConfig, with the skull-strip backend and device overridden if given."""
     from AmyloidKDLib.pipeline import PrepConfig
 
-    stored = _info_get(info, "prep_config", default=None)
-    if stored is None:
-        raise CheckpointError(f"{checkpoint}: checkpoint.json has no preprocessing config; "
-                              "it cannot be prepared as in training - re-save it with a current "
-                              "AmyloidKD")
-    config = stored if isinstance(stored, PrepConfig) else PrepConfig.from_dict(dict(stored))
+    values = json.loads(json.dumps(stored))
     if skull_strip is not None:
-        config = _with_skull_strip(config, skull_strip)
-    return config
+        values.setdefault("skull_strip", {})["backend"] = skull_strip
+    if device is not None:
+        values.setdefault("skull_strip", {})["device"] = device.type
+    try:
+        return PrepConfig.from_dict(values)
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint}: its preprocessing config is not usable by this "
+                              f"AmyloidKD version ({exc})") from None
 
 
-def _with_skull_strip(config: Any, method: str) -> Any:
-    values = config.to_dict()
-    values["skull_strip"] = method
-    return type(config).from_dict(values)
-
-
-def _slice_config_from(info: Any, checkpoint: Path):
+def _slice_config_from(stored: dict, checkpoint: Path):
+    """The checkpoint's SliceConfig."""
     from AmyloidKDLib.slicing import SliceConfig
 
-    stored = _info_get(info, "slice_config", default=None)
-    if stored is None:
-        raise CheckpointError(f"{checkpoint}: checkpoint.json has no slice config; re-save it "
-                              "with a current AmyloidKD")
-    if isinstance(stored, SliceConfig):
-        return stored
-    if hasattr(SliceConfig, "from_dict"):
+    try:
         return SliceConfig.from_dict(dict(stored))
-    return SliceConfig(**dict(stored))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint}: its slice config is not usable by this AmyloidKD "
+                              f"version ({exc})") from None

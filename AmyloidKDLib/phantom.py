@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import norm
 
 from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.volume import Volume
@@ -175,6 +174,9 @@ class PhantomConfig:
             for table in ("suvr_intercept", "suvr_slope", "white_matter_suvr"):
                 if tracer not in getattr(self, table):
                     raise ConfigError(f"PhantomConfig.{table} needs a value for {tracer}")
+        if self.montage_subjects < 0:
+            raise ConfigError(f"PhantomConfig.montage_subjects must be >= 0 (0: no montage), "
+                              f"got {self.montage_subjects}")
         if self.max_sessions < 2:
             raise ConfigError(f"PhantomConfig.max_sessions must be >= 2, got {self.max_sessions}")
         if self.mr_pet_gap_days * 2 + 365 >= self.session_gap_days[0]:
@@ -204,6 +206,8 @@ def _valid_axcodes(code: str) -> bool:
 
 def mixture_weight(config: PhantomConfig) -> float:
     """Weight of the amyloid-positive Centiloid component that yields ``config.prevalence``."""
+    from scipy.stats import norm
+
     threshold = config.label_threshold
     q_pos = norm.sf(threshold, *config.positive_centiloid)
     q_neg = norm.sf(threshold, *config.negative_centiloid)
@@ -580,14 +584,15 @@ def _orientation(rng: np.random.Generator, config: PhantomConfig) -> str:
 
 
 def _sample(channels: np.ndarray, maps: TemplateMaps, geometry: SessionGeometry,
-            coarse_mm: float = COARSE_MAPPING_MM, bias_coefficients: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray | None]:
+            coarse_mm: float = COARSE_MAPPING_MM, bias_coefficients: np.ndarray | None = None,
+            support_channel: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Pull template-space ``channels`` (C, X, Y, Z) onto the session grid (trilinear).
 
     The exact mapping is evaluated on a coarse grid (every ``coarse_mm``) and upsampled
     trilinearly, which is accurate because it is smooth; the smooth bias field rides along.
     torch's grid_sample is used rather than scipy's map_coordinates: it samples several
-    channels per coordinate computation and uses every core.
+    channels per coordinate computation and uses every core. With ``support_channel``, only
+    voxels near where that channel is non-zero are sampled (the rest stay 0).
     """
     import torch
     import torch.nn.functional as F
@@ -620,19 +625,56 @@ def _sample(channels: np.ndarray, maps: TemplateMaps, geometry: SessionGeometry,
     block = block[:, lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
     start = lo * step
     stop = np.minimum(hi * step, np.asarray(shape) - 1)
-    dense = F.interpolate(torch.from_numpy(np.ascontiguousarray(block))[None],
-                          size=tuple(int(v) for v in (hi - lo) * step + 1),
-                          mode="trilinear", align_corners=True)
-    dense = dense[:, :, :stop[0] - start[0] + 1, :stop[1] - start[1] + 1, :stop[2] - start[2] + 1]
-    grid = dense[:, :3].permute(0, 2, 3, 4, 1).contiguous()
-    source = torch.from_numpy(np.ascontiguousarray(channels, np.float32))[None]
-    sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)
     box = tuple(slice(a, b + 1) for a, b in zip(start, stop))
-    out_channels[(slice(None),) + box] = sampled[0].numpy()
+    sub_shape = tuple(int(v) for v in stop - start + 1)
+    coarse_block = torch.from_numpy(np.ascontiguousarray(block))[None]
+    source = torch.from_numpy(np.ascontiguousarray(channels, np.float32))[None]
+    if support_channel is None:
+        dense = F.interpolate(coarse_block, size=tuple(int(v) for v in (hi - lo) * step + 1),
+                              mode="trilinear", align_corners=True)
+        dense = dense[:, :, :sub_shape[0], :sub_shape[1], :sub_shape[2]]
+        grid = dense[:, :3].permute(0, 2, 3, 4, 1).contiguous()
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=True)
+        out_channels[(slice(None),) + box] = sampled[0].numpy()
+        if bias is not None:
+            bias[box] = dense[0, 3].numpy()
+        return out_channels, bias
+    # Only voxels near the support (the brain) are sampled: find them at half resolution
+    # first, then sample the full-resolution voxels of that neighbourhood as a point list.
+    half = np.stack(np.meshgrid(*[np.arange(0, n, 2) for n in sub_shape], indexing="ij"), -1)
+    support = _sample_points(coarse_block, step, half.reshape(-1, 3),
+                             source[:, support_channel:support_channel + 1])[0]
+    near = ndimage.binary_dilation(support.reshape(half.shape[:3]) > 0.01)
+    for axis in range(3):
+        near = np.repeat(near, 2, axis=axis)
+    near = near[:sub_shape[0], :sub_shape[1], :sub_shape[2]]
+    points = np.argwhere(near)
+    values, planes_at = _sample_points(coarse_block, step, points, source, with_planes=True)
+    view = out_channels[(slice(None),) + box]
+    view[:, near] = values
     if bias is not None:
-        bias[box] = dense[0, 3].numpy()
+        bias[box][near] = planes_at[3]
     return out_channels, bias
+
+
+def _sample_points(coarse_block, step: int, points: np.ndarray, source, with_planes: bool = False):
+    """Sample ``source`` at sub-box voxel ``points`` (N, 3), whose template coordinates (and
+    bias) are trilinear in ``coarse_block`` (1, P, n0, n1, n2) with ``step`` voxels per cell."""
+    import torch
+    import torch.nn.functional as F
+
+    n_block = np.asarray(coarse_block.shape[2:], np.float64)
+    where = 2.0 * (points / step) / np.maximum(n_block - 1, 1) - 1.0
+    grid = torch.from_numpy(where[:, ::-1].astype(np.float32).copy()).view(1, 1, 1, -1, 3)
+    planes = F.grid_sample(coarse_block, grid, mode="bilinear", align_corners=True)
+    template_grid = planes[:, :3].reshape(1, 3, -1).permute(0, 2, 1).reshape(1, 1, 1, -1, 3)
+    values = F.grid_sample(source, template_grid.contiguous(), mode="bilinear",
+                           padding_mode="zeros", align_corners=True)
+    values = values.reshape(source.shape[1], -1).numpy()
+    if with_planes:
+        return values, planes.reshape(planes.shape[1], -1).numpy()
+    return values
 
 
 def _gm_loss(maps: TemplateMaps, truth: SessionTruth) -> np.ndarray:
@@ -652,21 +694,27 @@ def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
                    rng: np.random.Generator, config: PhantomConfig) -> dict[str, Volume]:
     """The session's MRI contrasts as RAS Volumes (scanner-like integer intensities)."""
     loss = _gm_loss(maps, truth)
+    names = list(config.contrasts)
+    channels = np.empty((len(names) + (0 if config.skull else 1), *maps.shape), np.float32)
     gm, csf = maps.gm - loss, maps.csf + loss
-    contrasts = {"T1w": maps.t1 - loss * (maps.t1_gm - maps.t1_csf)}
-    if "T2w" in config.contrasts:
-        contrasts["T2w"] = T2_TISSUE["gm"] * gm + T2_TISSUE["wm"] * maps.wm + T2_TISSUE["csf"] * csf
-    if "FLAIR" in config.contrasts:
-        contrasts["FLAIR"] = (FLAIR_TISSUE["gm"] * gm + FLAIR_TISSUE["wm"] * maps.wm
-                              + FLAIR_TISSUE["csf"] * csf)
-    if config.skull:
-        for name in contrasts:
-            contrasts[name] = contrasts[name] + _shell(maps, name)
-    channels = list(contrasts.values()) + ([] if config.skull else [maps.brain])
+    for c, name in enumerate(names):
+        out = channels[c]
+        if name == "T1w":
+            np.multiply(loss, -(maps.t1_gm - maps.t1_csf), out=out)
+            out += maps.t1
+        else:
+            weights = T2_TISSUE if name == "T2w" else FLAIR_TISSUE
+            np.multiply(gm, weights["gm"], out=out)
+            out += weights["wm"] * maps.wm
+            out += weights["csf"] * csf
+        if config.skull:
+            out += _shell(maps, name)
+    if not config.skull:
+        channels[-1] = maps.brain
     bias_coefficients = rng.normal(0.0, config.bias_strength, 12)
     bias_coefficients[3:] *= 0.5
-    sampled, bias = _sample(np.stack(channels), maps, geometry,
-                            bias_coefficients=bias_coefficients)
+    sampled, bias = _sample(channels, maps, geometry, bias_coefficients=bias_coefficients,
+                            support_channel=None if config.skull else len(channels) - 1)
     gain = float(rng.uniform(0.85, 1.15)) * MRI_FULL_SCALE
     sigma = config.mri_noise * MRI_FULL_SCALE
     n_voxels = int(np.prod(geometry.grid_shape))
@@ -675,7 +723,7 @@ def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
               else np.flatnonzero(sampled[-1].reshape(-1) > 0.5))
     scale = bias.reshape(-1)[inside] * gain
     volumes = {}
-    for c, name in enumerate(contrasts):
+    for c, name in enumerate(names):
         signal = sampled[c].reshape(-1)[inside] * scale
         noisy = np.hypot(signal + sigma * rng.standard_normal(signal.shape, np.float32),
                          sigma * rng.standard_normal(signal.shape, np.float32))
@@ -855,13 +903,12 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(out_dir)
 
 
-def _make_scan(scan: _Scan, subjects: list[SubjectTruth], displacement: tuple[np.ndarray, np.ndarray],
+def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarray, np.ndarray],
                maps_by_kind: dict[str, TemplateMaps], box: tuple[np.ndarray, np.ndarray], seed: int,
                config: PhantomConfig, out_dir: Path, writer: ThreadPoolExecutor,
                pending: list[Future]) -> dict[str, Volume]:
     """Synthesise one scan, queue its files for writing and save its geometry."""
     truth = scan.truth
-    subject = subjects[int(truth.subject_id[3:]) - 1]
     is_mri = scan.kind == "mri"
     rng = _rng(seed, subject.index, 10 + truth.session_index, 0 if is_mri else 1, scan.day)
     base, origin = displacement
@@ -870,7 +917,7 @@ def _make_scan(scan: _Scan, subjects: list[SubjectTruth], displacement: tuple[np
                                                    base.shape[1:]), 3)
     rot, shift = _pose(rng, config)
     grid_spacing = config.mri_spacing_mm if is_mri else config.pet_spacing_mm
-    pad = (26.0 if config.skull else 14.0) if is_mri else 30.0
+    pad = (26.0 if config.skull else 10.0) if is_mri else 18.0
     affine, shape = _grid(box, pad, grid_spacing, shift, rng)
     geometry = SessionGeometry(rot, shift, tuple(float(v) for v in origin), spacing, disp,
                                affine, shape, "RAS")
@@ -933,6 +980,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     displacements = {s.subject_id: subject_displacement(s, seed, config, box) for s in subjects}
 
     scans = _plan(subjects, sessions, seed, layout, config)
+    by_id = {s.subject_id: s for s in subjects}
     t1_by_session: dict[str, Volume] = {}
     shown: list[tuple[SessionTruth, Volume, Volume]] = []
     # compression runs in a second thread (zlib releases the GIL) while the next scan is built
@@ -940,10 +988,12 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     pending: list[Future] = []
     try:
         for scan in tqdm(scans, desc="phantom scans", unit="scan", disable=not progress):
-            volumes = _make_scan(scan, subjects, displacements[scan.truth.subject_id], maps_by_kind,
-                                 box, seed, config, out_dir, writer, pending)
             truth = scan.truth
-            if len(shown) >= config.montage_subjects:
+            volumes = _make_scan(scan, by_id[truth.subject_id], displacements[truth.subject_id],
+                                 maps_by_kind, box, seed, config, out_dir, writer, pending)
+            quota = math.ceil(config.montage_subjects / 2)  # as many A+ as A- where possible
+            if (len(shown) >= config.montage_subjects or truth.session_index
+                    or sum(t.label == truth.label for t, _, _ in shown) >= quota):
                 continue
             if scan.kind == "mri" and scan.label == truth.mr_session_id:
                 t1_by_session[truth.session_id] = volumes["T1w"]
@@ -1009,3 +1059,63 @@ def _write_oasis_csvs(root: Path, sessions: list[SessionTruth], subjects: list[S
                  "days_to_visit": s.pet_day, "age at visit": _fmt(s.age, 1)} for s in sessions]
     _atomic_text(root / OASIS_CLINICAL_CSV,
                  _csv_text(("OASISID", "OASIS_session_label", "days_to_visit", "age at visit"), clinical))
+
+
+# ------------------------------------------------------------------------------ measuring
+def _mni_points(maps: TemplateMaps, mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask) @ maps.affine[:3, :3].T + maps.affine[:3, 3]
+
+
+def _values_at(volume: Volume, geometry: SessionGeometry, mni_points: np.ndarray) -> np.ndarray:
+    world = geometry.mni_to_world(mni_points)
+    inv = np.linalg.inv(volume.affine)
+    return ndimage.map_coordinates(volume.data, (world @ inv[:3, :3].T + inv[:3, 3]).T, order=1)
+
+
+def measure_cohort(root: str | os.PathLike, maps: TemplateMaps | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Simple read-outs of a written cohort, through the real loader and the true geometry.
+
+    Per paired session: ``suvr`` (mean PET in the early-amyloid GM regions over cerebellar
+    GM), ``gm`` (mean T1 in the atrophy regions' GM over nearby WM: a regional grey-matter
+    measure that cancels the bias field), with ``centiloid``, ``tracer`` and ``age`` from the
+    ground truth. Used to check (and report) how strongly each modality shows amyloid.
+    """
+    from AmyloidKDLib.volume import load_volume
+
+    root = Path(root)
+    maps = maps or build_template_maps(2.0, 4.0)
+    masks = region_masks(maps)
+    cortical = _mni_points(maps, masks["cortical_amyloid"])
+    cerebellum = _mni_points(maps, masks["cerebellum_gm"])
+    coords = maps.mni_coordinates()
+    regions = []
+    for name, (centre, radius) in ATROPHY_REGIONS.items():
+        inner = _sphere_weight(coords, {name: (centre, radius)}, sharp=True) > 0
+        outer = _sphere_weight(coords, {name: (centre, radius + 12.0)}, sharp=True) > 0
+        regions.append((_mni_points(maps, inner & (maps.gm > 0.5)),
+                        _mni_points(maps, outer & (maps.wm > 0.9))))
+
+    def geometry(label: str) -> tuple[SessionGeometry, dict]:
+        record = json.loads((root / "ground_truth" / "geometry" / f"{label}.json").read_text())
+        return SessionGeometry.from_dict(record), record
+
+    with open(root / "ground_truth" / "sessions.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["mr_session_id"]]
+    out: dict[str, list] = {"centiloid": [], "suvr": [], "gm": [], "tracer": [], "age": []}
+    for row in rows:
+        pet_geometry, record = geometry(row["session_id"])
+        if not (root / record["files"]["PET"]).exists():
+            continue
+        pet = load_volume(root / record["files"]["PET"], "PET")
+        out["suvr"].append(float(_values_at(pet, pet_geometry, cortical).mean()
+                                 / _values_at(pet, pet_geometry, cerebellum).mean()))
+        mri_geometry, record = geometry(row["mr_session_id"])
+        t1 = load_volume(root / record["files"]["T1w"], "T1w")
+        out["gm"].append(float(np.mean([
+            _values_at(t1, mri_geometry, gm).mean() / _values_at(t1, mri_geometry, wm).mean()
+            for gm, wm in regions])))
+        out["centiloid"].append(float(row["centiloid"]))
+        out["tracer"].append(row["tracer"])
+        out["age"].append(float(row["age"]))
+    return {k: np.asarray(v) for k, v in out.items()}

@@ -25,7 +25,6 @@ from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, 
                                      normalize_intensity, suvr_window)
 from AmyloidKDLib.registration import RegistrationConfig, Transform, register_to_mni, rigid_pet_to_mri
 from AmyloidKDLib.skullstrip import SkullStripConfig, skull_strip
-from AmyloidKDLib.template import load_template
 from AmyloidKDLib.volume import MRI_MODALITIES, Volume, load_volume, save_volume
 
 #: Bump when a change to the image path alters its output (invalidates the cache).
@@ -251,14 +250,10 @@ def prepare_case(mri: Volume, pet: Volume | None = None, config: PrepConfig | No
     if mri.modality not in MRI_MODALITIES:
         raise InputError(f"prepare_case needs a structural MRI as `mri`, got modality "
                          f"{mri.modality!r}; pass PET as `pet`")
-    if pet is not None and float(pet.data.min()) < 0:
-        raise InputError(f"{pet.source or 'the PET'}: negative SUVR values; pass an SUVR map "
-                         "(uptake divided by the reference region)")
     key = cache_key(mri, pet, config)
     entry = Path(cache_dir) / key if cache_dir is not None else None
     if entry is not None and (entry / "steps.json").is_file():
         return load_prepared(entry)
-    load_template(config.registration.template_resolution)
     case = _prepare(mri, pet, config)
     case.cache_key = key
     if entry is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -83,9 +84,7 @@ class _SliceBagModel(torch.nn.Module):
         self.student = student
 
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
-        output = self.student(slices.unsqueeze(0))
-        logits = output.logits if hasattr(output, "logits") else output
-        return logits.reshape(1, 1)
+        return self.student(slices.unsqueeze(0)).logits.reshape(1, 1)
 
 
 class _LogitTarget:
@@ -98,6 +97,7 @@ class _LogitTarget:
         return self.sign * model_output[0]
 
 
+@lru_cache(maxsize=1)
 def _unscaled_gradcam_class():
     # Imported here: pytorch-grad-cam pulls in OpenCV, which the rest of the library never needs.
     from pytorch_grad_cam import GradCAM
@@ -134,11 +134,7 @@ def gradcam_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Module], Callab
     if owner is None or not hasattr(owner, "gradcam_target_layers"):
         raise ConfigError(f"{type(model).__name__} has no gradcam_target_layers(); saliency needs "
                           "a student built by AmyloidKDLib.models.build_model")
-    layers = list(owner.gradcam_target_layers())
-    reshape = getattr(owner, "gradcam_reshape_transform", None)
-    if reshape is None and hasattr(owner, "encoder"):
-        reshape = getattr(owner.encoder, "gradcam_reshape_transform", None)
-    return layers, reshape
+    return list(owner.gradcam_target_layers()), getattr(owner, "gradcam_reshape_transform", None)
 
 
 def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: int) -> np.ndarray:
@@ -151,7 +147,9 @@ def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    cam = _unscaled_gradcam_class()(_SliceBagModel(model), layers, reshape_transform=reshape)
+    # The student's own adapter when it has one (models contract), else the equivalent here.
+    case_model = model.gradcam_model() if hasattr(model, "gradcam_model") else _SliceBagModel(model)
+    cam = _unscaled_gradcam_class()(case_model, layers, reshape_transform=reshape)
     # The input needs a gradient so that a student with a frozen encoder still has a graph.
     cam.compute_input_gradient = True
     try:

@@ -16,7 +16,7 @@ from AmyloidKDLib.errors import CheckpointError
 from AmyloidKDLib.models import ModelConfig, TeacherModel, build_model
 
 PREP = {"preset": "fast", "skull_strip": "none", "gamma": 0.9}
-SLICES = {"n_slices": 8, "image_size": 112}
+SLICES = {"n_slices": 4, "image_size": 64}  # the cpu preset with fewer, smaller slices
 
 
 def stack(config: ModelConfig, seed: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ def stack(config: ModelConfig, seed: int) -> torch.Tensor:
 def saved_student(tmp_path_factory):
     """A cpu-preset student whose heads were nudged away from their initial values, saved."""
     torch.manual_seed(0)
-    config = ModelConfig.preset("cpu", "student")
+    config = ModelConfig.preset("cpu", "student", **SLICES)
     model = build_model(config)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -66,7 +66,7 @@ def test_student_save_then_load_gives_identical_outputs_and_metadata(saved_stude
 
 def test_teacher_save_then_load_gives_identical_outputs(tmp_path):
     torch.manual_seed(1)
-    config = ModelConfig.preset("cpu", "teacher")
+    config = ModelConfig.preset("cpu", "teacher", **SLICES)
     teacher = build_model(config).eval()
     save_checkpoint(tmp_path / "teacher", teacher, config, prep_config=PREP, slice_config=SLICES,
                     threshold=0.5, metrics={}, provenance={})
@@ -168,7 +168,7 @@ def test_pickled_files_are_never_unpickled(saved_student, tmp_path):
 
 
 def test_threshold_and_metadata_are_checked_before_writing(tmp_path):
-    config = ModelConfig.preset("cpu", "light_student")
+    config = ModelConfig.preset("cpu", "light_student", **SLICES)
     model = build_model(config)
     with pytest.raises(CheckpointError, match="threshold"):
         save_checkpoint(tmp_path / "a", model, config, prep_config={}, slice_config={}, threshold=1.5)

@@ -28,6 +28,8 @@ BIOMEDCLIP_PARAMETERS = 86_191_872
 BIOMEDCLIP_LORA_TRAINABLE = 6 * (10 * 768 + 2304 * 10 + 10 * 768 + 768 * 10)
 # Same for ViT-Ti/16 (width 192) in the cpu preset.
 VIT_TINY_LORA_TRAINABLE = 6 * (10 * 192 + 576 * 10 + 10 * 192 + 192 * 10)
+# The cpu preset with fewer, smaller slices keeps these tests fast; the code path is the same.
+SMALL = {"n_slices": 4, "image_size": 64}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +49,7 @@ def vit_tiny_state():
 @pytest.fixture(scope="session")
 def cpu_teacher():
     torch.manual_seed(0)
-    return build_model(ModelConfig.preset("cpu", "teacher"))
+    return build_model(ModelConfig.preset("cpu", "teacher", **SMALL))
 
 
 def stack(config: ModelConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -167,7 +169,7 @@ def test_gradients_reach_only_trainable_parameters(cpu_teacher):
 
 
 def test_without_lora_frozen_blocks_and_stem_get_no_gradient():
-    config = ModelConfig.preset("cpu", "student", lora_rank=0, frozen_blocks=3)
+    config = ModelConfig.preset("cpu", "student", lora_rank=0, frozen_blocks=3, **SMALL)
     student = build_model(config)
     student(stack(config, batch=1)).logits.sum().backward()
     for name, parameter in student.encoder.named_parameters():
@@ -180,7 +182,7 @@ def test_without_lora_frozen_blocks_and_stem_get_no_gradient():
 
 def test_student_outputs_and_slice_order_matter():
     torch.manual_seed(0)
-    config = ModelConfig.preset("cpu", "student")
+    config = ModelConfig.preset("cpu", "student", **SMALL)
     student = build_model(config).eval()
     mri = stack(config)
     with torch.no_grad():
@@ -221,13 +223,13 @@ def test_teacher_embeds_pet_negatives_like_its_positives(cpu_teacher):
 
 
 def test_student_self_attention_starts_from_the_teacher_cross_attention(cpu_teacher):
-    student = build_model(ModelConfig.preset("cpu", "student"))
+    student = build_model(ModelConfig.preset("cpu", "student", **SMALL))
     copied = init_student_from_teacher(student, cpu_teacher)
     assert set(copied) == {"attention", "pool", "classifier", "slices.position", "slices.encoder",
                            "slices.projection"}
     student.eval()
     cpu_teacher.eval()
-    tokens = torch.randn(2, 8, 128)
+    tokens = torch.randn(2, 4, 128)
     with torch.no_grad():
         assert torch.allclose(student.attention(tokens), cpu_teacher.cross_attention(tokens, tokens, tokens))
         mri = stack(student.config)
@@ -235,12 +237,12 @@ def test_student_self_attention_starts_from_the_teacher_cross_attention(cpu_teac
 
 
 def test_light_student_takes_the_teacher_heads_but_keeps_its_cnn(cpu_teacher):
-    light = build_model(ModelConfig.preset("cpu", "light_student"))
+    light = build_model(ModelConfig.preset("cpu", "light_student", **SMALL))
     assert isinstance(light, StudentModel) and not light.encoder.is_vit
     copied = init_student_from_teacher(light, cpu_teacher)
     assert set(copied) == {"attention", "pool", "classifier", "slices.position"}
     assert torch.equal(light.classifier.layers[0].weight, cpu_teacher.classifier.layers[0].weight)
-    teacher = ModelConfig.preset("cpu", "teacher", embed_dim=64)
+    teacher = ModelConfig.preset("cpu", "teacher", embed_dim=64, **SMALL)
     with pytest.raises(ConfigError, match="embed_dim differs"):
         init_student_from_teacher(light, TeacherModel(teacher))
 
@@ -250,7 +252,7 @@ def test_grad_cam_gives_one_map_per_slice(kind):
     from pytorch_grad_cam import GradCAM
 
     torch.manual_seed(0)
-    config = ModelConfig.preset("cpu", kind)
+    config = ModelConfig.preset("cpu", kind, **SMALL)
     student = build_model(config).eval()
 
     slices = stack(config, batch=1)[0]
@@ -261,8 +263,8 @@ def test_grad_cam_gives_one_map_per_slice(kind):
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     assert maps.reshape(config.n_slices, -1).std(1).max() > 0  # not a blank map
     if kind == "student":
-        tokens = torch.randn(3, 1 + 7 * 7, 192)
-        assert torch.equal(student.gradcam_reshape_transform(tokens)[:, :, 1, 2], tokens[:, 1 + 1 * 7 + 2])
+        tokens = torch.randn(3, 1 + 4 * 4, 192)
+        assert torch.equal(student.gradcam_reshape_transform(tokens)[:, :, 1, 2], tokens[:, 1 + 1 * 4 + 2])
     else:
         assert student.gradcam_reshape_transform is None
     assert student.encoder(slices).shape == (config.n_slices, student.encoder.num_features)

@@ -414,7 +414,10 @@ def test_torch_version_check(version, minimum, ok):
 
 
 def test_slicer_requirements_follow_pyproject():
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pyproject = {dependencies.requirement_name(r): r.replace(" ", "") for r in project}
@@ -430,6 +433,7 @@ def test_slicer_requirements_follow_pyproject():
 # --- the real prediction command, as the module and its self-test run it ------------------
 
 
+@pytest.mark.slow  # phantom + registration + Grad-CAM: ~1-2 min on 2 shared cores
 def test_real_predict_command_through_the_runner_on_the_self_test_case(tmp_path):
     """The self-test's inputs (phantom MRI, untrained tiny checkpoint) through the real CLI.
 

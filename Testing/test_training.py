@@ -152,3 +152,119 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert result.stopped_early and result.best_epoch == 2 and len(result.history) == 5
     assert result.best_value == pytest.approx(0.7)
     assert math.isclose(result.history[-1]["val_auc"], 0.69)
+
+
+# ----------------------------------------------------------------------------- a real tiny run
+
+#: Small enough for CI: 4 slices of 64 px, a few epochs, fewer registration iterations.
+TINY = ["data.n_slices=4", "data.image_size=64", "data.jobs=2", "split.n_folds=3",
+        "engine.progress=false", "engine.device=cpu", "evaluation.n_bootstrap=200",
+        "teacher.epochs=5", "teacher.patience=5", "teacher.batch_size=4", "student.epochs=2",
+        "student.batch_size=4", "light.epochs=1", "light.batch_size=4",
+        "data.prep_overrides={registration: {iterations: [300, 60]}, "
+        "pet: {registration: {iterations: [150, 40]}}}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    """A 12-subject phantom cohort (2 mm MRI, T1w + PET; some subjects with 2-3 sessions)."""
+    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",), prevalence=0.45,
+                           orientation_mix=0.3)
+    return generate_cohort(root, 12, seed=5, layout="manifest", config=config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cohort, tmp_path_factory):
+    """Teacher, distilled student and baseline trained on the tiny cohort (one hold-out split)."""
+    from Training.workflow import CohortSource, prepare_run, run_phases
+
+    run_dir = tmp_path_factory.mktemp("run")
+    config = load_config("cpu", TINY)
+    dataset, split = prepare_run(config, CohortSource(manifest=str(tiny_cohort)), run_dir)
+    results = run_phases(config, dataset, split, run_dir, ("teacher", "student", "baseline"))
+    return config, dataset, split, run_dir, results
+
+
+@pytest.mark.slow
+def test_a_tiny_run_lowers_its_losses_and_writes_checkpoints_that_load(tiny_run):
+    from AmyloidKDLib.checkpoint import load_checkpoint
+    from Training.phases import predict_probabilities
+
+    config, dataset, split, run_dir, results = tiny_run
+    subjects = np.array(dataset.subjects)
+    assert len(set(subjects)) < len(subjects)  # repeat sessions exist ...
+    assert not set(subjects[list(split.test)]) & set(subjects[list(split.train) + list(split.val)])
+    teacher = results["teacher"].fit.history
+    assert len(teacher) == 5
+    assert min(h["train_loss"] for h in teacher[1:]) < teacher[0]["train_loss"]
+    assert min(h["cls_loss"] for h in teacher[1:]) < teacher[0]["cls_loss"]
+    assert max(h["no_negative"] for h in teacher) < 0.5  # Centiloid-aware negatives were found
+    assert results["student"].extra["initialised_from_teacher"]  # attention from cross-attention
+    for phase in ("teacher", "student", "baseline"):
+        model, info = load_checkpoint(run_dir / "checkpoints" / phase)
+        assert info.threshold == pytest.approx(results[phase].threshold)
+        assert info.slice_config["n_slices"] == 4 and info.prep_config == config.prep_config().to_dict()
+        with_pet = phase == "teacher"
+        reloaded = predict_probabilities(model, dataset, split.test, with_pet=with_pet)
+        in_memory = predict_probabilities(results[phase].model, dataset, split.test, with_pet=with_pet)
+        np.testing.assert_allclose(reloaded, in_memory, atol=1e-5)
+    # The slice stacks were cached: a second preparation reads them, it does not register again.
+    from Training.workflow import build_dataset, load_records
+    from Training.workflow import CohortSource
+
+    records = load_records(CohortSource(manifest=str(dataset_source(run_dir))), config)
+    import time
+
+    started = time.perf_counter()
+    again = build_dataset(config, records, run_dir)
+    assert time.perf_counter() - started < 10
+    assert torch.equal(again.mri[0], dataset.mri[0])
+
+
+def dataset_source(run_dir):
+    return json.loads((run_dir / "cohort.json").read_text())["manifest"]
+
+
+@pytest.mark.slow
+def test_evaluate_and_resume_through_the_command_line(tiny_run, capsys):
+    from Training.cli import TRAINING_COMMANDS
+    from AmyloidKDLib.cli import run as cli
+
+    config, dataset, split, run_dir, results = tiny_run
+    assert cli(["evaluate", "--run", str(run_dir)], TRAINING_COMMANDS) == 0
+    printed = capsys.readouterr().out
+    assert "student (distilled) vs baseline (MRI only)" in printed and "report:" in printed
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    from sklearn.metrics import roc_auc_score
+
+    preds = (run_dir / "evaluation" / "predictions_student.csv").read_text().splitlines()[1:]
+    labels = [int(line.split(",")[2]) for line in preds]
+    probs = [float(line.split(",")[3]) for line in preds]
+    assert metrics["models"]["student (distilled)"]["default"]["auc"]["value"] == pytest.approx(
+        roc_auc_score(labels, probs))
+    for name in ("roc.png", "report.md", "metrics.csv", "training_curves_teacher.png"):
+        assert (run_dir / "evaluation" / name).is_file()
+    # Resume: a light student trained for 1 epoch, then continued to 2 from its saved state.
+    common = ["--manifest", dataset_source(run_dir), "--out", str(run_dir), "--config", "cpu"]
+    common += [x for item in TINY for x in ("--set", item)]
+    assert cli(["train", "light", *common], TRAINING_COMMANDS) == 0
+    first = json.loads((run_dir / "light" / "history.json").read_text())
+    assert len(first["history"]) == 1
+    assert cli(["train", "light", *common, "--set", "light.epochs=2", "--resume"], TRAINING_COMMANDS) == 0
+    second = json.loads((run_dir / "light" / "history.json").read_text())
+    assert second["resumed_from_epoch"] == 1 and [h["epoch"] for h in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]
+
+
+def test_train_without_a_teacher_checkpoint_is_a_clear_error(tiny_cohort, tmp_path, capsys):
+    from Training.cli import TRAINING_COMMANDS
+    from AmyloidKDLib.cli import run as cli
+
+    code = cli(["train", "student", "--manifest", str(tiny_cohort), "--out", str(tmp_path / "run"),
+                *[x for item in TINY for x in ("--set", item)],
+                "--set", f"data.cache_dir={tmp_path / 'cache'}"], TRAINING_COMMANDS)
+    assert code == 2
+    assert "amyloidkd train teacher" in capsys.readouterr().err

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from AmyloidKDLib.cli import run
 
 #: Pipeline subcommand modules (each has ``register(subparsers)``).
-TRAINING_COMMANDS: tuple[str, ...] = ()
+TRAINING_COMMANDS: tuple[str, ...] = tuple(
+    f"Training.commands.{name}" for name in ("train", "evaluate", "demo", "cv"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

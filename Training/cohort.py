@@ -211,7 +211,7 @@ def read_oasis3(root: str | Path, max_days: int = 365, contrasts: tuple[str, ...
     Raises:
         InputError: the Centiloid CSV or one of its columns is missing.
     """
-    root = Path(root)
+    root = Path(root).resolve()
     if not root.is_dir():
         raise InputError(f"{root}: no such folder (expected an OASIS-3 style root)")
     bad = [c for c in contrasts if c not in CONTRASTS]

@@ -167,7 +167,7 @@ class RunConfig:
 
         config = PrepConfig.preset(self.data.prep_preset)
         if self.data.prep_overrides:
-            config = PrepConfig.from_dict({**config.to_dict(), **self.data.prep_overrides})
+            config = PrepConfig.from_dict(_deep_merge(config.to_dict(), self.data.prep_overrides))
         return config
 
     def slice_config(self):
@@ -181,6 +181,14 @@ class RunConfig:
         from Training.evaluation import write_json
 
         write_json(path, self.to_dict())
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (_deep_merge(merged[key], value)
+                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
+    return merged
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

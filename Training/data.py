@@ -32,8 +32,12 @@ SLICE_CACHE_VERSION = 1
 
 
 def case_id(record: Any) -> str:
-    """A case's name: ``<subject>_<session>`` (unique within a cohort)."""
-    return f"{record.subject_id}_{record.session_id}" if record.session_id else str(record.subject_id)
+    """A case's name, unique within a cohort: the session id (prefixed with the subject id
+    unless it already starts with it)."""
+    subject, session = str(record.subject_id), str(record.session_id or "")
+    if not session:
+        return subject
+    return session if session.startswith(subject) else f"{subject}_{session}"
 
 
 def _file_signature(path: str | os.PathLike | None) -> list[Any]:

@@ -260,7 +260,8 @@ class TeacherObjective:
         w_align = t.alignment_weight * alignment_weight(epoch - 1, self.schedule)
         loss = triplet + w_align * align + t.classification_weight * cls
         d_pos = float((anchor - positive).norm(dim=-1).mean().detach())
-        return loss, {"triplet_loss": float(triplet), "align_loss": float(align), "cls_loss": float(cls),
+        return loss, {"triplet_loss": float(triplet.detach()), "align_loss": float(align.detach()),
+                      "cls_loss": float(cls.detach()),
                       "no_negative": float((~valid).float().mean()), "d_anchor_pos": d_pos,
                       "d_anchor_neg": float(d_neg)}
 
@@ -406,7 +407,7 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
         labels = _labels(batch).to(out.logits.device)
         cls = focal(out.logits.float(), labels)
         if teacher is None:
-            return cls, {"cls_loss": float(cls)}
+            return cls, {"cls_loss": float(cls.detach())}
         idx = batch["index"].tolist()
         t_embed = torch.stack([targets[i][0] for i in idx]).to(out.embedding.device)
         t_logit = torch.stack([targets[i][1] for i in idx]).to(out.logits.device)
@@ -415,7 +416,8 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
                                         temperature=temperature_at(epoch - 1, config.schedule))
         w = classification_weight(epoch - 1, config.schedule)
         loss = w * cls + (1 - w) * (s.feature_weight * feature + s.logit_weight * logit)
-        return loss, {"cls_loss": float(cls), "feature_loss": float(feature), "logit_loss": float(logit),
+        return loss, {"cls_loss": float(cls.detach()), "feature_loss": float(feature.detach()),
+                      "logit_loss": float(logit.detach()),
                       "cls_weight": w}
 
     phase_dir = run_dir / name

@@ -60,11 +60,11 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
     """
     from Training.cohort import read_manifest, read_oasis3
 
-    if source.manifest:
-        records = read_manifest(source.manifest)
-    else:
-        records = read_oasis3(source.oasis3, max_days=config.data.max_days)
     contrast = config.data.contrast
+    if source.manifest:
+        records = read_manifest(source.manifest, contrasts=(contrast,))
+    else:
+        records = read_oasis3(source.oasis3, max_days=config.data.max_days, contrasts=(contrast,))
     usable = [r for r in records if (r.mri or {}).get(contrast) and r.label is not None]
     dropped = len(records) - len(usable)
     if dropped:

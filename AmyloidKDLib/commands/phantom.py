@@ -11,8 +11,6 @@ from AmyloidKDLib.errors import ConfigError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``phantom`` subcommand."""
-    from AmyloidKDLib.phantom import LAYOUTS
-
     parser = subparsers.add_parser(
         "phantom", help="write a synthetic PET/MRI cohort (the embedded default data)",
         description="Synthesise a PET/MRI cohort from the MNI152 template: amyloid PET that "
@@ -21,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="new or empty output folder")
     parser.add_argument("--subjects", type=int, default=20, help="number of subjects (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="manifest")
+    parser.add_argument("--layout", choices=("manifest", "oasis3", "both"), default="manifest",
+                        help="manifest CSV, OASIS-3 style tree + CSVs, or both (default manifest)")
     parser.add_argument("--mri-spacing", type=float, choices=(1.0, 2.0), default=None,
                         help="MRI voxel size in mm (default 1; 2 is 8x faster)")
     parser.add_argument("--skull", action="store_true",

@@ -259,14 +259,20 @@ def run(args: argparse.Namespace) -> int:
     from AmyloidKDLib.inference import Predictor
 
     cases = collect_inputs(args.input)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot use {out_dir} as the output folder ({exc.strerror or exc}); "
+                         "give a folder you can write to with --out") from None
     progress = Progress(args.progress == "lines", len(cases))
     progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip)
-    rows = predict_cases(cases, predictor, Path(args.out), progress=progress)
+    rows = predict_cases(cases, predictor, out_dir, progress=progress)
     failed = [row["case"] for row in rows if row["status"] != "ok"]
     progress.line(1.0, f"done: {len(rows) - len(failed)} ok, {len(failed)} failed")
     if failed:
         print(f"amyloidkd predict: {len(failed)} of {len(rows)} case(s) failed: "
-              f"{', '.join(failed)} (see {Path(args.out) / 'results.csv'})", file=sys.stderr)
+              f"{', '.join(failed)} (see {out_dir / 'results.csv'})", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK

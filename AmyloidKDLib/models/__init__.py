@@ -48,7 +48,8 @@ def init_student_from_teacher(student: StudentModel, teacher: TeacherModel) -> l
     The student's self-attention starts from the teacher's cross-attention, its pooling and
     classifier from the teacher's guided pooling and classifier. When both use the same encoder
     (paper student) the encoder (with LoRA), projection and slice positions are copied too; a
-    light student keeps its own CNN and projection.
+    light student keeps its own CNN and projection. A paper student that takes the teacher's
+    encoder can be built with ``build_model(config, load_pretrained=False)``.
 
     Raises ConfigError when embedding sizes, attention heads or slice counts differ.
     """

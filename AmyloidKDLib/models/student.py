@@ -8,7 +8,6 @@ slices, and classified. The MRI-only baseline is this model trained without a te
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +25,6 @@ from AmyloidKDLib.models.heads import (
     TokenAttention,
 )
 from AmyloidKDLib.models.lora import apply_lora, configure_encoder_training
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""Intensity steps and skull stripping on the real MNI152 template: N4, the paper's
+normalisation, the fixed SUVR window and the skull-stripping backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
+from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, n4_bias_correction,
+                                     normalize_intensity, suvr_window)
+from AmyloidKDLib.registration import dice
+from AmyloidKDLib.skullstrip import SkullStripConfig, skull_strip, strip_none
+from AmyloidKDLib.template import load_template
+from AmyloidKDLib.volume import Volume
+
+
+def bias_field(shape, strength: float = 0.45) -> np.ndarray:
+    """A smooth multiplicative field (about +-45%), like a receive-coil bias."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return np.exp(strength * (0.8 * x + 0.6 * z - 0.5 * y ** 2 + 0.4 * x * z)).astype(np.float32)
+
+
+def white_matter_cv(data: np.ndarray, wm: np.ndarray) -> float:
+    values = data[wm]
+    return float(values.std() / values.mean())
+
+
+def test_n4_reduces_white_matter_variation_of_a_bias_corrupted_template():
+    template = load_template(1)
+    corrupted = template.t1.with_data(template.t1.data * bias_field(template.shape))
+    wm = (template.wm.data > 0.9) & (template.mask.data > 0.5)
+    before = white_matter_cv(corrupted.data, wm)
+    corrected = n4_bias_correction(corrupted, template.mask, N4Config(shrink_factor=4, iterations=(50, 50, 30)))
+    after = white_matter_cv(corrected.data, wm)
+    assert before > 2 * white_matter_cv(template.t1.data, wm)  # the field really dominates
+    assert after <= (2 / 3) * before
+
+
+def test_normalisation_matches_the_paper_formula_inside_the_mask():
+    rng = np.random.default_rng(0)
+    data = rng.gamma(4.0, 50.0, size=(30, 30, 30)).astype(np.float32)
+    mask = np.zeros_like(data)
+    mask[5:25, 5:25, 5:25] = 1
+    data[mask == 0] += 5000.0  # bright background must not change the result
+    volume = Volume(data, np.eye(4))
+    result = normalize_intensity(volume, volume.with_data(mask, "mask"), NormalizationConfig())
+    inside = data[mask > 0]
+    low, high = np.percentile(inside, 0.5), np.percentile(inside, 99.5)
+    expected = np.clip((data - low) / (high - low), 0, 1) ** 0.9
+    np.testing.assert_allclose(result.data[mask > 0], expected[mask > 0], rtol=1e-5, atol=1e-6)
+    assert np.all(result.data[mask == 0] == 0)
+    assert result.data.min() == 0 and result.data.max() == pytest.approx(1.0)
+    assert np.mean(result.data[mask > 0] == 1.0) == pytest.approx(0.005, abs=0.002)
+
+
+def test_normalisation_refuses_empty_mask_and_constant_brain():
+    volume = Volume(np.ones((10, 10, 10)), np.eye(4))
+    with pytest.raises(InputError, match="empty"):
+        normalize_intensity(volume, volume.with_data(np.zeros((10, 10, 10)), "mask"))
+    with pytest.raises(InputError, match="constant"):
+        normalize_intensity(volume, volume.with_data(np.ones((10, 10, 10)), "mask"))
+    with pytest.raises(ConfigError, match="percentiles"):
+        NormalizationConfig(low_percentile=99, high_percentile=1)
+
+
+def test_suvr_window_is_fixed_and_keeps_scale():
+    suvr = Volume(np.array([0.0, 0.6, 1.2, 1.5, 2.4, 4.0]).reshape(1, 2, 3), np.eye(4), "PET")
+    low = suvr_window(suvr)
+    high = suvr_window(suvr.with_data(2 * suvr.data))
+    np.testing.assert_allclose(low.data.ravel(), [0, 0.2, 0.4, 0.5, 0.8, 1.0], atol=1e-6)
+    inside = 2 * suvr.data <= 3.0
+    np.testing.assert_allclose(high.data[inside], 2 * low.data[inside], atol=1e-6)
+    assert np.all(high.data[~inside] == 1.0)
+    np.testing.assert_allclose(suvr_window(suvr, SUVRWindow(1.0, 2.0)).data.ravel(),
+                               [0, 0, 0.2, 0.5, 1.0, 1.0], atol=1e-6)
+    with pytest.raises(ConfigError, match="high > low"):
+        SUVRWindow(2.0, 1.0)
+
+
+def test_skull_strip_none_keeps_a_brain_extracted_image_and_refuses_a_head():
+    template = load_template(2)
+    result = skull_strip(template.t1, SkullStripConfig(backend="none"))
+    assert dice(result.mask.data, template.mask.data) > 0.99
+    np.testing.assert_array_equal(result.brain.data, template.t1.data * result.mask.data)
+    head = template.t1.with_data(template.t1.data + 0.3)
+    with pytest.raises(InputError, match="hd-bet-v1"):
+        strip_none(head)
+    with pytest.raises(ConfigError, match="hd-bet, hd-bet-v1, none"):
+        SkullStripConfig(backend="bet2")
+
+
+def test_hd_bet_v2_without_parameters_says_where_to_put_them():
+    from HD_BET.paths import folder_with_parameter_files
+    from pathlib import Path
+
+    if (Path(folder_with_parameter_files) / "fold_all" / "checkpoint_final.pth").is_file():
+        pytest.skip("HD-BET v2 parameters are installed here")
+    with pytest.raises(DependencyError, match="release_2.0.0") as error:
+        skull_strip(load_template(2).t1, SkullStripConfig(backend="hd-bet"))
+    assert "hd-bet-v1" in str(error.value)
+
+
+def synthetic_head(template) -> np.ndarray:
+    """The brain-only template wrapped in CSF, a dark skull and a bright scalp (mm shells)."""
+    distance = ndimage.distance_transform_edt(template.mask.data < 0.5, sampling=template.t1.spacing)
+    head = np.array(template.t1.data)
+    head[(distance > 0) & (distance <= 3)] = 0.08
+    head[(distance > 3) & (distance <= 8)] = 0.15
+    head[(distance > 8) & (distance <= 13)] = 0.8
+    return ndimage.gaussian_filter(head, 0.7)
+
+
+@pytest.mark.slow
+def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
+    template = load_template(1)
+    head = template.t1.with_data(synthetic_head(template))
+    result = skull_strip(head, SkullStripConfig(backend="hd-bet-v1", mode="fast", tta=False, device="cpu"))
+    assert dice(result.mask.data, template.mask.data) >= 0.9
+    assert result.brain.data[result.mask.data == 0].max() == 0

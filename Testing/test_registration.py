@@ -1,0 +1,159 @@
+"""Registration on the real MNI152 template: a copy moved by a known rotation, translation,
+scaling and smooth deformation, stored on another grid and orientation, must register back,
+and the inverse transform must carry the template's mask onto the moved copy."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.ndimage import map_coordinates
+from scipy.spatial.transform import Rotation
+
+from AmyloidKDLib.errors import ConfigError, InputError
+from AmyloidKDLib.pipeline import PrepConfig
+from AmyloidKDLib.registration import RegistrationConfig, Transform, dice, register_to_mni
+from AmyloidKDLib.template import load_template
+from AmyloidKDLib.volume import Volume, load_volume
+
+ROTATION_DEG = (10.0, -6.0, 8.0)
+TRANSLATION_MM = (12.0, -10.0, 6.0)
+SCALING = (1.06, 0.95, 1.02)
+DEFORMATION_MM = 2.5
+
+
+def known_motion(rotation_deg=ROTATION_DEG, translation_mm=TRANSLATION_MM, scaling=SCALING) -> np.ndarray:
+    """4x4 world (RAS mm) matrix taking template points to the moved copy."""
+    motion = np.eye(4)
+    motion[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scaling)
+    motion[:3, 3] = translation_mm
+    return motion
+
+
+def move_volume(volume: Volume, motion: np.ndarray, grid_affine: np.ndarray, grid_shape,
+                order: int = 1, deformation_mm: float = 0.0) -> np.ndarray:
+    """``volume`` moved by ``motion`` (and a smooth sinusoidal deformation), sampled on a grid.
+
+    Each output point y takes the value of the source at ``motion^-1 y + u(y)``, with
+    ``u`` a displacement of amplitude ``deformation_mm`` and ~120 mm wavelength.
+    """
+    ijk = np.indices(grid_shape, dtype=np.float64).reshape(3, -1)
+    world = grid_affine[:3, :3] @ ijk + grid_affine[:3, 3:]
+    inverse = np.linalg.inv(motion)
+    source = inverse[:3, :3] @ world + inverse[:3, 3:]
+    if deformation_mm:
+        phase = 2 * np.pi * world / 120.0
+        source += deformation_mm * np.stack([np.sin(phase[1]), np.sin(phase[2]), np.sin(phase[0])])
+    to_voxel = np.linalg.inv(volume.affine)
+    voxels = to_voxel[:3, :3] @ source + to_voxel[:3, 3:]
+    return map_coordinates(volume.data, voxels, order=order, cval=0.0).reshape(grid_shape).astype(np.float32)
+
+
+def lia_grid(spacing: float = 1.5) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A FreeSurfer-like LIA grid (axes: left, inferior, anterior) covering a moved head."""
+    affine = np.array([[-spacing, 0, 0, 105.0], [0, 0, spacing, -125.0],
+                       [0, -spacing, 0, 95.0], [0, 0, 0, 1.0]])
+    extent = np.array([210.0, 190.0, 230.0])
+    return affine, tuple(int(e / spacing) for e in extent)
+
+
+def write_moved_copy(folder: Path, deformation_mm: float = DEFORMATION_MM) -> tuple[Path, Path]:
+    """Write the moved template T1 and its mask as LIA NIfTI files (as a user's files would be)."""
+    template = load_template(1)
+    affine, shape = lia_grid()
+    motion = known_motion()
+    t1 = move_volume(template.t1, motion, affine, shape, 1, deformation_mm)
+    mask = move_volume(template.mask, motion, affine, shape, 0, deformation_mm)
+    paths = folder / "moved_t1.nii.gz", folder / "moved_mask.nii.gz"
+    nib.save(nib.Nifti1Image(t1, affine), paths[0])
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), paths[1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory):
+    t1_path, mask_path = write_moved_copy(tmp_path_factory.mktemp("moved"))
+    return load_volume(t1_path, "T1w"), load_volume(mask_path, "mask")
+
+
+@pytest.fixture(scope="module")
+def registration(moved):
+    t1, mask = moved
+    config = PrepConfig.preset("fast").registration
+    return register_to_mni(t1, config, mask=mask), config
+
+
+def test_moved_copy_is_really_displaced(moved):
+    t1, mask = moved
+    assert t1.orientation == "RAS"  # LIA on disk, reoriented by the loader
+    template = load_template(2)
+    before = move_volume(mask, np.eye(4), template.affine, template.shape, order=0)
+    assert dice(before, template.mask.data) < 0.85
+    assert np.linalg.norm(TRANSLATION_MM) >= 10 and max(np.abs(ROTATION_DEG)) >= 8
+
+
+def test_affine_registration_maps_moved_copy_onto_template(registration, moved):
+    transform, config = registration
+    _, mask = moved
+    template = load_template(config.template_resolution)
+    forward = transform.apply(mask, "forward", "nearest")
+    assert forward.shape == template.shape
+    assert dice(forward.data, template.mask.data) >= 0.95
+
+
+def test_inverse_transform_puts_template_mask_on_moved_copy(registration, moved):
+    transform, config = registration
+    t1, mask = moved
+    back = transform.apply(load_template(config.template_resolution).mask, "inverse", "nearest",
+                           reference=t1)
+    assert back.shape == t1.shape and np.allclose(back.affine, t1.affine)
+    assert dice(back.data, mask.data) >= 0.95
+
+
+def test_forward_then_inverse_reproduces_intensities(registration, moved):
+    transform, _ = registration
+    t1, mask = moved
+    there = transform.apply(t1, "forward", "linear")
+    back = transform.apply(there, "inverse", "linear")
+    inside = mask.data > 0.5
+    assert np.corrcoef(back.data[inside], t1.data[inside])[0, 1] > 0.95
+
+
+def test_transform_saves_and_reloads(registration, moved, tmp_path):
+    transform, _ = registration
+    _, mask = moved
+    transform.save(tmp_path / "saved")
+    reloaded = Transform.load(tmp_path / "saved")
+    assert reloaded.fixed == transform.fixed and reloaded.moving == transform.moving
+    np.testing.assert_array_equal(reloaded.apply(mask, "forward", "nearest").data,
+                                  transform.apply(mask, "forward", "nearest").data)
+    os.remove(tmp_path / "saved" / reloaded.forward_files[0].split("/")[-1])
+    with pytest.raises(InputError, match="missing"):
+        Transform.load(tmp_path / "saved")
+    with pytest.raises(InputError, match="transform.json"):
+        Transform.load(tmp_path)
+
+
+def test_ants_transform_files_live_in_an_owned_folder_that_is_removed(moved):
+    t1, mask = moved
+    config = RegistrationConfig(transform="rigid", template_resolution=2, shrink_factors=(4,),
+                                smoothing_sigmas=(2.0,), iterations=(50,))
+    transform = register_to_mni(t1, config, mask=mask)
+    folder = transform._owners[0].path
+    assert os.listdir(folder) and all(f.startswith(folder) for f in transform.forward_files)
+    del transform
+    gc.collect()
+    assert not os.path.exists(folder)
+
+
+def test_bad_registration_settings_name_the_choices(registration, moved):
+    with pytest.raises(ConfigError, match="rigid, affine, syn"):
+        RegistrationConfig(transform="bspline")
+    with pytest.raises(ConfigError, match="one value per level"):
+        RegistrationConfig(shrink_factors=(4, 2), smoothing_sigmas=(1.0,), iterations=(10, 10))
+    with pytest.raises(ConfigError, match="direction"):
+        registration[0].apply(moved[0], direction="backward")

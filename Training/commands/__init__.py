@@ -1,0 +1,1 @@
+"""Subcommands of the training pipeline (``amyloidkd train|evaluate|demo|cv``)."""

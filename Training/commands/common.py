@@ -1,0 +1,46 @@
+"""Arguments shared by the training subcommands: config, overrides, data source, device."""
+
+from __future__ import annotations
+
+import argparse
+
+from Training.config import RunConfig, list_presets, load_config
+from Training.workflow import CohortSource
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
+    """``--config``, ``--set``, ``--device`` and ``--no-progress``."""
+    parser.add_argument("--config", default=default_preset, metavar="PRESET_OR_FILE",
+                        help=f"preset name ({', '.join(list_presets())}) or a YAML/JSON file "
+                             f"(default: {default_preset})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set teacher.epochs=3 (repeatable)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to train (default: the config's engine.device)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--manifest`` / ``--oasis3`` and ``--contrast``."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--manifest", metavar="CSV", help="manifest CSV of the cohort")
+    group.add_argument("--oasis3", metavar="ROOT", help="OASIS-3 style root folder")
+    parser.add_argument("--contrast", choices=("T1w", "T2w", "FLAIR", "T2star"), default=None,
+                        help="MRI contrast of the run (default: the config's data.contrast)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run config: preset or file, then ``--set`` overrides, then the dedicated flags."""
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        overrides.append(f"engine.device={args.device}")
+    if getattr(args, "no_progress", False):
+        overrides.append("engine.progress=false")
+    if getattr(args, "contrast", None):
+        overrides.append(f"data.contrast={args.contrast}")
+    return load_config(args.config, overrides)
+
+
+def source_from_args(args: argparse.Namespace) -> CohortSource:
+    """The data source the arguments name."""
+    return CohortSource(manifest=args.manifest, oasis3=args.oasis3)

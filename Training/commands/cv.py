@@ -1,0 +1,106 @@
+"""``amyloidkd cv``: k-fold subject-level cross-validation of all four models with pooled metrics.
+
+Each fold trains the teacher, the distilled student, the light student and the baseline on
+its own train / validation subjects and scores its test subjects; the test predictions of
+all folds are pooled (every case is tested exactly once) for AUC and F1 with bootstrap CIs
+and the paired student-vs-baseline comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
+                                      source_from_args)
+from Training.config import RunConfig
+from Training.evaluation import (compare_paired, evaluate_model, format_comparison, format_table,
+                                 write_json, write_report)
+from Training.phases import PHASES
+from Training.splits import cross_validation_splits
+from Training.workflow import (MODEL_NAMES, CohortSource, build_dataset, evaluate_run, load_records,
+                               run_phases, split_to_ids)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``cv`` subcommand."""
+    parser = subparsers.add_parser("cv", help="k-fold subject-level cross-validation of all models",
+                                   description=__doc__.split("\n\n")[1] if __doc__ else None)
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--folds", type=int, default=None, help="number of folds (default: split.n_folds)")
+    parser.add_argument("--run-folds", type=int, default=None,
+                        help="train only the first K folds (a quicker, partial estimate)")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases")
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: tuple[str, ...],
+                   run_folds: int | None = None) -> dict[str, Any]:
+    """Train and test every fold; pool the test predictions; write ``out/cv_report.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not config.data.cache_dir:
+        config.data.cache_dir = str(out / "cache")
+    config.save(out / "config.json")
+    records = load_records(source, config)
+    dataset = build_dataset(config, records, out)
+    splits = cross_validation_splits(dataset.subjects, dataset.labels, config.split)
+    pooled: dict[str, dict[str, list]] = {p: {"labels": [], "probs": [], "optimal": []} for p in phases}
+    fold_rows = []
+    for split in splits[:run_folds or len(splits)]:
+        fold_dir = out / f"fold{split.fold}"
+        write_json(fold_dir / "split.json", split_to_ids(split, dataset))
+        started = time.perf_counter()
+        results = run_phases(config, dataset, split, fold_dir, phases)
+        _, evaluation = evaluate_run(config, dataset, split, fold_dir,
+                                     {name: (r.model, r.threshold) for name, r in results.items()})
+        for phase in phases:
+            pooled[phase]["labels"] += evaluation["labels"]
+            pooled[phase]["probs"] += evaluation["probabilities"][phase]
+            pooled[phase]["optimal"] += [results[phase].threshold] * len(split.test)
+        fold_rows.append({"fold": split.fold, "seconds": time.perf_counter() - started,
+                          **{f"{p}_auc": evaluation["models"][MODEL_NAMES[p]]["default"]["auc"]["value"]
+                             for p in phases}})
+        print(f"fold {split.fold}: " + ", ".join(f"{p} AUC {fold_rows[-1][f'{p}_auc']:.3f}" for p in phases)
+              + f" ({fold_rows[-1]['seconds']:.0f} s)", flush=True)
+    results, thresholds, probabilities = {}, {}, {}
+    labels = np.asarray(pooled[phases[0]]["labels"])
+    for phase in phases:
+        probs = np.asarray(pooled[phase]["probs"])
+        probabilities[phase] = probs
+        # Each case keeps its own fold's validation threshold: apply it, then score at 0.5.
+        optimal = np.asarray(pooled[phase]["optimal"])
+        shifted = np.clip(0.5 + (probs - optimal) / 2, 0, 1)
+        name = MODEL_NAMES[phase]
+        per = evaluate_model(labels, probs, config.evaluation.default_threshold, config.evaluation)
+        per["optimal"] = evaluate_model(labels, shifted, 0.5, config.evaluation)["default"]
+        per["optimal"]["auc"] = per["default"]["auc"]  # AUC does not depend on the threshold
+        results[name] = per
+        thresholds[name] = {"default": config.evaluation.default_threshold,
+                            "optimal": float(np.mean(optimal))}
+    comparisons = [compare_paired(labels, probabilities[p], probabilities["baseline"], config.evaluation,
+                                  (MODEL_NAMES[p], MODEL_NAMES["baseline"]))
+                   for p in ("student", "light") if p in probabilities and "baseline" in probabilities]
+    report = write_report(out, results, thresholds, comparisons,
+                          extra={"folds": fold_rows, "n_cases": int(labels.size)})
+    return {"report": report, "models": results, "thresholds": thresholds, "comparisons": comparisons,
+            "folds": fold_rows, "table": format_table(results, thresholds)}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the cross-validation and print the pooled table."""
+    overrides = [f"split.n_folds={args.folds}"] if args.folds else []
+    args.overrides = overrides + list(args.overrides)
+    config = config_from_args(args)
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    summary = cross_validate(config, source_from_args(args), Path(args.out), phases, args.run_folds)
+    print(summary["table"])
+    for comparison in summary["comparisons"]:
+        print(format_comparison(comparison))
+    print(f"report: {summary['report']}")
+    return 0

@@ -1,0 +1,52 @@
+"""``amyloidkd train teacher|student|baseline|light|all``: train phases of the method into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
+                                      source_from_args)
+from Training.phases import PHASES
+from Training.workflow import prepare_run, run_phases
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train", help="train the teacher, the distilled student, the baseline or the light student",
+        description="Train one phase (or 'all') on a cohort. Cases are prepared once and cached; "
+                    "the split is subject-level and stored in OUT/split.json so that later "
+                    "phases and 'amyloidkd evaluate' use the same one. The student and the "
+                    "light student need the teacher of the same OUT (or --teacher).")
+    parser.add_argument("phase", choices=PHASES + ("all",))
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    add_config_arguments(parser)
+    parser.add_argument("--fold", type=int, default=None,
+                        help="use fold K of the stratified group k-fold (default: one hold-out split)")
+    parser.add_argument("--teacher", default=None, metavar="CKPT",
+                        help="teacher checkpoint folder (default: OUT/checkpoints/teacher)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted phase from its last completed epoch")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the cohort and split, then train the chosen phase(s)."""
+    config = config_from_args(args)
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    dataset, split = prepare_run(config, source_from_args(args), args.out, args.fold,
+                                 with_pet=True)
+    print(f"cases: {len(dataset)} (train {len(split.train)}, val {len(split.val)}, "
+          f"test {len(split.test)}); contrast {config.data.contrast}")
+    results = run_phases(config, dataset, split, args.out, phases, resume=args.resume,
+                         teacher_checkpoint=args.teacher)
+    for name, result in results.items():
+        best = result.fit.history[result.fit.best_epoch - 1] if result.fit.best_epoch else {}
+        summary = ", ".join(f"{k} {best[k]:.3f}" for k in ("val_auc", "val_f1", "val_loss") if k in best)
+        print(f"{name}: best epoch {result.fit.best_epoch}/{len(result.fit.history)} ({summary}); "
+              f"threshold {result.threshold:.3f}; checkpoint {result.checkpoint}")
+    return 0

@@ -65,7 +65,7 @@ class PrepConfig:
         if name == "fast":
             return cls(
                 skull_strip=SkullStripConfig(backend="none"),
-                n4=N4Config(shrink_factor=4, iterations=(20, 10)),
+                n4=N4Config(shrink_factor=6, iterations=(40, 30)),
                 registration=RegistrationConfig(template_resolution=2, shrink_factors=(4, 2),
                                                 smoothing_sigmas=(2.0, 1.0), iterations=(1000, 200)),
                 pet=PETConfig(registration=RegistrationConfig(

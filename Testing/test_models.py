@@ -64,6 +64,7 @@ def test_biomedclip_vision_tower_has_the_published_parameter_count(biomedclip_en
     assert biomedclip_encoder.num_features == 512 and biomedclip_encoder.image_size == 224
 
 
+@pytest.mark.slow
 def test_real_biomedclip_checkpoint_keys_load_through_the_model_config(biomedclip_encoder, tmp_path, capsys):
     # An open_clip BiomedCLIP checkpoint holds the whole CLIP model: visual.*, text.*, logit_scale.
     torch.manual_seed(1)

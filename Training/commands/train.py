@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+from AmyloidKDLib.errors import CheckpointError
 
 from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
                                       source_from_args)
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the cohort and split, then train the chosen phase(s)."""
     config = config_from_args(args)
     phases = PHASES if args.phase == "all" else (args.phase,)
+    needs_teacher = {"student", "light"} & set(phases) and "teacher" not in phases
+    if needs_teacher and not args.teacher and not (Path(args.out) / "checkpoints" / "teacher").is_dir():
+        raise CheckpointError(f"the {args.phase} is distilled from a teacher, and {args.out} has none "
+                              f"(checkpoints/teacher). Run 'amyloidkd train teacher' with the same "
+                              f"--out first, or pass --teacher CKPT.")
     dataset, split = prepare_run(config, source_from_args(args), args.out, args.fold,
                                  with_pet=True)
     print(f"cases: {len(dataset)} (train {len(split.train)}, val {len(split.val)}, "

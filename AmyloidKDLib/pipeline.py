@@ -66,8 +66,9 @@ class PrepConfig:
             return cls(
                 skull_strip=SkullStripConfig(backend="none"),
                 n4=N4Config(shrink_factor=6, iterations=(40, 30)),
-                registration=RegistrationConfig(template_resolution=2, shrink_factors=(4, 2),
-                                                smoothing_sigmas=(2.0, 1.0), iterations=(1000, 200)),
+                registration=RegistrationConfig(template_resolution=2, shrink_factors=(4, 2, 1),
+                                                smoothing_sigmas=(2.0, 1.0, 0.0),
+                                                iterations=(500, 250, 50)),
                 pet=PETConfig(registration=RegistrationConfig(
                     transform="rigid", shrink_factors=(4, 2), smoothing_sigmas=(2.0, 1.0),
                     iterations=(500, 100))))

@@ -147,11 +147,19 @@ def strip_hdbet_v1(volume: Volume, mode: str = "fast", tta: bool = False,
     device_name = _device(device)
     data_zyx = np.ascontiguousarray(volume.data.transpose(2, 1, 0), dtype=np.float32)
     spacing_zyx = tuple(reversed(volume.spacing))
+    import torch
+
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # the package prints progress on stdout
-        _, mask_zyx = hd_bet(data_zyx, spacing_zyx, mode=mode,
-                             device="cpu" if device_name == "cpu" else 0,
-                             postprocess=True, do_tta=tta)
+    # denormal activations make this network's 3-D convolutions ~2x slower on x86 CPUs
+    flushed = torch.set_flush_denormal(True)
+    try:
+        with contextlib.redirect_stdout(printed):  # the package prints progress on stdout
+            _, mask_zyx = hd_bet(data_zyx, spacing_zyx, mode=mode,
+                                 device="cpu" if device_name == "cpu" else 0,
+                                 postprocess=True, do_tta=tta)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
     log.debug("HD-BET v1 output: %s", printed.getvalue())
     mask = _clean_mask(np.asarray(mask_zyx).transpose(2, 1, 0) > 0)
     return _result(volume, mask, "hd-bet-v1")

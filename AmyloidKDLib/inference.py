@@ -163,8 +163,9 @@ class Predictor:
         """Prepare ``mri`` as in training, run the student and make the saliency volumes.
 
         ``on_step(name)`` is called after each of ``PREDICTION_STEPS`` (for progress bars).
-        The ``model`` time includes slicing; ``saliency`` includes Grad-CAM, placing the maps
-        back and warping them to the native grid.
+        The ``model`` time is slicing plus the forward pass (shared with Grad-CAM);
+        ``saliency`` is Grad-CAM's backward pass, placing the maps back and warping them to the
+        native grid.
         """
         from AmyloidKDLib.pipeline import prepare_case
         from AmyloidKDLib.slicing import sagittal_slices
@@ -181,30 +182,39 @@ class Predictor:
         stack = sagittal_slices(prepared.mri, prepared.mask, self.slice_config)
         slices = torch.as_tensor(np.asarray(stack.images), dtype=torch.float32)
         torch.manual_seed(PREDICTION_SEED)
-        with torch.inference_mode():
-            output = self.model(slices.unsqueeze(0).to(self.device))
-        probability = float(torch.sigmoid(output.logits.float().reshape(-1)[0]).cpu())
-        label = int(probability >= self.threshold)
-        timings["model"] = time.perf_counter() - started
-        _notify(on_step, "model")
-
-        result = PredictionResult(probability=probability, label=label, threshold=self.threshold,
-                                  timings=timings, mri=mri, device=str(self.device))
-        if self.make_saliency:
-            started = time.perf_counter()
-            target = label if self.saliency_config.target == "predicted" else 1
-            maps = slice_gradcam(self.model, slices, target)
+        if not self.make_saliency:
+            with torch.inference_mode():
+                logit = float(self.model(slices.unsqueeze(0).to(self.device)).logits.reshape(-1)[0])
+            timings["model"] = time.perf_counter() - started
+            _notify(on_step, "model")
+            result = self._result(logit, mri, timings)
+            _notify(on_step, "saliency")
+        else:
+            # One forward pass serves the prediction and Grad-CAM; its time counts as "model".
+            sliced = time.perf_counter() - started
+            target = None if self.saliency_config.target == "predicted" else 1
+            cam = slice_gradcam(self.model, slices, target, self.threshold)
+            timings["model"] = sliced + cam.forward_seconds
+            _notify(on_step, "model")
+            result = self._result(cam.logit, mri, timings)
             sal: SaliencyResult = saliency_volumes(
-                maps, stack.place_back, prepared.mri, prepared.mask, prepared.mri_to_mni, mri,
-                self.saliency_config, target_label=target)
+                cam.maps, stack.place_back, prepared.mri, prepared.mask, prepared.mri_to_mni, mri,
+                self.saliency_config, target_label=cam.target_label)
             result.saliency, result.saliency_mni = sal.native, sal.mni
             result.top_regions, result.saliency_target = sal.top_regions, sal.target_label
             result.details["saliency_threshold"] = sal.threshold
             result.details["slice_positions"] = [int(p) for p in np.asarray(stack.positions)]
-            timings["saliency"] = time.perf_counter() - started
-        _notify(on_step, "saliency")
+            timings["saliency"] = time.perf_counter() - started - timings["model"]
+            _notify(on_step, "saliency")
         timings["total"] = time.perf_counter() - start
         return result
+
+
+    def _result(self, logit: float, mri: Volume, timings: dict[str, float]) -> PredictionResult:
+        probability = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))
+        return PredictionResult(probability=probability, label=int(probability >= self.threshold),
+                                threshold=self.threshold, timings=timings, mri=mri,
+                                device=str(self.device))
 
 
 def _read_description(checkpoint: Path) -> dict | None:

@@ -13,6 +13,7 @@ that decided the prediction, so this module scales the whole volume once instead
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -88,13 +89,33 @@ class _SliceBagModel(torch.nn.Module):
 
 
 class _LogitTarget:
-    """Grad-CAM target: the case logit for the positive class, its negative for the negative."""
+    """Grad-CAM target: the case logit for the positive class, its negative for the negative.
 
-    def __init__(self, label: int) -> None:
-        self.sign = 1.0 if label == 1 else -1.0
+    With ``label=None`` the class is the predicted one, decided from the output itself
+    (``sigmoid(logit) >= threshold``), so one forward pass serves prediction and saliency.
+    """
+
+    def __init__(self, label: int | None, threshold: float = 0.5) -> None:
+        self.label = label
+        self.threshold = threshold
+        self.logit: float | None = None
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return self.sign * model_output[0]
+        logit = model_output[0]
+        self.logit = float(logit.detach().float().cpu())
+        if self.label is None:
+            self.label = int(float(torch.sigmoid(logit.detach().float())) >= self.threshold)
+        return logit if self.label == 1 else -logit
+
+
+@dataclass
+class SliceMaps:
+    """Grad-CAM of one case: per-slice maps, the logit of the same forward pass, and its time."""
+
+    maps: np.ndarray          # (N, S, S), non-negative, comparable across slices
+    logit: float              # the case logit (eval mode), as a plain forward pass gives it
+    target_label: int         # the class the maps explain (1 = amyloid positive)
+    forward_seconds: float    # time of the forward pass alone (the rest is the backward pass)
 
 
 @lru_cache(maxsize=1)
@@ -137,29 +158,51 @@ def gradcam_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Module], Callab
     return list(owner.gradcam_target_layers()), getattr(owner, "gradcam_reshape_transform", None)
 
 
-def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: int) -> np.ndarray:
-    """Grad-CAM of one case: ``slices`` (N, 3, S, S) -> non-negative maps (N, S, S).
+def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: int | None = None,
+                  threshold: float = 0.5) -> SliceMaps:
+    """Grad-CAM of one case: ``slices`` (N, 3, S, S) -> non-negative maps (N, S, S) and the logit.
 
     ``target_label`` 1 explains evidence for amyloid positivity (the logit), 0 evidence for
-    negativity (minus the logit). Magnitudes are comparable across the N slices.
+    negativity (minus the logit), None the predicted class (probability >= ``threshold``).
+    Magnitudes are comparable across the N slices.
     """
     layers, reshape = gradcam_parts(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # Gradients are needed only from the target layer on: freeze every parameter and start the
+    # graph at that layer's output, so the backward pass skips the encoder below it.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in layers]
     # The student's own adapter when it has one (models contract), else the equivalent here.
     case_model = model.gradcam_model() if hasattr(model, "gradcam_model") else _SliceBagModel(model)
+    clock: dict[str, float] = {}
+    timers = [case_model.register_forward_pre_hook(
+                  lambda *_: clock.__setitem__("start", time.perf_counter())),
+              case_model.register_forward_hook(
+                  lambda *_: clock.__setitem__("stop", time.perf_counter()))]
+    target = _LogitTarget(target_label, threshold)
     cam = _unscaled_gradcam_class()(case_model, layers, reshape_transform=reshape)
-    # The input needs a gradient so that a student with a frozen encoder still has a graph.
-    cam.compute_input_gradient = True
     try:
         with torch.enable_grad():
-            maps = cam(input_tensor=slices.to(device), targets=[_LogitTarget(target_label)])
+            maps = cam(input_tensor=slices.to(device), targets=[target])
     finally:
         cam.activations_and_grads.release()
-        model.zero_grad(set_to_none=True)
+        for handle in graph_starts + timers:
+            handle.remove()
+        for parameter in trainable:
+            parameter.requires_grad_(True)
         model.train(was_training)
-    return np.asarray(maps, dtype=np.float32)
+    return SliceMaps(np.asarray(maps, dtype=np.float32), float(target.logit), int(target.label),
+                     clock["stop"] - clock["start"])
+
+
+def _start_graph_here(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach().requires_grad_(True)
+    return output
 
 
 def scale_in_brain(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -245,6 +288,6 @@ def region_contrast(saliency: np.ndarray, region: np.ndarray, brain: np.ndarray)
 
 
 __all__: Sequence[str] = (
-    "SaliencyConfig", "SaliencyResult", "slice_gradcam", "scale_in_brain", "top_region_labels",
+    "SaliencyConfig", "SaliencyResult", "SliceMaps", "slice_gradcam", "scale_in_brain", "top_region_labels",
     "saliency_volumes", "gradcam_parts", "region_contrast", "SALIENCY_TARGETS",
 )

@@ -236,8 +236,11 @@ def test_saliency_is_confined_to_the_slab_the_model_uses(kind, template, known_t
         weights = model(slices[None]).slice_weights[0]
     assert weights[used] > 0.999  # the construction works: one slice decides
 
-    result = saliency_volumes(slice_gradcam(model, slices, target_label=1), stack.place_back,
-                              template.t1, template.mask, transform, native, SaliencyConfig())
+    cam = slice_gradcam(model, slices, target_label=1)
+    with torch.no_grad():
+        assert cam.logit == pytest.approx(float(model(slices[None]).logits[0]), abs=1e-5)
+    result = saliency_volumes(cam.maps, stack.place_back, template.t1, template.mask, transform,
+                              native, SaliencyConfig())
 
     start, stop = stack.slabs[used]
     brain = template.mask.data > 0.5

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from AmyloidKDLib.errors import InputError
 from Training.sampling import CentiloidNegativeSampler, ClassBalancedBatchSampler
@@ -88,8 +89,6 @@ def test_negatives_come_from_another_subject_of_the_training_fold_with_a_centilo
             assert set(batch) <= train  # batches, hence negatives, never leave the fold
             rng = np.random.default_rng(len(batch))
             distances = rng.random((len(batch), len(batch)))
-            import torch
-
             for dist in (None, torch.from_numpy(distances)):
                 chosen = sampler.choose(batch, dist).numpy()
                 for a, n in enumerate(chosen):

@@ -315,8 +315,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
 
     load_best_weights(unwrapped, run_dir)
     accelerator.free_memory()
+    best_value = trainer["best_value"]
     return FitResult(history=list(trainer["history"]), best_epoch=int(trainer["best_epoch"]),
-                     best_value=float(trainer["best_value"]) if trainer["best_value"] is not None else float("nan"),
+                     best_value=float("nan") if best_value is None else float(best_value),
                      stopped_early=bool(trainer["stopped_early"]), resumed_from_epoch=resumed_from,
                      seconds=time.perf_counter() - start)
 

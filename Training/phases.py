@@ -188,7 +188,8 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
     except InputError:
         logger.warning("%s: validation has no positive case; keeping theta = 0.5", name)
         threshold = 0.5
-    write_json(phase_dir / "history.json", {"history": fit_result.history, "best_epoch": fit_result.best_epoch,
+    write_json(phase_dir / "history.json", {"history": fit_result.history,
+                                            "best_epoch": fit_result.best_epoch,
                                             "best_value": fit_result.best_value,
                                             "stopped_early": fit_result.stopped_early,
                                             "resumed_from_epoch": fit_result.resumed_from_epoch,

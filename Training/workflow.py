@@ -68,7 +68,8 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
     usable = [r for r in records if (r.mri or {}).get(contrast) and r.label is not None]
     dropped = len(records) - len(usable)
     if dropped:
-        logger.warning("%d of %d cases left out: no %s MRI or no amyloid label", dropped, len(records), contrast)
+        logger.warning("%d of %d cases left out: no %s MRI or no amyloid label",
+                       dropped, len(records), contrast)
     if not usable:
         raise InputError(f"no case in {source.manifest or source.oasis3} has both a {contrast} MRI and an "
                          f"amyloid label (or Centiloid); choose another --contrast or check the data.")
@@ -236,8 +237,9 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
             int(labels.sum()), int((1 - labels).sum())) >= 2:
         for phase in ("student", "light"):
             if phase in probabilities:
-                comparisons.append(compare_paired(labels, probabilities[phase], probabilities["baseline"],
-                                                  config.evaluation, (MODEL_NAMES[phase], MODEL_NAMES["baseline"])))
+                comparisons.append(compare_paired(
+                    labels, probabilities[phase], probabilities["baseline"], config.evaluation,
+                    (MODEL_NAMES[phase], MODEL_NAMES["baseline"])))
     figures = []
     if len(set(labels.tolist())) == 2:
         plot_roc({MODEL_NAMES[p]: (labels, probabilities[p]) for p in probabilities}, out_dir / "roc.png")

@@ -114,7 +114,7 @@ def _median(values: list[float]) -> float:
 
 def print_table(results: list[dict]) -> None:
     """One row per configuration: median seconds per step and per case, peak RSS, targets."""
-    header = (f"{'prep':6} {'student':10} {'encoder':16} {'load':>6} {'read':>6} {'prepare':>8} "
+    header = (f"{'prep':6} {'student':10} {'encoder':22} {'load':>6} {'read':>6} {'prepare':>8} "
               f"{'model':>6} {'saliency':>8} {'write':>6} {'total':>7} {'CPU s':>6} {'RSS GB':>7} "
               f"{'load avg':>8}  target")
     print(header)
@@ -130,7 +130,7 @@ def print_table(results: list[dict]) -> None:
         ok_rss = r["peak_rss_gb"] <= TARGET_RSS_GB
         verdict = (f"<= {TARGET_SECONDS[r['student']]:.0f} s {'met' if ok_time else 'MISSED'}, "
                    f"<= {TARGET_RSS_GB:.0f} GB {'met' if ok_rss else 'MISSED'}")
-        print(f"{r['prep']:6} {r['student']:10} {r['encoder']:16} {r['load_checkpoint']:6.1f} "
+        print(f"{r['prep']:6} {r['student']:10} {r['encoder']:22} {r['load_checkpoint']:6.1f} "
               f"{m['read']:6.1f} {m['prepare']:8.1f} {m['model']:6.1f} {m['saliency']:8.1f} "
               f"{m['write']:6.1f} {m['total']:7.1f} {m['cpu']:6.1f} {r['peak_rss_gb']:7.2f} "
               f"{m['load_average']:8.1f}  {verdict}")

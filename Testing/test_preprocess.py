@@ -112,18 +112,7 @@ def synthetic_head(template) -> np.ndarray:
     return ndimage.gaussian_filter(head, 0.7)
 
 
-def _hdbet_runnable() -> bool:
-    import os
-
-    import torch
-
-    return torch.cuda.is_available() or os.environ.get("AMYLOIDKD_RUN_HDBET_CPU") == "1"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _hdbet_runnable(), reason=(
-    "HD-BET v1 on this machine's CPU torch takes ~10-20 CPU-minutes (a 64^3 forward pass alone "
-    "61 CPU-s); set AMYLOIDKD_RUN_HDBET_CPU=1 to run it on a CPU, it runs by itself on CUDA"))
 def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
     template = load_template(1)
     head = template.t1.with_data(synthetic_head(template))

@@ -8,11 +8,12 @@ Nothing is downloaded: the checkpoint folder holds everything the student needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,22 @@ def make_deterministic(device: torch.device) -> None:
         log.warning("%s=%s: ANTs registration may differ slightly between runs",
                     ITK_THREADS_ENV, os.environ[ITK_THREADS_ENV])
     torch.manual_seed(PREDICTION_SEED)
-    if device.type == "cpu":
+
+
+@contextlib.contextmanager
+def deterministic_torch(enabled: bool) -> Iterator[None]:
+    """Deterministic PyTorch algorithms for the student's forward/backward only.
+
+    Scoped rather than process-wide: the same switch makes HD-BET's 3-D convolutions several
+    times slower, and a library call should not change the caller's global torch settings.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 class Predictor:
@@ -150,6 +165,7 @@ class Predictor:
         self.make_saliency = saliency
         self.saliency_config = saliency_config or SaliencyConfig()
         self.cache_dir = cache_dir
+        self.deterministic = deterministic and self.device.type == "cpu"
         if deterministic:
             make_deterministic(self.device)
         self.model = model.to(self.device).eval()
@@ -168,7 +184,6 @@ class Predictor:
         native grid.
         """
         from AmyloidKDLib.pipeline import prepare_case
-        from AmyloidKDLib.slicing import sagittal_slices
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -177,6 +192,13 @@ class Predictor:
             timings[f"prepare/{step['name']}"] = float(step["seconds"])
         timings["prepare"] = time.perf_counter() - start
         _notify(on_step, "prepare")
+
+        with deterministic_torch(self.deterministic):
+            return self._predict_prepared(mri, prepared, timings, start, on_step)
+
+    def _predict_prepared(self, mri: Volume, prepared: Any, timings: dict[str, float],
+                          start: float, on_step: Callable[[str], None] | None) -> PredictionResult:
+        from AmyloidKDLib.slicing import sagittal_slices
 
         started = time.perf_counter()
         stack = sagittal_slices(prepared.mri, prepared.mask, self.slice_config)

@@ -112,10 +112,33 @@ def synthetic_head(template) -> np.ndarray:
     return ndimage.gaussian_filter(head, 0.7)
 
 
+HD_BET_CHECK = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_preprocess import dice, synthetic_head
+from AmyloidKDLib.skullstrip import SkullStripConfig, skull_strip
+from AmyloidKDLib.template import load_template
+template = load_template(1)
+head = template.t1.with_data(synthetic_head(template))
+result = skull_strip(head, SkullStripConfig(backend="hd-bet-v1", mode="fast", tta=False, device="auto"))
+print(json.dumps({"dice": float(dice(result.mask.data, template.mask.data)),
+                  "outside_max": float(result.brain.data[result.mask.data == 0].max())}))
+"""
+
+
 @pytest.mark.slow
 def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
-    template = load_template(1)
-    head = template.t1.with_data(synthetic_head(template))
-    result = skull_strip(head, SkullStripConfig(backend="hd-bet-v1", mode="fast", tta=False, device="auto"))
-    assert dice(result.mask.data, template.mask.data) >= 0.9
-    assert result.brain.data[result.mask.data == 0].max() == 0
+    # A fresh interpreter: earlier tests in this process leave torch settings behind that make
+    # HD-BET's CPU inference several times slower (about 1 min alone, over 5 min in-suite).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", HD_BET_CHECK, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["dice"] >= 0.9
+    assert measured["outside_max"] == 0

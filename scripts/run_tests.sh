@@ -4,7 +4,7 @@ set -uo pipefail
 venv="$1"; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONHASHSEED=0
-"$venv/bin/python" -m pytest "$@"
+"$venv/bin/python" -m pytest --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run_tests: pytest collected no tests - treating as failure" >&2

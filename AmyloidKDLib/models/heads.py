@@ -61,7 +61,7 @@ class TokenAttention(nn.Module):
 
     Self-attention (intra-modality aggregation): ``query = context = residual = x``.
     Cross-modal attention in the teacher: PET tokens are the queries, MRI tokens the keys and
-    values and the residual, so the output is the MRI sequence guided by PET. The two uses
+    values, and the residual is the PET query (MRI evidence gathered per PET slice). The two uses
     share this structure, which lets the student's self-attention start from the teacher's
     cross-attention weights.
     """

@@ -2,8 +2,10 @@
 
 Both modalities go through the same encoder (BiomedCLIP + LoRA), projection and slice-position
 embedding. Each modality's tokens are mixed by their own self-attention; then cross-modal
-attention lets the PET tokens (queries) attend to the MRI tokens (keys, values, residual),
-giving the PET-guided MRI sequence. Attention pooling turns each sequence into one embedding.
+attention lets the PET tokens (queries, residual) attend to the MRI tokens (keys, values),
+giving the PET-guided MRI sequence: each PET slice token gathers the MRI evidence it points at.
+(With the MRI as residual, PET would reach the guided embedding only through attention weights,
+and the teacher stayed at chance on the synthetic cohort.) Attention pooling turns each sequence into one embedding.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class TeacherModel(nn.Module):
         check_slice_stack(mri, self.config, "MRI")
         mri_tokens = self.mri_attention(self.slices(mri))
         pet_tokens = self.pet_tokens(pet)
-        guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens, residual=mri_tokens)
+        guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens)
         guided = self.guided_pool(guided_tokens)[0]
         return TeacherOutput(guided=guided, pet=self.pet_pool(pet_tokens)[0],
                              mri=self.mri_pool(mri_tokens)[0], logits=self.classifier(guided))

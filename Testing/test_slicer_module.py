@@ -62,8 +62,7 @@ QWIDGET_PROPERTIES = {"toolTip", "enabled", "geometry", "visible", "sizePolicy",
 
 def _api_path() -> Path:
     candidates = [Path(os.environ["AMYLOIDKD_SLICER_API"])] if "AMYLOIDKD_SLICER_API" in os.environ else []
-    candidates += [REPO.parent / "shared" / "slicer-api" / "slicer-api.json",
-                   Path("/work/shared/slicer-api/slicer-api.json")]
+    candidates += [REPO.parent / "shared" / "slicer-api" / "slicer-api.json"]
     for path in candidates:
         if path.is_file():
             return path

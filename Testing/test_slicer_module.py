@@ -66,8 +66,11 @@ def _api_path() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    pytest.fail("slicer-api.json not found; set AMYLOIDKD_SLICER_API to its path "
-                f"(looked in {', '.join(map(str, candidates))})")
+    message = ("slicer-api.json not found; set AMYLOIDKD_SLICER_API to its path "
+               f"(looked in {', '.join(map(str, candidates))})")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @lru_cache(maxsize=1)

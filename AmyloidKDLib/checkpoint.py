@@ -175,6 +175,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     from safetensors.torch import load_file
 
     from AmyloidKDLib.models import ModelConfig, build_model
+    from AmyloidKDLib.models.encoders import state_dict_mismatch
 
     directory = Path(path)
     if directory.is_file() and directory.name == INFO_FILE:
@@ -197,18 +198,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights_path}: {exc}.") from exc
     model = build_model(config, load_pretrained=False)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        def first(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
             f"the weights in {weights_path} do not match the model described in {INFO_FILE} "
-            f"({config.kind}, encoder {config.encoder}): {len(missing)} missing [{first(missing)}], "
-            f"{len(unexpected)} unexpected [{first(unexpected)}], {len(wrong)} with another shape "
-            f"[{first(wrong)}]. The two files do not belong together.")
+            f"({config.kind}, encoder {config.encoder}): {mismatch}. "
+            "The two files do not belong together.")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, CheckpointInfo(

@@ -314,18 +314,10 @@ def load_encoder_weights(encoder: SliceEncoder, weights: str | Path | None, *, a
     else:
         classifier = encoder.backbone.pretrained_cfg.get("classifier", "classifier")
         state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
-    expected = encoder.backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        def first(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
-        raise DependencyError(
-            f"weights {path} do not fit encoder '{spec.name}': {len(missing)} missing "
-            f"[{first(missing)}], {len(unexpected)} unexpected [{first(unexpected)}], "
-            f"{len(wrong_shape)} with another shape [{first(wrong_shape)}]. Check that the file is "
-            f"a checkpoint of this architecture.")
+    mismatch = state_dict_mismatch(encoder.backbone.state_dict(), state, shown=5)
+    if mismatch:
+        raise DependencyError(f"weights {path} do not fit encoder '{spec.name}': {mismatch}. "
+                              "Check that the file is a checkpoint of this architecture.")
     encoder.backbone.load_state_dict(state, strict=True)
     logger.info("loaded encoder '%s' weights from %s", spec.name, path)
 
@@ -366,3 +358,17 @@ def create_encoder(name: str, *, weights: str = "none", image_size: int | None =
         else:
             encoder.image_size = size
     return encoder
+
+
+def state_dict_mismatch(expected: dict, state: dict, shown: int = 3) -> str:
+    """How ``state`` fails to fit ``expected`` (missing, unexpected, other-shape keys); '' if it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if not (missing or unexpected or wrong):
+        return ""
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (" ..." if len(keys) > shown else "")
+    return (f"{len(missing)} missing [{first(missing)}], {len(unexpected)} unexpected "
+            f"[{first(unexpected)}], {len(wrong)} with another shape [{first(wrong)}]")

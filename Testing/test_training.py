@@ -45,6 +45,21 @@ def test_config_typos_and_bad_values_are_named():
         load_config("cpu", ["data.contrast=DWI"])
 
 
+def test_override_numbers_are_typed_whatever_yaml_makes_of_them():
+    # PyYAML reads 1e-3 (no dot) as a string; AdamW would then fail deep inside a step
+    config = load_config("cpu", ["teacher.lr_encoder=1e-3", "teacher.epochs=4", "student.lr_classifier=2"])
+    assert config.teacher.lr_encoder == pytest.approx(1e-3)
+    assert isinstance(config.teacher.lr_encoder, float)
+    assert config.teacher.epochs == 4 and isinstance(config.teacher.epochs, int)
+    assert config.student.lr_classifier == 2.0 and isinstance(config.student.lr_classifier, float)
+    with pytest.raises(ConfigError, match="teacher.lr_heads must be a number"):
+        load_config("cpu", ["teacher.lr_heads=fast"])
+    with pytest.raises(ConfigError, match="teacher.epochs must be a whole number"):
+        load_config("cpu", ["teacher.epochs=2.5"])
+    with pytest.raises(ConfigError, match="teacher.augment must be true or false"):
+        load_config("cpu", ["teacher.augment=maybe"])
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 

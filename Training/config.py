@@ -205,14 +205,35 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             values[key] = _from_dict(hint, value, f"{where}{key}.")
-        elif hint is float and isinstance(value, int):
-            values[key] = float(value)
         else:
-            values[key] = value
+            values[key] = _coerce_scalar(hint, value, where + key)
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"bad config section {where or '<root>'}: {exc}.") from exc
+
+
+def _coerce_scalar(hint: Any, value: Any, name: str) -> Any:
+    """``value`` as the field's scalar type: ints widen to float, and number-like strings are
+    parsed (PyYAML reads ``1e-3`` as a string; only ``1.0e-3`` is a float to it)."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}.")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}.")
+        if hint is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+            return int(value)
+        return float(value)
+    return value
 
 
 def list_presets() -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             v = rows[row][metric]
             cells.append(f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
         print(f"{name:22s} " + " ".join(f"{c:24s}" for c in cells))
+    if len(summary["folds"]) > 1:
+        print()
+        print("per-fold test AUC (mean ± sd over folds; pooling above also tests calibration across folds)")
+        for phase in phases:
+            aucs = [fold[f"{phase}_auc"] for fold in summary["folds"]]
+            print(f"{phase:22s} {statistics.mean(aucs):.3f} ± {statistics.stdev(aucs):.3f}  "
+                  + " ".join(f"{a:.3f}" for a in aucs))
     print()
     for comparison in summary["comparisons"]:
         print(format_comparison(comparison))

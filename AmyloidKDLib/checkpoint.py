@@ -198,7 +198,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights_path}: {exc}.") from exc
     model = build_model(config, load_pretrained=False)
-    mismatch = state_dict_mismatch(model.state_dict(), state)
+    expected = model.state_dict()
+    for key in ("calibration.scale", "calibration.offset"):
+        if key in expected and key not in state:  # saved before logit calibration existed: identity
+            state[key] = expected[key].clone()
+    mismatch = state_dict_mismatch(expected, state)
     if mismatch:
         raise CheckpointError(
             f"the weights in {weights_path} do not match the model described in {INFO_FILE} "

@@ -176,3 +176,40 @@ def test_threshold_and_metadata_are_checked_before_writing(tmp_path):
         save_checkpoint(tmp_path / "b", model, config, prep_config={"path": tmp_path}, slice_config={},
                         threshold=0.5)
     assert not (tmp_path / "b").exists()
+
+
+def test_logit_calibration_travels_with_the_weights(tmp_path):
+    torch.manual_seed(1)
+    config = ModelConfig.preset("cpu", "student", **SLICES)
+    model = build_model(config).eval()
+    mri = stack(config, seed=3)
+    with torch.no_grad():
+        raw = model(mri).logits
+        model.calibration.set(40.0, -2.5)
+        calibrated = model(mri).logits
+    torch.testing.assert_close(calibrated, 40.0 * raw - 2.5)
+    save_checkpoint(tmp_path / "calibrated", model, config, prep_config=PREP, slice_config=SLICES,
+                    threshold=0.5)
+    loaded, _ = load_checkpoint(tmp_path / "calibrated")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(mri).logits, calibrated)
+
+
+def test_checkpoints_from_before_calibration_load_uncalibrated(saved_student, tmp_path):
+    """Weights saved without the calibration buffers load with the identity map."""
+    from safetensors.torch import load_file, save_file
+
+    model, config, directory = saved_student
+    legacy = copy_checkpoint(directory, tmp_path / "legacy")
+    state = {k: v for k, v in load_file(str(legacy / WEIGHTS_FILE)).items() if not k.startswith("calibration.")}
+    save_file(state, str(legacy / WEIGHTS_FILE), metadata={"format": "pt"})
+    info = json.loads((legacy / INFO_FILE).read_text())
+    import hashlib
+    info["weights"].update(sha256=hashlib.sha256((legacy / WEIGHTS_FILE).read_bytes()).hexdigest(),
+                           size_bytes=(legacy / WEIGHTS_FILE).stat().st_size, tensors=len(state))
+    (legacy / INFO_FILE).write_text(json.dumps(info))
+    loaded, _ = load_checkpoint(legacy)
+    assert float(loaded.calibration.scale) == 1.0 and float(loaded.calibration.offset) == 0.0
+    mri = stack(config, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(mri).logits, model(mri).logits)

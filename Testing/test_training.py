@@ -175,7 +175,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
 TINY = ["data.n_slices=4", "data.image_size=64", "data.jobs=2", "split.n_folds=3",
         "engine.progress=false", "engine.device=cpu", "evaluation.n_bootstrap=200",
         "teacher.epochs=3", "teacher.patience=3", "teacher.batch_size=4",
-        "student.epochs=3", "student.patience=3",
+        "student.epochs=3", "student.patience=3", "student.init_from_teacher=true",
         "student.batch_size=4", "light.epochs=1", "light.batch_size=4",
         "data.prep_overrides={n4: {iterations: [10, 5]}, registration: {shrink_factors: [4, 2], "
         "smoothing_sigmas: [2.0, 1.0], iterations: [100, 30]}, pet: {registration: "
@@ -228,6 +228,11 @@ def test_a_tiny_run_lowers_its_losses_and_writes_checkpoints_that_load(tiny_run)
     for phase in ("teacher", "student", "baseline"):
         model, info = load_checkpoint(run_dir / "checkpoints" / phase)
         assert info.threshold == pytest.approx(results[phase].threshold)
+        # The Platt scaling fitted on validation travels with the weights (identity if skipped).
+        calibration = json.loads((run_dir / phase / "history.json").read_text())["calibration"]
+        assert calibration["method"] == "platt"
+        expected = (calibration["scale"], calibration["offset"]) if calibration["fitted"] else (1.0, 0.0)
+        assert (float(model.calibration.scale), float(model.calibration.offset)) == pytest.approx(expected)
         assert info.slice_config["n_slices"] == 4 and info.prep_config == config.prep_config().to_dict()
         with_pet = phase == "teacher"
         reloaded = predict_probabilities(model, dataset, split.test, with_pet=with_pet)

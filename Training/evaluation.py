@@ -36,8 +36,11 @@ class EvalConfig:
     confidence: float = 0.95     # CI level
     seed: int = 0                # bootstrap RNG seed (reports are reproducible)
     default_threshold: float = 0.5
+    calibration: str = "platt"   # platt: fit scale * logit + offset on validation | none
 
     def __post_init__(self) -> None:
+        if self.calibration not in ("platt", "none"):
+            raise ConfigError(f"evaluation.calibration must be 'platt' or 'none', got {self.calibration!r}.")
         if self.n_bootstrap < 10:
             raise ConfigError(f"evaluation.n_bootstrap must be >= 10, got {self.n_bootstrap}.")
         if not 0.5 < self.confidence < 1.0:

@@ -175,14 +175,36 @@ def _slice_dict(config: RunConfig) -> dict[str, Any]:
     return slice_config.to_dict() if hasattr(slice_config, "to_dict") else dataclasses.asdict(slice_config)
 
 
+def _calibrate(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
+               val_labels: np.ndarray, with_pet: bool) -> dict[str, Any]:
+    """Platt-scale the model's logit on the validation cases (``evaluation.calibration``);
+    returns what was done, for ``history.json``."""
+    from AmyloidKDLib.calibration import fit_platt
+
+    model.calibration.set()  # fit on raw logits, whatever the model held before
+    if config.evaluation.calibration == "none":
+        return {"method": "none"}
+    raw = predict_logits(model, dataset, split.val, with_pet=with_pet).numpy()
+    fit = fit_platt(raw, val_labels)
+    record = {"method": "platt", "fitted": fit is not None,
+              "raw_logit_range": [float(raw.min()), float(raw.max())] if raw.size else None}
+    if fit is not None:
+        model.calibration.set(fit.scale, fit.offset)
+        record.update(scale=fit.scale, offset=fit.offset)
+        logger.info("%s: logit calibrated on %d validation cases: %.4g * logit %+.4g",
+                    name, len(val_labels), fit.scale, fit.offset)
+    return record
+
+
 def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
             fit_result: FitResult, phase_dir: Path, checkpoint_dir: Path | None, kind: str,
             with_pet: bool = False) -> PhaseResult:
     """Threshold on validation, history/curves to disk, checkpoint; the model holds its best epoch."""
     from Training.evaluation import plot_training_curves
 
-    val_probs = predict_probabilities(model, dataset, split.val, with_pet=with_pet)
     val_labels = dataset.labels[list(split.val)]
+    calibration = _calibrate(name, config, model, dataset, split, val_labels, with_pet)
+    val_probs = predict_probabilities(model, dataset, split.val, with_pet=with_pet)
     try:
         threshold = f1_optimal_threshold(val_labels, val_probs)
     except InputError:
@@ -193,7 +215,8 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
                                             "best_value": fit_result.best_value,
                                             "stopped_early": fit_result.stopped_early,
                                             "resumed_from_epoch": fit_result.resumed_from_epoch,
-                                            "seconds": fit_result.seconds, "threshold": threshold})
+                                            "seconds": fit_result.seconds, "threshold": threshold,
+                                            "calibration": calibration})
     plot_training_curves(fit_result.history, phase_dir / "training_curves.png", title=name)
     checkpoint = None
     if checkpoint_dir is not None:

@@ -113,3 +113,22 @@ class Classifier(nn.Module):
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """``embedding[B, D] -> logits[B]``."""
         return self.layers(embedding).squeeze(-1)
+
+
+class LogitCalibration(nn.Module):
+    """``logit -> scale * logit + offset``: identity while training, set after it by Platt
+    scaling on the validation cases (:func:`AmyloidKDLib.calibration.fit_platt`). Stored as
+    buffers, so a checkpoint carries it and inference applies it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("offset", torch.zeros(()))
+
+    def set(self, scale: float = 1.0, offset: float = 0.0) -> None:
+        """Use ``scale * logit + offset`` from now on (``set()`` restores the identity)."""
+        self.scale.fill_(float(scale))
+        self.offset.fill_(float(offset))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.scale.to(logits.dtype) + self.offset.to(logits.dtype)

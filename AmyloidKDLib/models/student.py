@@ -20,6 +20,7 @@ from AmyloidKDLib.models.encoders import SliceEncoder, create_encoder
 from AmyloidKDLib.models.heads import (
     AttentionPooling,
     Classifier,
+    LogitCalibration,
     SlicePositionEmbedding,
     SliceProjection,
     TokenAttention,
@@ -31,7 +32,7 @@ from AmyloidKDLib.models.lora import apply_lora, configure_encoder_training
 class ModelOutput:
     """What a student returns for ``B`` cases of ``N`` slices."""
 
-    logits: torch.Tensor          # [B] amyloid-positivity logit
+    logits: torch.Tensor          # [B] amyloid-positivity logit (calibrated once trained)
     embedding: torch.Tensor       # [B, D] case embedding (distillation target/feature)
     slice_tokens: torch.Tensor    # [B, N, D] per-slice tokens after attention
     slice_weights: torch.Tensor   # [B, N] attention-pooling weight of each slice (sums to 1)
@@ -90,6 +91,7 @@ class StudentModel(nn.Module):
         self.attention = TokenAttention(config.embed_dim, config.attention_heads, config.attention_dropout)
         self.pool = AttentionPooling(config.embed_dim, config.pooling_hidden)
         self.classifier = Classifier(config.embed_dim, config.classifier_hidden, config.classifier_dropout)
+        self.calibration = LogitCalibration()
 
     @property
     def encoder(self) -> SliceEncoder:
@@ -101,7 +103,7 @@ class StudentModel(nn.Module):
         check_slice_stack(mri, self.config)
         tokens = self.attention(self.slices(mri))
         embedding, weights = self.pool(tokens)
-        return ModelOutput(self.classifier(embedding), embedding, tokens, weights)
+        return ModelOutput(self.calibration(self.classifier(embedding)), embedding, tokens, weights)
 
     def gradcam_target_layers(self) -> list[nn.Module]:
         """The encoder layer(s) Grad-CAM should hook (see SliceEncoder.gradcam_target_layers)."""

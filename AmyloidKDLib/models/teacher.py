@@ -18,7 +18,7 @@ from torch import nn
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.models.config import ModelConfig
 from AmyloidKDLib.models.encoders import SliceEncoder
-from AmyloidKDLib.models.heads import AttentionPooling, Classifier, TokenAttention
+from AmyloidKDLib.models.heads import AttentionPooling, Classifier, LogitCalibration, TokenAttention
 from AmyloidKDLib.models.student import SliceEmbedder, check_slice_stack
 
 
@@ -49,6 +49,7 @@ class TeacherModel(nn.Module):
         self.pet_pool = AttentionPooling(dim, config.pooling_hidden)
         self.mri_pool = AttentionPooling(dim, config.pooling_hidden)
         self.classifier = Classifier(dim, config.classifier_hidden, config.classifier_dropout)
+        self.calibration = LogitCalibration()
 
     @property
     def encoder(self) -> SliceEncoder:
@@ -72,4 +73,4 @@ class TeacherModel(nn.Module):
         guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens)
         guided = self.guided_pool(guided_tokens)[0]
         return TeacherOutput(guided=guided, pet=self.pet_pool(pet_tokens)[0],
-                             mri=self.mri_pool(mri_tokens)[0], logits=self.classifier(guided))
+                             mri=self.mri_pool(mri_tokens)[0], logits=self.calibration(self.classifier(guided)))

@@ -3,6 +3,7 @@ and are never unpickled."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -46,6 +47,14 @@ def copy_checkpoint(directory, destination):
     for name in (WEIGHTS_FILE, INFO_FILE):
         (destination / name).write_bytes((directory / name).read_bytes())
     return destination
+
+
+def record_weights(directory):
+    """Make checkpoint.json record the SHA-256 and size of the (replaced) weights file."""
+    data = (directory / WEIGHTS_FILE).read_bytes()
+    info = json.loads((directory / INFO_FILE).read_text())
+    info["weights"].update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    (directory / INFO_FILE).write_text(json.dumps(info))
 
 
 def test_student_save_then_load_gives_identical_outputs_and_metadata(saved_student):
@@ -154,14 +163,9 @@ def test_pickled_files_are_never_unpickled(saved_student, tmp_path):
         load_checkpoint(pickled)
 
     # A pickle disguised as model.safetensors, with a matching hash and size in the JSON.
-    import hashlib
-
     directory = copy_checkpoint(saved_student[2], tmp_path / "disguised")
     (directory / WEIGHTS_FILE).write_bytes(pickled.read_bytes())
-    info = json.loads((directory / INFO_FILE).read_text())
-    info["weights"].update(sha256=hashlib.sha256(pickled.read_bytes()).hexdigest(),
-                           size_bytes=pickled.stat().st_size)
-    (directory / INFO_FILE).write_text(json.dumps(info))
+    record_weights(directory)
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(directory)
     assert not marker.exists()
@@ -203,11 +207,7 @@ def test_checkpoints_from_before_calibration_load_uncalibrated(saved_student, tm
     legacy = copy_checkpoint(directory, tmp_path / "legacy")
     state = {k: v for k, v in load_file(str(legacy / WEIGHTS_FILE)).items() if not k.startswith("calibration.")}
     save_file(state, str(legacy / WEIGHTS_FILE), metadata={"format": "pt"})
-    info = json.loads((legacy / INFO_FILE).read_text())
-    import hashlib
-    info["weights"].update(sha256=hashlib.sha256((legacy / WEIGHTS_FILE).read_bytes()).hexdigest(),
-                           size_bytes=(legacy / WEIGHTS_FILE).stat().st_size, tensors=len(state))
-    (legacy / INFO_FILE).write_text(json.dumps(info))
+    record_weights(legacy)
     loaded, _ = load_checkpoint(legacy)
     assert float(loaded.calibration.scale) == 1.0 and float(loaded.calibration.offset) == 0.0
     mri = stack(config, seed=5)

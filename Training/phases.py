@@ -175,16 +175,15 @@ def _slice_dict(config: RunConfig) -> dict[str, Any]:
     return slice_config.to_dict() if hasattr(slice_config, "to_dict") else dataclasses.asdict(slice_config)
 
 
-def _calibrate(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
-               val_labels: np.ndarray, with_pet: bool) -> dict[str, Any]:
-    """Platt-scale the model's logit on the validation cases (``evaluation.calibration``);
+def _calibrate(name: str, config: RunConfig, model: nn.Module, raw_logits: torch.Tensor,
+               val_labels: np.ndarray) -> dict[str, Any]:
+    """Platt-scale the model's logit on its raw validation logits (``evaluation.calibration``);
     returns what was done, for ``history.json``."""
     from AmyloidKDLib.calibration import fit_platt
 
-    model.calibration.set()  # fit on raw logits, whatever the model held before
     if config.evaluation.calibration == "none":
         return {"method": "none"}
-    raw = predict_logits(model, dataset, split.val, with_pet=with_pet).numpy()
+    raw = raw_logits.numpy()
     fit = fit_platt(raw, val_labels)
     record = {"method": "platt", "fitted": fit is not None,
               "raw_logit_range": [float(raw.min()), float(raw.max())] if raw.size else None}
@@ -199,12 +198,16 @@ def _calibrate(name: str, config: RunConfig, model: nn.Module, dataset: SliceDat
 def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
             fit_result: FitResult, phase_dir: Path, checkpoint_dir: Path | None, kind: str,
             with_pet: bool = False) -> PhaseResult:
-    """Threshold on validation, history/curves to disk, checkpoint; the model holds its best epoch."""
+    """Calibration and threshold on validation, history/curves to disk, checkpoint; the model
+    holds its best epoch."""
     from Training.evaluation import plot_training_curves
 
     val_labels = dataset.labels[list(split.val)]
-    calibration = _calibrate(name, config, model, dataset, split, val_labels, with_pet)
-    val_probs = predict_probabilities(model, dataset, split.val, with_pet=with_pet)
+    model.calibration.set()  # fit on raw logits, whatever the model held before
+    raw_logits = predict_logits(model, dataset, split.val, with_pet=with_pet)
+    calibration = _calibrate(name, config, model, raw_logits, val_labels)
+    with torch.no_grad():
+        val_probs = torch.sigmoid(model.calibration(raw_logits)).numpy()
     try:
         threshold = f1_optimal_threshold(val_labels, val_probs)
     except InputError:

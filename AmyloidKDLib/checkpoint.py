@@ -199,9 +199,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"cannot read {weights_path}: {exc}.") from exc
     model = build_model(config, load_pretrained=False)
     expected = model.state_dict()
-    for key in ("calibration.scale", "calibration.offset"):
-        if key in expected and key not in state:  # saved before logit calibration existed: identity
-            state[key] = expected[key].clone()
+    for key in ("calibration.scale", "calibration.offset", "harmonization.reference",
+                "harmonization.scale", "harmonization.fitted"):
+        if key in expected and key not in state:  # saved before calibration / PET harmonisation
+            state[key] = expected[key].clone()      # existed: identity (unfitted)
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:
         raise CheckpointError(

@@ -77,14 +77,31 @@ def test_teacher_save_then_load_gives_identical_outputs(tmp_path):
     torch.manual_seed(1)
     config = ModelConfig.preset("cpu", "teacher", **SLICES)
     teacher = build_model(config).eval()
+    # The per-tracer PET reference travels with the weights.
+    teacher.harmonization.fit([stack(config, 10 + k)[0] for k in range(6)], [0, 1, 0, 1, 0, 1], [0] * 6,
+                              min_cases=2)
     save_checkpoint(tmp_path / "teacher", teacher, config, prep_config=PREP, slice_config=SLICES,
                     threshold=0.5, metrics={}, provenance={})
     loaded, info = load_checkpoint(tmp_path / "teacher" / INFO_FILE)
-    mri, pet = stack(config, 1), stack(config, 2)
+    assert loaded.harmonization.is_fitted
+    assert torch.equal(loaded.harmonization.reference, teacher.harmonization.reference)
+    mri, pet, tracer = stack(config, 1), stack(config, 2), torch.tensor([1, 0])
     with torch.no_grad():
-        a, b = teacher(mri, pet), loaded(mri, pet)
+        a, b = teacher(mri, pet, tracer), loaded(mri, pet, tracer)
     assert isinstance(loaded, TeacherModel)
     assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("guided", "pet", "mri", "logits"))
+
+    # A teacher saved before PET harmonisation existed loads with it off (the identity).
+    from safetensors.torch import load_file, save_file
+
+    legacy = copy_checkpoint(tmp_path / "teacher", tmp_path / "legacy")
+    state = {k: v for k, v in load_file(str(legacy / WEIGHTS_FILE)).items() if not k.startswith("harmonization.")}
+    save_file(state, str(legacy / WEIGHTS_FILE), metadata={"format": "pt"})
+    record_weights(legacy)
+    old, _ = load_checkpoint(legacy)
+    assert not old.harmonization.is_fitted
+    with torch.no_grad():
+        assert torch.equal(old(mri, pet, tracer).logits, teacher(mri, pet, harmonized=True).logits)
 
 
 def test_truncated_weights_are_refused(saved_student, tmp_path):

@@ -95,6 +95,23 @@ def test_pet_intensities_are_never_rescaled():
     assert not torch.allclose(mri_aug, mri, atol=1e-3)
 
 
+def test_a_harmonised_pet_is_padded_with_its_zero_background():
+    """A deviation map has background 0 and negative values inside the brain: padding the moved
+    image with the slice minimum (right for CLIP-normalised slices) would paint a dark frame."""
+    g = torch.Generator().manual_seed(3)
+    pet = torch.zeros(1, 2, 3, 32, 32)
+    pet[..., 8:24, 8:24] = torch.randn(1, 2, 3, 16, 16, generator=g) - 2.0
+    config = AugmentConfig(max_rotation_deg=0, max_scale=0, max_translation=0.2,
+                           mri_contrast=0.0, mri_brightness=0.0)
+    draw = torch.Generator().manual_seed(1)
+    _, moved = augment_pair(pet.clone(), pet, config, draw, pet_background=0.0)
+    _, default = augment_pair(pet.clone(), pet, config, torch.Generator().manual_seed(1))
+    border = torch.zeros(32, 32, dtype=torch.bool)
+    border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
+    assert torch.all(moved[..., border] == 0)
+    assert default[..., border].min() < -2.5  # the default fill is the minimum, well below 0
+
+
 # ----------------------------------------------------------------------------- engine
 
 
@@ -225,6 +242,11 @@ def test_a_tiny_run_lowers_its_losses_and_writes_checkpoints_that_load(tiny_run)
     weights = [h["cls_weight"] for h in results["student"].fit.history]
     assert weights[0] == pytest.approx(0.5) and weights == sorted(weights) and weights[-1] > 0.5
     assert results["student"].extra["initialised_from_teacher"]  # attention from cross-attention
+    # The teacher's PET reference was fitted on training-fold negatives and saved with it.
+    harmonization = json.loads((run_dir / "teacher" / "history.json").read_text())["pet_harmonization"]
+    train_negatives = int((dataset.labels[list(split.train)] == 0).sum())
+    assert harmonization["method"] == "tracer" and harmonization["unknown"]["n_reference"] == train_negatives
+    assert load_checkpoint(run_dir / "checkpoints" / "teacher")[0].harmonization.is_fitted
     for phase in ("teacher", "student", "baseline"):
         model, info = load_checkpoint(run_dir / "checkpoints" / phase)
         assert info.threshold == pytest.approx(results[phase].threshold)

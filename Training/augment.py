@@ -53,15 +53,17 @@ def random_affines(batch: int, config: AugmentConfig, generator: torch.Generator
                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
 
-def apply_affines(stacks: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def apply_affines(stacks: torch.Tensor, theta: torch.Tensor, background: float | None = None
+                  ) -> torch.Tensor:
     """Warp every slice of case ``b`` in ``stacks[B, N, C, S, S]`` with ``theta[b]``.
 
-    Outside the image the background value of each slice (its minimum, i.e. what zero
-    intensity became after CLIP normalisation) is used.
+    Outside the image ``background`` is used; by default each slice's minimum, i.e. what zero
+    intensity became after CLIP normalisation (a harmonised PET stack has background 0).
     """
     b, n, c, h, w = stacks.shape
     flat = stacks.reshape(b * n, c, h, w)
-    background = flat.amin(dim=(2, 3), keepdim=True)
+    if background is None:
+        background = flat.amin(dim=(2, 3), keepdim=True)
     grid = F.affine_grid(theta.to(stacks.dtype).repeat_interleave(n, 0), [b * n, c, h, w],
                          align_corners=False)
     warped = F.grid_sample(flat - background, grid, mode="bilinear", padding_mode="zeros",
@@ -70,11 +72,12 @@ def apply_affines(stacks: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def augment_pair(mri: torch.Tensor, pet: torch.Tensor | None, config: AugmentConfig,
-                 generator: torch.Generator | None = None
+                 generator: torch.Generator | None = None, pet_background: float | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Augment MRI and (optional) PET stacks with the same spatial draw per case.
 
     Accepts ``[N, 3, S, S]`` or ``[B, N, 3, S, S]``; returns tensors of the same shapes.
+    ``pet_background`` fills the PET outside the image (default: each slice's minimum).
     """
     if not config.enabled:
         return mri, pet
@@ -88,7 +91,7 @@ def augment_pair(mri: torch.Tensor, pet: torch.Tensor | None, config: AugmentCon
         raise InputError(f"MRI and PET stacks differ in shape: {tuple(mri.shape)} vs {tuple(pet.shape)}.")
     theta = random_affines(mri.shape[0], config, generator)
     mri_out = apply_affines(mri, theta)
-    pet_out = None if pet is None else apply_affines(pet, theta)
+    pet_out = None if pet is None else apply_affines(pet, theta, pet_background)
     shape = (mri.shape[0], 1, 1, 1, 1)
     contrast = 1 + (torch.rand(shape, generator=generator) * 2 - 1) * config.mri_contrast
     brightness = (torch.rand(shape, generator=generator) * 2 - 1) * config.mri_brightness

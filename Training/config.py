@@ -79,8 +79,16 @@ class TeacherConfig:
     alignment_weight: float = 1.0  # MSE + cosine of the MRI-only vs PET-guided embedding (x schedule)
     balanced_batches: bool = True
     augment: bool = True
+    # "tracer": PET as its deviation from the training fold's amyloid-negative mean of the same
+    # tracer (AmyloidKDLib.models.harmonization); "none": raw windowed SUVR slices.
+    pet_harmonization: str = "tracer"
     monitor: str = "val_loss"
     mode: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.pet_harmonization not in ("tracer", "none"):
+            raise ConfigError(f"teacher.pet_harmonization must be 'tracer' or 'none', got "
+                              f"{self.pet_harmonization!r}.")
 
 
 @dataclass

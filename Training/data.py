@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from AmyloidKDLib.errors import AmyloidKDError, InputError
+from AmyloidKDLib.models.harmonization import tracer_index
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class CaseInfo:
     subject_id: str
     label: int
     centiloid: float
+    tracer: str | None = None
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -185,7 +187,8 @@ class SliceDataset(torch.utils.data.Dataset):
 
     Items are dicts: ``index`` (position in the cohort), ``mri`` ``[N, 3, S, S]``, ``pet``
     (same shape; zeros when the case has no PET, with ``has_pet`` False), ``label``,
-    ``centiloid`` (NaN when unknown).
+    ``centiloid`` (NaN when unknown), ``tracer`` (the PET harmonisation row of
+    :func:`~AmyloidKDLib.models.harmonization.tracer_index`).
     """
 
     def __init__(self, records: Sequence[Any], slice_files: Sequence[str | Path]) -> None:
@@ -204,7 +207,8 @@ class SliceDataset(torch.utils.data.Dataset):
                 raise InputError(f"case {case_id(record)} has no amyloid label; training and "
                                  f"evaluation need one (column 'label' or a Centiloid).")
             centiloid = float("nan") if record.centiloid is None else float(record.centiloid)
-            self.info.append(CaseInfo(case_id(record), str(record.subject_id), int(label), centiloid))
+            self.info.append(CaseInfo(case_id(record), str(record.subject_id), int(label), centiloid,
+                                      getattr(record, "tracer", None)))
 
     def __len__(self) -> int:
         return len(self.info)
@@ -224,6 +228,11 @@ class SliceDataset(torch.utils.data.Dataset):
         """Centiloid per case (NaN where unknown)."""
         return np.array([c.centiloid for c in self.info], dtype=float)
 
+    @property
+    def tracer_rows(self) -> np.ndarray:
+        """PET harmonisation row per case (:func:`AmyloidKDLib.models.harmonization.tracer_index`)."""
+        return np.array([tracer_index(c.tracer) for c in self.info], dtype=int)
+
     def has_pet(self, indices: Sequence[int] | None = None) -> bool:
         """Whether every case (of ``indices``) has a PET stack: the teacher needs them all."""
         chosen = range(len(self)) if indices is None else indices
@@ -236,4 +245,5 @@ class SliceDataset(torch.utils.data.Dataset):
                 "pet": pet.float() if pet is not None else torch.zeros_like(mri),
                 "has_pet": pet is not None,
                 "label": torch.tensor(float(self.info[index].label)),
-                "centiloid": torch.tensor(self.info[index].centiloid, dtype=torch.float32)}
+                "centiloid": torch.tensor(self.info[index].centiloid, dtype=torch.float32),
+                "tracer": torch.tensor(tracer_index(self.info[index].tracer), dtype=torch.long)}

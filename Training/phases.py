@@ -82,6 +82,15 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a distributed wrapper (``.module``), else the model itself."""
+    return getattr(model, "module", model)
+
+
+def _tracers(items: Sequence[dict[str, Any]]) -> torch.Tensor:
+    return torch.stack([item["tracer"] for item in items])
+
+
 def _augment_generator(config: RunConfig, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 100003 + epoch * 101 + salt)
 
@@ -99,7 +108,7 @@ def predict_logits(model: nn.Module, dataset: SliceDataset, indices: Sequence[in
         mri = torch.stack([c["mri"] for c in chunk]).to(device)
         if with_pet:
             pet = torch.stack([c["pet"] for c in chunk]).to(device)
-            out.append(model(mri, pet).logits.float().cpu())
+            out.append(model(mri, pet, _tracers(chunk).to(device)).logits.float().cpu())
         else:
             out.append(model(mri).logits.float().cpu())
     model.train(was_training)
@@ -197,7 +206,7 @@ def _calibrate(name: str, config: RunConfig, model: nn.Module, raw_logits: torch
 
 def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split,
             fit_result: FitResult, phase_dir: Path, checkpoint_dir: Path | None, kind: str,
-            with_pet: bool = False) -> PhaseResult:
+            with_pet: bool = False, history_extra: dict[str, Any] | None = None) -> PhaseResult:
     """Calibration and threshold on validation, history/curves to disk, checkpoint; the model
     holds its best epoch."""
     from Training.evaluation import plot_training_curves
@@ -219,7 +228,7 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
                                             "stopped_early": fit_result.stopped_early,
                                             "resumed_from_epoch": fit_result.resumed_from_epoch,
                                             "seconds": fit_result.seconds, "threshold": threshold,
-                                            "calibration": calibration})
+                                            "calibration": calibration, **(history_extra or {})})
     plot_training_curves(fit_result.history, phase_dir / "training_curves.png", title=name)
     checkpoint = None
     if checkpoint_dir is not None:
@@ -260,12 +269,17 @@ class TeacherObjective:
         from AmyloidKDLib.losses import alignment_loss, alignment_weight, margin_scale_at
 
         t = self.config.teacher
-        mri, pet = batch["mri"], batch["pet"]
+        # Harmonise the PET per tracer first, so the augmentation moves the deviation map, not
+        # the PET against an unmoved reference.
+        teacher = _unwrap(model)
+        mri, pet = batch["mri"], teacher.harmonize_pet(batch["pet"], batch["tracer"])
         if augment:
+            background = 0.0 if teacher.harmonization.is_fitted else None
             mri, pet = augment_pair(mri.cpu(), pet.cpu(), self.config.augment,
-                                    _augment_generator(self.config, epoch, int(batch["index"][0])))
+                                    _augment_generator(self.config, epoch, int(batch["index"][0])),
+                                    pet_background=background)
             mri, pet = mri.to(batch["mri"].device), pet.to(batch["mri"].device)
-        out = model(mri, pet)
+        out = model(mri, pet, harmonized=True)
         self.last_logits = out.logits.detach().float().cpu()
         guided, pet_embedding = out.guided.float(), out.pet.float()
         anchor, positive = F.normalize(guided, dim=-1), F.normalize(pet_embedding, dim=-1)
@@ -317,6 +331,7 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     t = config.teacher
     torch.manual_seed(config.seed)
     model = build_model(config.model_config("teacher"))
+    harmonization = _fit_harmonization(config, model, dataset, split)
     optimizer = _teacher_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t.epochs))
     loader = make_loader(dataset, split.train, t.batch_size, train=True, balanced=t.balanced_batches,
@@ -345,7 +360,22 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     result = fit(model, optimizer, loader, train_step, validate, _settings(t), phase_dir,
                  config.engine, scheduler=scheduler, resume=resume, description="teacher")
     return _finish("teacher", config, model, dataset, split, result, phase_dir,
-                   run_dir / "checkpoints" / "teacher", "teacher", with_pet=True)
+                   run_dir / "checkpoints" / "teacher", "teacher", with_pet=True,
+                   history_extra={"pet_harmonization": harmonization})
+
+
+def _fit_harmonization(config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split
+                       ) -> dict[str, Any]:
+    """Fit the teacher's per-tracer PET reference on the training fold (``teacher.pet_harmonization``)."""
+    if config.teacher.pet_harmonization == "none":
+        return {"method": "none"}
+    train = [int(i) for i in split.train]
+    summary = model.harmonization.fit([dataset.pet[i] for i in train], dataset.tracer_rows[train].tolist(),
+                                      dataset.labels[train].tolist())
+    for tracer, used in summary.items():
+        logger.info("teacher: PET reference for %s: %s (%d cases), scale %s", tracer, used["source"],
+                    used["n_reference"], used["scale"][0])
+    return {"method": "tracer", **summary}
 
 
 # ----------------------------------------------------------------------------- students
@@ -360,10 +390,11 @@ def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence
     targets = {}
     indices = [int(i) for i in indices]
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        mri = torch.stack([dataset[i]["mri"] for i in chunk]).to(device)
-        pet = torch.stack([dataset[i]["pet"] for i in chunk]).to(device)
-        out = teacher(mri, pet)
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        chunk = [item["index"] for item in items]
+        mri = torch.stack([item["mri"] for item in items]).to(device)
+        pet = torch.stack([item["pet"] for item in items]).to(device)
+        out = teacher(mri, pet, _tracers(items).to(device))
         for k, i in enumerate(chunk):
             targets[i] = (out.guided[k].float().cpu(), out.logits[k].float().cpu())
     return targets

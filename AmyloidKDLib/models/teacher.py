@@ -6,6 +6,10 @@ attention lets the PET tokens (queries, residual) attend to the MRI tokens (keys
 giving the PET-guided MRI sequence: each PET slice token gathers the MRI evidence it points at.
 (With the MRI as residual, PET would reach the guided embedding only through attention weights,
 and the teacher stayed at chance on the synthetic cohort.) Attention pooling turns each sequence into one embedding.
+
+Before the encoder, each PET stack can be harmonised against the amyloid-negative reference of
+its tracer (:class:`~AmyloidKDLib.models.harmonization.PetHarmonization`, fitted on the training
+fold and stored with the weights); pass the tracer rows with ``tracer=``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.models.config import ModelConfig
 from AmyloidKDLib.models.encoders import SliceEncoder
+from AmyloidKDLib.models.harmonization import PetHarmonization
 from AmyloidKDLib.models.heads import AttentionPooling, Classifier, LogitCalibration, TokenAttention
 from AmyloidKDLib.models.student import SliceEmbedder, check_slice_stack
 
@@ -33,7 +38,12 @@ class TeacherOutput:
 
 
 class TeacherModel(nn.Module):
-    """MRI + PET teacher; ``forward(mri, pet)`` and ``embed_pet(pet)`` (for negatives)."""
+    """MRI + PET teacher; ``forward(mri, pet, tracer)`` and ``embed_pet(pet, tracer)``.
+
+    ``tracer`` (``[B]`` rows of :func:`~AmyloidKDLib.models.harmonization.tracer_index`, None for
+    unknown) selects the PET harmonisation reference; ``harmonized=True`` says the PET went
+    through :meth:`harmonize_pet` already (the training loop harmonises before augmenting).
+    """
 
     def __init__(self, config: ModelConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -50,26 +60,36 @@ class TeacherModel(nn.Module):
         self.mri_pool = AttentionPooling(dim, config.pooling_hidden)
         self.classifier = Classifier(dim, config.classifier_hidden, config.classifier_dropout)
         self.calibration = LogitCalibration()
+        self.harmonization = PetHarmonization(config.n_slices, 3, config.image_size)
 
     @property
     def encoder(self) -> SliceEncoder:
         """The shared per-slice encoder."""
         return self.slices.encoder
 
-    def pet_tokens(self, pet: torch.Tensor) -> torch.Tensor:
+    def harmonize_pet(self, pet: torch.Tensor, tracer: torch.Tensor | None = None) -> torch.Tensor:
+        """PET stacks as the encoder sees them: harmonised per tracer once fitted, else unchanged."""
+        return self.harmonization(pet, tracer)
+
+    def pet_tokens(self, pet: torch.Tensor, tracer: torch.Tensor | None = None,
+                   harmonized: bool = False) -> torch.Tensor:
         """PET slice tokens after PET self-attention, ``[B, N, D]``."""
         check_slice_stack(pet, self.config, "PET")
+        if not harmonized:
+            pet = self.harmonize_pet(pet, tracer)
         return self.pet_attention(self.slices(pet))
 
-    def embed_pet(self, pet: torch.Tensor) -> torch.Tensor:
+    def embed_pet(self, pet: torch.Tensor, tracer: torch.Tensor | None = None,
+                  harmonized: bool = False) -> torch.Tensor:
         """PET embedding ``[B, D]`` of PET stacks ``[B, N, 3, S, S]`` (positives and negatives)."""
-        return self.pet_pool(self.pet_tokens(pet))[0]
+        return self.pet_pool(self.pet_tokens(pet, tracer, harmonized))[0]
 
-    def forward(self, mri: torch.Tensor, pet: torch.Tensor) -> TeacherOutput:
+    def forward(self, mri: torch.Tensor, pet: torch.Tensor, tracer: torch.Tensor | None = None,
+                harmonized: bool = False) -> TeacherOutput:
         """Embed matched MRI and PET stacks ``[B, N, 3, S, S]``."""
         check_slice_stack(mri, self.config, "MRI")
         mri_tokens = self.mri_attention(self.slices(mri))
-        pet_tokens = self.pet_tokens(pet)
+        pet_tokens = self.pet_tokens(pet, tracer, harmonized)
         guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens)
         guided = self.guided_pool(guided_tokens)[0]
         return TeacherOutput(guided=guided, pet=self.pet_pool(pet_tokens)[0],

@@ -200,9 +200,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(config, load_pretrained=False)
     expected = model.state_dict()
     for key in ("calibration.scale", "calibration.offset", "harmonization.reference",
-                "harmonization.scale", "harmonization.fitted"):
-        if key in expected and key not in state:  # saved before calibration / PET harmonisation
-            state[key] = expected[key].clone()      # existed: identity (unfitted)
+                "harmonization.scale", "harmonization.fitted", "slices.standardization.mean",
+                "slices.standardization.std", "slices.standardization.fitted"):
+        if key in expected and key not in state:  # saved before calibration, PET harmonisation or
+            state[key] = expected[key].clone()      # feature standardisation existed: identity
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:
         raise CheckpointError(

@@ -217,16 +217,19 @@ def test_logit_calibration_travels_with_the_weights(tmp_path):
 
 
 def test_checkpoints_from_before_calibration_load_uncalibrated(saved_student, tmp_path):
-    """Weights saved without the calibration buffers load with the identity map."""
+    """Weights saved without the calibration (or feature standardisation) buffers load with
+    the identity map."""
     from safetensors.torch import load_file, save_file
 
     model, config, directory = saved_student
     legacy = copy_checkpoint(directory, tmp_path / "legacy")
-    state = {k: v for k, v in load_file(str(legacy / WEIGHTS_FILE)).items() if not k.startswith("calibration.")}
+    state = {k: v for k, v in load_file(str(legacy / WEIGHTS_FILE)).items()
+             if not k.startswith(("calibration.", "slices.standardization."))}
     save_file(state, str(legacy / WEIGHTS_FILE), metadata={"format": "pt"})
     record_weights(legacy)
     loaded, _ = load_checkpoint(legacy)
     assert float(loaded.calibration.scale) == 1.0 and float(loaded.calibration.offset) == 0.0
+    assert not loaded.slices.standardization.is_fitted
     mri = stack(config, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(mri).logits, model(mri).logits)

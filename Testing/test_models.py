@@ -200,6 +200,32 @@ def test_student_outputs_and_slice_order_matter():
     assert not torch.allclose(reversed_slices.embedding, out.embedding, atol=1e-4)
 
 
+def test_feature_standardisation_puts_case_differences_at_unit_scale():
+    """Fitted on training stacks, the encoder features reaching the projection have mean 0 and
+    sd 1 per slice and feature on those stacks; the random encoder's raw case-to-case spread is
+    a small part of the features' size (why the cpu preset standardises)."""
+    torch.manual_seed(0)
+    config = ModelConfig.preset("cpu", "student", **SMALL)
+    student = build_model(config).eval()
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(config.n_slices, 3, config.image_size, config.image_size, generator=g)
+    cases = base + 0.2 * torch.rand(6, *base.shape, generator=g)  # one anatomy, varying cases
+    with torch.no_grad():
+        raw = student.slices.features(cases)
+        before = student(cases[:2]).logits
+        student.slices.standardization.fit(raw)
+        standardised = student.slices.standardization(raw)
+        after = student(cases[:2]).logits
+    assert float(raw.std(0).mean() / raw.abs().mean()) < 0.3
+    torch.testing.assert_close(standardised.mean(0), torch.zeros_like(standardised[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(0), torch.ones_like(standardised[0]), atol=1e-3, rtol=0)
+    expected = (raw - raw.mean(0)) / raw.std(0)
+    torch.testing.assert_close(standardised, expected)
+    assert not torch.allclose(before, after)  # the projection now sees the standardised features
+    with pytest.raises(InputError, match="K >= 2"):
+        student.slices.standardization.fit(raw[:1])
+
+
 def test_wrong_slice_stacks_are_refused_with_the_expected_shape():
     config = ModelConfig.preset("cpu", "student")
     student = build_model(config)

@@ -193,6 +193,7 @@ TINY = ["data.n_slices=4", "data.image_size=64", "data.jobs=2", "split.n_folds=3
         "engine.progress=false", "engine.device=cpu", "evaluation.n_bootstrap=200",
         "teacher.epochs=3", "teacher.patience=3", "teacher.batch_size=4",
         "student.epochs=3", "student.patience=3", "student.init_from_teacher=true",
+        "student.standardize_features=false",
         "student.batch_size=4", "light.epochs=1", "light.batch_size=4",
         "data.prep_overrides={n4: {iterations: [10, 5]}, registration: {shrink_factors: [4, 2], "
         "smoothing_sigmas: [2.0, 1.0], iterations: [100, 30]}, pet: {registration: "
@@ -303,6 +304,19 @@ def test_evaluate_and_resume_through_the_command_line(tiny_run, capsys):
     assert cli(["train", "light", *common], TRAINING_COMMANDS) == 0
     first = json.loads((run_dir / "light" / "history.json").read_text())
     assert len(first["history"]) == 1
+    # The cpu preset standardises the light student's CNN features with training-fold statistics
+    # of its initial encoder (the CNN trained one epoch since, so recompute from a fresh build).
+    from AmyloidKDLib.checkpoint import load_checkpoint
+    from AmyloidKDLib.models import build_model
+
+    light, _ = load_checkpoint(run_dir / "checkpoints" / "light")
+    assert light.slices.standardization.is_fitted
+    torch.manual_seed(config.seed + 2)
+    fresh = build_model(config.model_config("light_student")).eval()
+    with torch.no_grad():
+        features = fresh.slices.features(torch.stack([dataset[int(i)]["mri"] for i in split.train]))
+    torch.testing.assert_close(light.slices.standardization.mean, features.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(light.slices.standardization.std, features.std(0), rtol=1e-4, atol=1e-5)
     assert cli(["train", "light", *common, "--set", "light.epochs=2", "--resume"], TRAINING_COMMANDS) == 0
     second = json.loads((run_dir / "light" / "history.json").read_text())
     assert second["resumed_from_epoch"] == 1 and [h["epoch"] for h in second["history"]] == [1, 2]

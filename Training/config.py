@@ -113,8 +113,17 @@ class StudentConfig:
     balanced_batches: bool = False
     augment: bool = True
     init_from_teacher: bool = True
+    # Standardise the encoder's features per slice and feature with training-fold statistics
+    # (AmyloidKDLib.models.heads.FeatureStandardization): for random or frozen encoders.
+    standardize_features: bool = False
     monitor: str = "val_f1"
     mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.init_from_teacher and self.standardize_features:
+            raise ConfigError("student.init_from_teacher and student.standardize_features exclude each "
+                              "other: the projection copied from the teacher expects unstandardised "
+                              "features. Set one of them to false.")
 
 
 @dataclass
@@ -131,6 +140,7 @@ class LightConfig:
     temperature: float = 2.0
     balanced_batches: bool = False
     augment: bool = True
+    standardize_features: bool = False  # as student.standardize_features (the CNN is never copied)
     monitor: str = "val_auc"
     mode: str = "max"
 

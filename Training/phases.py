@@ -400,6 +400,23 @@ def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence
     return targets
 
 
+@torch.no_grad()
+def _fit_standardization(name: str, model: nn.Module, dataset: SliceDataset, split: Split,
+                         batch_size: int = 8) -> None:
+    """Fit ``model.slices.standardization`` on the encoder features of the training fold's
+    unaugmented MRI stacks (before any training step, so both the student and the baseline
+    start from the same statistics of the same encoder)."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    train = [int(i) for i in split.train]
+    features = [model.slices.features(torch.stack([dataset[i]["mri"] for i in train[k:k + batch_size]]).to(device))
+                .float().cpu() for k in range(0, len(train), batch_size)]
+    model.slices.standardization.fit(torch.cat(features))
+    model.train(was_training)
+    logger.info("%s: encoder features standardised on %d training cases", name, len(train))
+
+
 def _student_optimizer(config: RunConfig, model: nn.Module, lr: tuple[float, float, float],
                        weight_decay: float) -> torch.optim.Optimizer:
     attention, projection, classifier = lr
@@ -451,6 +468,8 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     if teacher is not None and s.init_from_teacher:
         copied = init_student_from_teacher(model, teacher)
         logger.info("student initialised from the teacher: %s", ", ".join(copied))
+    if s.standardize_features:
+        _fit_standardization(name, model, dataset, split)
     targets = teacher_targets(teacher, dataset, split.train) if teacher is not None else {}
     focal = MarginFocalLoss(alpha=s.focal_alpha, gamma=s.focal_gamma, margin_positive=s.focal_margin_positive)
     optimizer = _student_optimizer(config, model, (s.lr_attention, s.lr_projection, s.lr_classifier),
@@ -504,6 +523,8 @@ def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir:
     torch.manual_seed(config.seed + 2)
     model = build_model(config.model_config("light_student"))
     init_student_from_teacher(model, teacher)
+    if c.standardize_features:
+        _fit_standardization("light", model, dataset, split)
     targets = teacher_targets(teacher, dataset, split.train)
     optimizer = torch.optim.AdamW(param_groups(model, [("", c.lr)], c.weight_decay))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, c.epochs))

@@ -4,6 +4,8 @@ shared slice-embedding front end the teacher also uses.
 A student sees only the MRI slice stack ``[B, N, 3, S, S]``: each slice is encoded, projected to
 ``D`` = 128, tagged with its slice position, mixed by self-attention, pooled by attention over
 slices, and classified. The MRI-only baseline is this model trained without a teacher.
+Between encoder and projection the features can be standardised per slice and feature
+(:class:`~AmyloidKDLib.models.heads.FeatureStandardization`, fitted on training cases).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from AmyloidKDLib.models.encoders import SliceEncoder, create_encoder
 from AmyloidKDLib.models.heads import (
     AttentionPooling,
     Classifier,
+    FeatureStandardization,
     LogitCalibration,
     SlicePositionEmbedding,
     SliceProjection,
@@ -70,15 +73,19 @@ class SliceEmbedder(nn.Module):
     def __init__(self, config: ModelConfig, *, load_pretrained: bool = True) -> None:
         super().__init__()
         self.encoder = build_encoder(config, load_pretrained=load_pretrained)
+        self.standardization = FeatureStandardization(config.n_slices, self.encoder.num_features)
         self.projection = SliceProjection(self.encoder.num_features, config.embed_dim,
                                           config.projection_dropout)
         self.position = SlicePositionEmbedding(config.n_slices, config.embed_dim)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw encoder features ``[B, N, F]`` of a stack ``[B, N, 3, S, S]``."""
+        b, n = images.shape[:2]
+        return self.encoder(images.reshape(b * n, *images.shape[2:])).reshape(b, n, -1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Slice tokens ``[B, N, D]`` of a stack ``[B, N, 3, S, S]``."""
-        b, n = images.shape[:2]
-        features = self.encoder(images.reshape(b * n, *images.shape[2:]))
-        return self.position(self.projection(features).reshape(b, n, -1))
+        return self.position(self.projection(self.standardization(self.features(images))))
 
 
 class StudentModel(nn.Module):

@@ -14,7 +14,8 @@ the atrophy regions and ventricle expansion, per 100 Centiloid). The benchmark u
 both, not the phantom's default 0.06: at 0.06 even the generator's *true* regional GM loss and
 ventricle expansion separate the classes only with AUC 0.69 / 0.75 on this cohort, and at 0.2
 the MRI-only models stayed near chance, so the student-vs-baseline comparison said nothing.
-At 0.4 the baseline reaches a pooled AUC of about 0.82 (docs/training.md has the numbers).
+At 0.4 the baseline reaches a pooled AUC of about 0.78 and the teacher 0.95
+(docs/training.md has the numbers).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from AmyloidKDLib.errors import AmyloidKDError, CheckpointError
+from AmyloidKDLib.models.heads import IdentityUntilFitted
 
 FORMAT_NAME = "amyloidkd-checkpoint"
 FORMAT_VERSION = 1
@@ -199,11 +200,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"cannot read {weights_path}: {exc}.") from exc
     model = build_model(config, load_pretrained=False)
     expected = model.state_dict()
-    for key in ("calibration.scale", "calibration.offset", "harmonization.reference",
-                "harmonization.scale", "harmonization.fitted", "slices.standardization.mean",
-                "slices.standardization.std", "slices.standardization.fitted"):
-        if key in expected and key not in state:  # saved before calibration, PET harmonisation or
-            state[key] = expected[key].clone()      # feature standardisation existed: identity
+    # Weights saved before a fitted-identity module existed (calibration, feature
+    # standardisation, PET harmonisation) load it at its defaults, i.e. the identity.
+    for name, module in model.named_modules():
+        if isinstance(module, IdentityUntilFitted):
+            for buffer, _ in module.named_buffers(recurse=False):
+                key = f"{name}.{buffer}" if name else buffer
+                state.setdefault(key, expected[key].clone())
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:
         raise CheckpointError(

@@ -209,6 +209,7 @@ class SliceDataset(torch.utils.data.Dataset):
             centiloid = float("nan") if record.centiloid is None else float(record.centiloid)
             self.info.append(CaseInfo(case_id(record), str(record.subject_id), int(label), centiloid,
                                       getattr(record, "tracer", None)))
+        self._tracer_rows = np.array([tracer_index(c.tracer) for c in self.info], dtype=int)
 
     def __len__(self) -> int:
         return len(self.info)
@@ -231,7 +232,7 @@ class SliceDataset(torch.utils.data.Dataset):
     @property
     def tracer_rows(self) -> np.ndarray:
         """PET harmonisation row per case (:func:`AmyloidKDLib.models.harmonization.tracer_index`)."""
-        return np.array([tracer_index(c.tracer) for c in self.info], dtype=int)
+        return self._tracer_rows.copy()
 
     def has_pet(self, indices: Sequence[int] | None = None) -> bool:
         """Whether every case (of ``indices``) has a PET stack: the teacher needs them all."""
@@ -246,4 +247,4 @@ class SliceDataset(torch.utils.data.Dataset):
                 "has_pet": pet is not None,
                 "label": torch.tensor(float(self.info[index].label)),
                 "centiloid": torch.tensor(self.info[index].centiloid, dtype=torch.float32),
-                "tracer": torch.tensor(tracer_index(self.info[index].tracer), dtype=torch.long)}
+                "tracer": torch.tensor(self._tracer_rows[index], dtype=torch.long)}

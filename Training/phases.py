@@ -87,8 +87,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _tracers(items: Sequence[dict[str, Any]]) -> torch.Tensor:
-    return torch.stack([item["tracer"] for item in items])
+def _eval_batches(dataset: SliceDataset, indices: Sequence[int], batch_size: int,
+                  device: torch.device, with_pet: bool = False):
+    """``dataset[indices]`` in order, ``batch_size`` at a time, as ``(indices, mri, pet, tracer)``
+    stacked on ``device`` (``pet`` and ``tracer`` None unless ``with_pet``)."""
+    indices = [int(i) for i in indices]
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        mri = torch.stack([item["mri"] for item in items]).to(device)
+        pet = tracer = None
+        if with_pet:
+            pet = torch.stack([item["pet"] for item in items]).to(device)
+            tracer = torch.stack([item["tracer"] for item in items]).to(device)
+        yield indices[start:start + batch_size], mri, pet, tracer
 
 
 def _augment_generator(config: RunConfig, epoch: int, salt: int) -> torch.Generator:
@@ -101,16 +112,10 @@ def predict_logits(model: nn.Module, dataset: SliceDataset, indices: Sequence[in
     """Logits of ``model`` for ``dataset[indices]`` in that order (eval mode, no augmentation)."""
     was_training = model.training
     model.eval()
-    device = _device_of(model)
     out = []
-    for start in range(0, len(indices), batch_size):
-        chunk = [dataset[int(i)] for i in indices[start:start + batch_size]]
-        mri = torch.stack([c["mri"] for c in chunk]).to(device)
-        if with_pet:
-            pet = torch.stack([c["pet"] for c in chunk]).to(device)
-            out.append(model(mri, pet, _tracers(chunk).to(device)).logits.float().cpu())
-        else:
-            out.append(model(mri).logits.float().cpu())
+    for _, mri, pet, tracer in _eval_batches(dataset, indices, batch_size, _device_of(model), with_pet):
+        output = model(mri, pet, tracer) if with_pet else model(mri)
+        out.append(output.logits.float().cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -386,15 +391,9 @@ def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence
                     batch_size: int = 8) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The frozen teacher's (PET-guided embedding, logit) per case, on unaugmented stacks."""
     teacher.eval()
-    device = _device_of(teacher)
     targets = {}
-    indices = [int(i) for i in indices]
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        chunk = [item["index"] for item in items]
-        mri = torch.stack([item["mri"] for item in items]).to(device)
-        pet = torch.stack([item["pet"] for item in items]).to(device)
-        out = teacher(mri, pet, _tracers(items).to(device))
+    for chunk, mri, pet, tracer in _eval_batches(dataset, indices, batch_size, _device_of(teacher), True):
+        out = teacher(mri, pet, tracer)
         for k, i in enumerate(chunk):
             targets[i] = (out.guided[k].float().cpu(), out.logits[k].float().cpu())
     return targets
@@ -408,13 +407,11 @@ def _fit_standardization(name: str, model: nn.Module, dataset: SliceDataset, spl
     start from the same statistics of the same encoder)."""
     was_training = model.training
     model.eval()
-    device = _device_of(model)
-    train = [int(i) for i in split.train]
-    features = [model.slices.features(torch.stack([dataset[i]["mri"] for i in train[k:k + batch_size]]).to(device))
-                .float().cpu() for k in range(0, len(train), batch_size)]
+    features = [model.slices.features(mri).float().cpu()
+                for _, mri, _, _ in _eval_batches(dataset, split.train, batch_size, _device_of(model))]
     model.slices.standardization.fit(torch.cat(features))
     model.train(was_training)
-    logger.info("%s: encoder features standardised on %d training cases", name, len(train))
+    logger.info("%s: encoder features standardised on %d training cases", name, len(split.train))
 
 
 def _student_optimizer(config: RunConfig, model: nn.Module, lr: tuple[float, float, float],

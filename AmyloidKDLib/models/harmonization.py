@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.models.heads import FittedStatistics
 
 #: Tracers with their own reference; any other (or unknown) tracer uses the pooled one.
 PET_TRACERS = ("AV45", "PIB")
@@ -40,7 +40,7 @@ def tracer_index(tracer: str | None) -> int:
     return PET_TRACERS.index(name) if name in PET_TRACERS else POOLED
 
 
-class PetHarmonization(nn.Module):
+class PetHarmonization(FittedStatistics):
     """``pet[B, N, C, S, S], tracer[B] -> (pet - reference[tracer]) / scale[tracer]`` (per channel)."""
 
     def __init__(self, n_slices: int, channels: int, image_size: int) -> None:
@@ -48,11 +48,7 @@ class PetHarmonization(nn.Module):
         rows = len(PET_TRACERS) + 1
         self.register_buffer("reference", torch.zeros(rows, n_slices, channels, image_size, image_size))
         self.register_buffer("scale", torch.ones(rows, channels))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        self._register_fitted_flag()
 
     def forward(self, pet: torch.Tensor, tracer: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonised PET stacks; ``tracer`` holds :func:`tracer_index` rows (None: all unknown)."""

@@ -115,7 +115,25 @@ class Classifier(nn.Module):
         return self.layers(embedding).squeeze(-1)
 
 
-class LogitCalibration(nn.Module):
+class IdentityUntilFitted(nn.Module):
+    """Base of the modules whose buffers are fitted on data outside gradient descent (logit
+    calibration, feature standardisation, PET harmonisation). At their initial buffers they
+    are the identity, so a checkpoint saved before such a module existed loads it at those
+    defaults (:func:`AmyloidKDLib.checkpoint.load_checkpoint`)."""
+
+
+class FittedStatistics(IdentityUntilFitted):
+    """An :class:`IdentityUntilFitted` with a ``fitted`` flag buffer: identity until ``fit``."""
+
+    def _register_fitted_flag(self) -> None:
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+
+class LogitCalibration(IdentityUntilFitted):
     """``logit -> scale * logit + offset``: identity while training, set after it by Platt
     scaling on the validation cases (:func:`AmyloidKDLib.calibration.fit_platt`). Stored as
     buffers, so a checkpoint carries it and inference applies it."""
@@ -134,7 +152,7 @@ class LogitCalibration(nn.Module):
         return logits * self.scale.to(logits.dtype) + self.offset.to(logits.dtype)
 
 
-class FeatureStandardization(nn.Module):
+class FeatureStandardization(FittedStatistics):
     """Per-slice, per-feature standardisation of frozen-ish encoder features:
     ``features[B, N, F] -> (features - mean[N, F]) / std[N, F]``.
 
@@ -148,11 +166,7 @@ class FeatureStandardization(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_slices, n_features))
         self.register_buffer("std", torch.ones(n_slices, n_features))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        self._register_fitted_flag()
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, min_std: float = 1e-6) -> None:

@@ -153,7 +153,7 @@ def test_repeated_prediction_on_cpu_is_identical(checkpoint, native_t1_path, tmp
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT, str(checkpoint),
                            str(native_t1_path)], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)

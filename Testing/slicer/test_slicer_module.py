@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "AmyloidKD"
 MODULE_PY = MODULE_DIR / "AmyloidKD.py"
 BATCH_PY = MODULE_DIR / "Scripts" / "AmyloidKDBatch.py"

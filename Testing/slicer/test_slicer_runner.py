@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "AmyloidKD"))
 
 from AmyloidKDModuleLib import batch, dependencies, runner  # noqa: E402

@@ -29,14 +29,17 @@ def _truth(root: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-# The generator's ground truth is the non-partial-volume-corrected Centiloid at 20 CL.
-TRUTH = {"centiloid_column": "Centiloid_fSUVR_TOT_CORTMEAN", "label_threshold": 20.0}
+# The generator labels its ground truth at 20 CL (the reader's default is the authors' 20.6).
+TRUTH = {"label_threshold": 20.0}
 
 
 def test_both_layouts_parse_into_the_same_cases(cohort):
     from_manifest = read_manifest(cohort / "manifest.csv", contrasts=CONTRASTS)
     from_oasis = read_oasis3(cohort, contrasts=CONTRASTS, **TRUTH)
     assert from_manifest == from_oasis
+    assert all(c.selection["pairing"].startswith("pup-mrid") for c in from_oasis)   # OASIS3_PUP.csv
+    assert all(c.pet_path.name.endswith("n_msum_SUVR.nii.gz") and c.pet_path.parent.name == "pet_proc"
+               for c in from_oasis)
     paired = [r for r in _truth(cohort) if r["mr_session_id"]]
     assert [(c.subject_id, c.session_id) for c in from_oasis] == sorted(
         (r["subject_id"], r["session_id"]) for r in paired)
@@ -61,11 +64,11 @@ def test_pet_sessions_pair_with_the_nearest_mr_within_the_window(cohort, caplog)
         crowded += sum(abs(d - int(row["pet_day"])) <= 365 for d in days) > 1
     assert crowded >= 1
     with caplog.at_level(logging.WARNING, logger="Training.cohort"):
-        cases = read_oasis3(cohort, max_days=365, **TRUTH)
+        cases = read_oasis3(cohort, max_days=365, pairing="nearest", **TRUTH)
     assert not unpaired & {c.session_id for c in cases}
     assert "without an MR session within 365 days" in caplog.text
     assert all(c.selection["pairing"].startswith("nearest") for c in cases)
-    wide = {c.session_id for c in read_oasis3(cohort, max_days=5000, **TRUTH)}
+    wide = {c.session_id for c in read_oasis3(cohort, max_days=5000, pairing="nearest", **TRUTH)}
     has_mr = {p.parent.parent.name[len("sub-"):] for p in cohort.glob("sub-*/ses-*/anat")}
     reachable = {s for s in unpaired if s.split("_")[0] in has_mr}
     assert reachable and reachable <= wide

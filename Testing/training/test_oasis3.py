@@ -153,7 +153,7 @@ def test_pairing_nearest_window_and_label_options(tmp_path, template):
         read_oasis3(root, pairing="pup-mrid")
 
 
-def test_nothing_found_reports_each_step_and_where_it_emptied(tmp_path, template, caplog):
+def test_nothing_found_reports_each_step_and_where_it_emptied(tmp_path, template):
     root = build_tree(tmp_path / "oasis3", "native", "partial", "nifti", template)
     for image in root.glob("PET/**/*n_msum_SUVR.nii"):
         image.unlink()                                          # only smoothed copies left

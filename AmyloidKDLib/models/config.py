@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from AmyloidKDLib import configs
+from AmyloidKDLib.atomic import write_text_atomic
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.models.encoders import BIOMEDCLIP_HUB_ID, HUB_PREFIX, get_encoder_spec
 from AmyloidKDLib.models.lora import DEFAULT_LORA_TARGET
@@ -82,10 +83,10 @@ class ModelConfig:
         return configs.from_dict(cls, data)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of the config; also written to ``path`` when given."""
+        """JSON text of the config; also written to ``path`` (atomically) when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_text_atomic(path, text + "\n")
         return text
 
     @classmethod

@@ -1,4 +1,5 @@
-"""The four training phases of the method, each a function of (config, dataset, split, run dir).
+"""The training phases of the method (teacher, distilled student, MRI-only baseline, light
+student), each a function of (config, dataset, split, run dir).
 
 1. :func:`train_teacher` - PET-guided teacher: soft triplet loss with a Centiloid-adaptive
    margin (anchor = PET-guided MRI embedding, positive = matched PET, negative = PET of

@@ -36,7 +36,8 @@ from Training.augment import augment_pair
 from Training.config import RunConfig
 from Training.data import SliceDataset
 from Training.engine import FitResult, FitSettings, fit
-from Training.evaluation import f1_optimal_threshold, roc_auc, threshold_metrics, write_json
+from Training.metrics import f1_optimal_threshold, roc_auc, threshold_metrics
+from Training.report import write_json
 from Training.sampling import CentiloidNegativeSampler, ClassBalancedBatchSampler
 from Training.splits import Split
 
@@ -214,7 +215,7 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
             with_pet: bool = False, history_extra: dict[str, Any] | None = None) -> PhaseResult:
     """Calibration and threshold on validation, history/curves to disk, checkpoint; the model
     holds its best epoch."""
-    from Training.evaluation import plot_training_curves
+    from Training.report import plot_training_curves
 
     val_labels = dataset.labels[list(split.val)]
     model.calibration.set()  # fit on raw logits, whatever the model held before

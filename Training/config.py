@@ -21,7 +21,7 @@ from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.losses import LossScheduleConfig
 from Training.augment import AugmentConfig
 from Training.engine import EngineConfig
-from Training.evaluation import EvalConfig
+from Training.metrics import EvalConfig
 from Training.splits import SplitConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -204,7 +204,7 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""
-        from Training.evaluation import write_json
+        from Training.report import write_json
 
         write_json(path, self.to_dict())
 

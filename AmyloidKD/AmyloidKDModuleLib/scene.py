@@ -79,20 +79,20 @@ def safe_case_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name or "").strip("_") or "mri"
 
 
-def nodes_by_class(scene, class_name: str) -> Iterator[Any]:
+def nodes_by_class(scene: "vtkMRMLScene", class_name: str) -> Iterator[Any]:
     """Every node of ``class_name`` (and its subclasses) in ``scene``."""
     for index in range(scene.GetNumberOfNodesByClass(class_name)):
         yield scene.GetNthNodeByClass(index, class_name)
 
 
-def _node_id(node) -> str | None:
-    return node.GetID() if node is not None else None
+def _node_id(mrml_node: "vtkMRMLNode") -> str | None:
+    return mrml_node.GetID() if mrml_node is not None else None
 
 
 # --- files <-> nodes --------------------------------------------------------------------------
 
 
-def export_volume(scene, volume_node, path: str | os.PathLike) -> Path:
+def export_volume(scene: "vtkMRMLScene", volume_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike) -> Path:
     """Write ``volume_node`` to ``path`` (NIfTI) with Slicer's own volume storage node.
 
     The file holds the node's own IJK-to-RAS geometry: a parent transform is *not* hardened
@@ -103,7 +103,7 @@ def export_volume(scene, volume_node, path: str | os.PathLike) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else target.suffix
     temporary = target.with_name(f".{target.name}.part{suffix}")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage: "vtkMRMLVolumeArchetypeStorageNode" = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     try:
         storage.SetFileName(str(temporary))
         storage.SetUseCompression(1)
@@ -118,15 +118,16 @@ def export_volume(scene, volume_node, path: str | os.PathLike) -> Path:
     return target
 
 
-def top_regions_color_table(scene):
+def top_regions_color_table(scene: "vtkMRMLScene"):
     """The colour table naming the top regions (created once per scene, then reused).
 
     Entry 0 is transparent background; entry k is "AmyloidKD top region k" (1 = highest
     summed saliency), so Slicer's Data Probe names the region under the mouse.
     """
-    for node in nodes_by_class(scene, "vtkMRMLColorTableNode"):
-        if node.GetAttribute(ATTRIBUTE_ROLE) == "colorTable":
-            return node
+    table: "vtkMRMLColorTableNode"
+    for table in nodes_by_class(scene, "vtkMRMLColorTableNode"):
+        if table.GetAttribute(ATTRIBUTE_ROLE) == "colorTable":
+            return table
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode")
     table.SetName(TOP_REGIONS_COLOR_TABLE_NAME)
     table.SetAttribute(ATTRIBUTE_ROLE, "colorTable")
@@ -147,17 +148,18 @@ def top_region_name(rank: int) -> str:
     return f"AmyloidKD top region {rank}"
 
 
-def apply_overlay_display(saliency_node, top_regions_node, color_table, settings: OverlaySettings) -> None:
+def apply_overlay_display(saliency_node: "vtkMRMLScalarVolumeNode", top_regions_node: "vtkMRMLLabelMapVolumeNode",
+                          color_table: "vtkMRMLColorTableNode", settings: OverlaySettings) -> None:
     """Saliency: hot colour scale, window 0..1, values below the threshold transparent.
     Top regions: the module's own named colour table."""
-    display = saliency_node.GetDisplayNode()
+    display: "vtkMRMLScalarVolumeDisplayNode" = saliency_node.GetDisplayNode()
     display.SetAndObserveColorNodeID(settings.saliencyColorNodeID)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.SetThreshold(settings.saliencyLowerThreshold, 1.0)
     display.ApplyThresholdOn()
     display.SetInterpolate(0)
-    label_display = top_regions_node.GetDisplayNode()
+    label_display: "vtkMRMLLabelMapVolumeDisplayNode" = top_regions_node.GetDisplayNode()
     label_display.SetAndObserveColorNodeID(color_table.GetID())
 
 
@@ -178,17 +180,19 @@ class CaseOverlay:
         return self.pet if self.pet_as_background and self.pet is not None else self.mri
 
 
-def link_outputs(mri_node, saliency_node, top_regions_node) -> None:
+def link_outputs(mri_node: "vtkMRMLScalarVolumeNode", saliency_node: "vtkMRMLScalarVolumeNode",
+                 top_regions_node: "vtkMRMLLabelMapVolumeNode") -> None:
     """Record on the nodes which outputs belong to which MRI (saved with the scene)."""
     mri_node.SetNodeReferenceID(ROLE_SALIENCY, _node_id(saliency_node))
     mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS, _node_id(top_regions_node))
+    output: "vtkMRMLScalarVolumeNode"
     for output, role in ((saliency_node, "saliency"), (top_regions_node, "topRegions")):
         if output is not None:
             output.SetAttribute(ATTRIBUTE_ROLE, role)
             output.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
 
 
-def store_view_choice(mri_node, pet_node=None, pet_as_background: bool | None = None,
+def store_view_choice(mri_node: "vtkMRMLScalarVolumeNode", pet_node: "vtkMRMLScalarVolumeNode" = None, pet_as_background: bool | None = None,
                       opacity: float | None = None) -> None:
     """Record the PET and the display choices of ``mri_node``'s overlay on the node itself."""
     mri_node.SetNodeReferenceID(ROLE_PET, _node_id(pet_node))
@@ -198,7 +202,7 @@ def store_view_choice(mri_node, pet_node=None, pet_as_background: bool | None = 
         mri_node.SetAttribute(ATTRIBUTE_OPACITY, f"{float(opacity):.4g}")
 
 
-def case_overlay(mri_node) -> CaseOverlay | None:
+def case_overlay(mri_node: "vtkMRMLScalarVolumeNode") -> CaseOverlay | None:
     """The overlay arrangement stored on ``mri_node``; None when it has no AmyloidKD result."""
     if mri_node is None:
         return None
@@ -213,17 +217,17 @@ def case_overlay(mri_node) -> CaseOverlay | None:
                        opacity=float(opacity) if opacity else OverlaySettings.foregroundOpacity)
 
 
-def result_attributes(node) -> dict[str, str]:
+def result_attributes(output: "vtkMRMLScalarVolumeNode") -> dict[str, str]:
     """The prediction numbers stored on an output node (probability, label, threshold, checkpoint)."""
     values = {}
     for name in RESULT_ATTRIBUTES:
-        value = node.GetAttribute(f"AmyloidKD.{name}") if node is not None else None
+        value = output.GetAttribute(f"AmyloidKD.{name}") if output is not None else None
         if value is not None:
             values[name] = value
     return values
 
 
-def load_outputs(scene, volumes_logic, mri_node, saliency_path: str | os.PathLike,
+def load_outputs(scene: "vtkMRMLScene", volumes_logic, mri_node: "vtkMRMLScalarVolumeNode", saliency_path: str | os.PathLike,
                  top_regions_path: str | os.PathLike, attributes: Mapping[str, Any] | None = None,
                  settings: OverlaySettings | None = None, temporary_files: bool = False):
     """Load a case's saliency and top-regions files as nodes next to ``mri_node``.
@@ -236,19 +240,19 @@ def load_outputs(scene, volumes_logic, mri_node, saliency_path: str | os.PathLik
     """
     settings = settings or OverlaySettings()
     name = mri_node.GetName()
-    saliency = volumes_logic.AddArchetypeVolume(str(saliency_path), f"{name} AmyloidKD saliency", 0)
+    saliency: "vtkMRMLScalarVolumeNode" = volumes_logic.AddArchetypeVolume(str(saliency_path), f"{name} AmyloidKD saliency", 0)
     if saliency is None:
         raise ModuleError(f"Slicer could not read the saliency map {saliency_path}.")
-    top_regions = volumes_logic.AddArchetypeVolume(str(top_regions_path), f"{name} AmyloidKD top regions", 1)
+    top_regions: "vtkMRMLLabelMapVolumeNode" = volumes_logic.AddArchetypeVolume(str(top_regions_path), f"{name} AmyloidKD top regions", 1)
     if top_regions is None:
         scene.RemoveNode(saliency)
         raise ModuleError(f"Slicer could not read the top-regions map {top_regions_path}.")
-    for node in (saliency, top_regions):
-        node.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+    for output in (saliency, top_regions):
+        output.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
         for key, value in (attributes or {}).items():
-            node.SetAttribute(f"AmyloidKD.{key}", str(value))
+            output.SetAttribute(f"AmyloidKD.{key}", str(value))
         if temporary_files:
-            node.StorableModified()
+            output.StorableModified()
     apply_overlay_display(saliency, top_regions, top_regions_color_table(scene), settings)
     link_outputs(mri_node, saliency, top_regions)
     return saliency, top_regions
@@ -257,25 +261,28 @@ def load_outputs(scene, volumes_logic, mri_node, saliency_path: str | os.PathLik
 # --- slice views ------------------------------------------------------------------------------
 
 
-def _amyloidkd_outputs(scene) -> set[str]:
+def _amyloidkd_outputs(scene: "vtkMRMLScene") -> set[str]:
     ids = set()
-    for node in nodes_by_class(scene, "vtkMRMLScalarVolumeNode"):
-        if node.GetAttribute(ATTRIBUTE_ROLE) in ("saliency", "topRegions"):
-            ids.add(node.GetID())
+    output: "vtkMRMLScalarVolumeNode"
+    for output in nodes_by_class(scene, "vtkMRMLScalarVolumeNode"):
+        if output.GetAttribute(ATTRIBUTE_ROLE) in ("saliency", "topRegions"):
+            ids.add(output.GetID())
     return ids
 
 
-def _slice_node(scene, layout_name: str):
-    for node in nodes_by_class(scene, "vtkMRMLSliceNode"):
-        if node.GetLayoutName() == layout_name:
-            return node
+def _slice_node(scene: "vtkMRMLScene", layout_name: str):
+    slice_node: "vtkMRMLSliceNode"
+    for slice_node in nodes_by_class(scene, "vtkMRMLSliceNode"):
+        if slice_node.GetLayoutName() == layout_name:
+            return slice_node
     return None
 
 
-def views_showing(scene, volume_ids: Iterable[str]) -> list[str]:
+def views_showing(scene: "vtkMRMLScene", volume_ids: Iterable[str]) -> list[str]:
     """Layout names of the slice views that show any of ``volume_ids`` in any layer, or nothing at all."""
     wanted = {v for v in volume_ids if v}
     names = []
+    composite: "vtkMRMLSliceCompositeNode"
     for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
         layers = {composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()}
         if layers & wanted or not any(layers):
@@ -283,7 +290,7 @@ def views_showing(scene, volume_ids: Iterable[str]) -> list[str]:
     return names
 
 
-def show_case(scene, overlay: CaseOverlay, previous: Iterable[Any] = (),
+def show_case(scene: "vtkMRMLScene", overlay: CaseOverlay, previous: Iterable[Any] = (),
               settings: OverlaySettings | None = None) -> list[str]:
     """Show one case in the slice views that concern it; returns their layout names.
 
@@ -296,6 +303,7 @@ def show_case(scene, overlay: CaseOverlay, previous: Iterable[Any] = (),
     concerned = {_node_id(overlay.mri), _node_id(overlay.pet)} | {_node_id(n) for n in previous}
     concerned |= _amyloidkd_outputs(scene)
     names = views_showing(scene, concerned)
+    composite: "vtkMRMLSliceCompositeNode"
     for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
         if composite.GetLayoutName() not in names:
             continue
@@ -304,17 +312,18 @@ def show_case(scene, overlay: CaseOverlay, previous: Iterable[Any] = (),
         composite.SetLabelVolumeID(_node_id(overlay.top_regions))
         composite.SetForegroundOpacity(overlay.opacity)
         composite.SetLabelOpacity(settings.labelOpacity)
-        slice_node = _slice_node(scene, composite.GetLayoutName())
+        slice_node: "vtkMRMLSliceNode" = _slice_node(scene, composite.GetLayoutName())
         if slice_node is not None:
             slice_node.SetUseLabelOutline(int(settings.labelOutline))
     return names
 
 
-def set_overlay_opacity(scene, overlay: CaseOverlay, opacity: float) -> list[str]:
+def set_overlay_opacity(scene: "vtkMRMLScene", overlay: CaseOverlay, opacity: float) -> list[str]:
     """Change the saliency opacity in the views whose foreground is this case's saliency only."""
     store_view_choice(overlay.mri, overlay.pet, opacity=opacity)
     overlay.opacity = float(opacity)
     changed = []
+    composite: "vtkMRMLSliceCompositeNode"
     for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
         if overlay.saliency is not None and composite.GetForegroundVolumeID() == overlay.saliency.GetID():
             composite.SetForegroundOpacity(float(opacity))
@@ -363,7 +372,7 @@ class PredictionResult:
         return float(self.seconds.get("total") or 0.0)
 
 
-def start_prediction(scene, mri_node, python_executable: str | os.PathLike, env: Mapping[str, str],
+def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
                      checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = "hd-bet-v1",
                      output_directory: str | os.PathLike | None = None,
                      temporary_root: str | os.PathLike | None = None) -> PredictionJob:
@@ -402,7 +411,7 @@ def cancel_prediction(job: PredictionJob) -> None:
         shutil.rmtree(job.work_directory, ignore_errors=True)
 
 
-def finish_prediction(scene, volumes_logic, job: PredictionJob,
+def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
                       settings: OverlaySettings | None = None) -> PredictionResult:
     """Read the finished job's results and load its outputs as nodes linked to the MRI.
 
@@ -417,7 +426,9 @@ def finish_prediction(scene, volumes_logic, job: PredictionJob,
         if returncode is None:
             raise ModuleError("the prediction is still running.")
         if returncode not in (0, 1):
-            raise ModuleError(f"the prediction {describe_exit(returncode)}:\n{job.process.tail()}")
+            last = next((line.strip() for line in reversed(job.process.log) if line.strip()), "no output")
+            raise ModuleError(f"the prediction stopped ({describe_exit(returncode)}): {last}\n\n"
+                              f"Its last output lines:\n{job.process.tail()}")
         rows = [r for r in read_results(job.request.out_dir) if r.case == job.case_name]
         if not rows:
             raise ModuleError(f"results.csv has no row for {job.case_name}:\n{job.process.tail()}")

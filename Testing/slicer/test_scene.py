@@ -386,7 +386,7 @@ def test_no_temporary_copy_is_left_after_a_failure_or_a_cancel(app, phantom, tmp
                                  skull_strip="none", temporary_root=tmp_path / "tmp")
     assert job.request.input_path.is_file()
     assert job.process.wait(timeout=120) == 2
-    with pytest.raises(ModuleError, match="bad usage or input"):
+    with pytest.raises(ModuleError, match=r"stopped \(bad usage or input\): .*checkpoint"):
         scene.finish_prediction(app.scene, app.volumes_logic, job)
     assert not any((tmp_path / "tmp").iterdir())
     assert app.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # nothing half-loaded
@@ -410,3 +410,46 @@ def test_export_writes_the_nodes_own_geometry_through_slicers_writer(app, phanto
     np.testing.assert_array_equal(values, sample_file_at_world(path, world, np.eye(4)))
     assert app.scene.GetNumberOfNodesByClass("vtkMRMLStorageNode") == 1  # only the MRI's own
     assert image.shape == node_array(mri).shape
+
+
+# --- the panel's controller: every way a run ends leaves Apply usable ------------------------
+
+
+def test_after_a_failure_or_a_cancel_apply_works_again_and_the_panel_says_why(app, phantom, tmp_path):
+    from AmyloidKDModuleLib.panel import PredictionController
+
+    mri = load_mri(app, phantom, "ras")
+    controller = PredictionController(app.scene, app.volumes_logic)
+
+    def starter(checkpoint):
+        return lambda: scene.start_prediction(app.scene, mri, sys.executable, predict_env(), checkpoint,
+                                              device="cpu", skull_strip="none", temporary_root=tmp_path / "tmp")
+
+    outcome = controller.start(starter(tmp_path / "no-such-checkpoint"))  # fails before anything runs
+    assert outcome is not None and not outcome.ok and not controller.running
+    assert outcome.status.startswith("Failed to start: checkpoint") and "does not exist" in outcome.error
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    (broken / "checkpoint.json").write_text("{}")
+    assert controller.start(starter(broken)) is None and controller.running
+    assert controller.start(starter(broken)).status.startswith("Failed: a prediction is already running")
+    controller.job.process.wait(timeout=120)
+    assert controller.finished
+    outcome = controller.finish()
+    assert not controller.running and not outcome.ok
+    assert outcome.status.startswith("Failed: the prediction stopped (bad usage or input): "), outcome.status
+    assert "is not an AmyloidKD checkpoint" in outcome.status  # the command's own one-line reason
+
+    assert controller.start(starter(phantom["checkpoint"])) is None
+    outcome = controller.cancel()
+    assert outcome.status == "Cancelled" and not controller.running
+    assert not any((tmp_path / "tmp").iterdir())
+
+    assert controller.start(starter(phantom["checkpoint"])) is None  # Apply works again, to the end
+    controller.job.process.wait(timeout=300)
+    outcome = controller.finish()
+    assert outcome.ok and outcome.status.startswith("Done in"), outcome.error
+    assert scene.case_overlay(mri).saliency is outcome.result.saliency_node
+    assert not any((tmp_path / "tmp").iterdir())

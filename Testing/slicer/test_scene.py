@@ -453,3 +453,33 @@ def test_after_a_failure_or_a_cancel_apply_works_again_and_the_panel_says_why(ap
     assert outcome.ok and outcome.status.startswith("Done in"), outcome.error
     assert scene.case_overlay(mri).saliency is outcome.result.saliency_node
     assert not any((tmp_path / "tmp").iterdir())
+
+
+# --- Slicer's own slice views -----------------------------------------------------------------
+
+
+def test_rendered_views_put_the_left_hemisphere_on_the_screen_right(app, phantom, tmp_path):
+    """Slicer's default radiological convention: the patient's left is on the right of the screen
+    in axial and coronal views. An LPS oblique MRI with a saliency hot in its left hemisphere
+    (as the scene layer loads it) must be drawn hot on the screen's right half only."""
+    import nibabel as nib
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    slicer_views = importlib.import_module("slicer_views")  # the helper that draws docs/slicer_views.png
+    mri = load_mri(app, phantom, "lps-oblique")
+    source = nib.load(str(phantom["root"] / "lps_oblique_0.nii.gz"))
+    saliency_path = tmp_path / "left_saliency.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(source.shape, np.float32), source.affine), str(saliency_path))
+    hemisphere_map(saliency_path)
+    labels_path = tmp_path / "no_regions.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(source.shape, np.uint8), source.affine), str(labels_path))
+    scene.load_outputs(app.scene, app.volumes_logic, mri, saliency_path, labels_path)
+
+    images = slicer_views.render_case(app, scene.case_overlay(mri), size=160)
+    for name in ("Red", "Green"):
+        hot = slicer_views.hot_overlay_mask(images[name])
+        assert hot.sum() > 500, f"{name}: no saliency overlay drawn"
+        columns = np.nonzero(hot)[1]
+        assert (columns > hot.shape[1] // 2).mean() > 0.97, f"{name}: hot pixels not on the screen's right"
+    figure = slicer_views.write_figure(images, tmp_path / "views.png", "test")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -26,9 +26,9 @@ from torch import nn
 from AmyloidKDLib.errors import CheckpointError, ConfigError, InputError
 from Training.config import RunConfig
 from Training.data import SliceDataset, case_id, prepare_cohort
-from Training.evaluation import (CasePrediction, compare_paired, evaluate_model, format_table,
-                                 plot_roc, plot_training_curves, write_json, write_predictions,
-                                 write_report)
+from Training.metrics import compare_paired, evaluate_model
+from Training.report import (CasePrediction, format_table, plot_roc, plot_training_curves, write_json,
+                             write_predictions, write_report)
 from Training.phases import (PHASES, PhaseResult, predict_probabilities, train_light, train_student,
                              train_teacher)
 from Training.splits import Split, assert_no_subject_leakage, cross_validation_splits, holdout_split

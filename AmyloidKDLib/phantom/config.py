@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError
 
 TRACERS = ("AV45", "PIB")
@@ -115,17 +115,12 @@ class PhantomConfig:
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable values (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PhantomConfig":
         """Build from a dict; an unknown key raises ConfigError naming it and the valid keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown PhantomConfig key(s) {unknown}; valid keys: "
-                              f"{', '.join(sorted(known))}")
-        return cls(**values)
+        return configs.from_dict(cls, values)
 
 
 def _valid_axcodes(code: str) -> bool:

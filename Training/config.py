@@ -21,7 +21,7 @@ from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.losses import LossScheduleConfig
 from Training.augment import AugmentConfig
 from Training.engine import EngineConfig
-from Training.evaluation import EvalConfig
+from Training.metrics import EvalConfig
 from Training.splits import SplitConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -40,11 +40,19 @@ class DataConfig:
     cache_dir: str = ""            # prepared cases and slice tensors; "" = <run>/cache
     jobs: int = 1                  # cases prepared in parallel
     max_days: int = 365            # OASIS-3: largest PET-MRI gap when pairing sessions
+    pairing: str = "auto"          # OASIS-3: "pup-mrid" (OASIS3_PUP.csv's MRId), "nearest" (within
+                                   # max_days) or "auto" (pup-mrid when OASIS3_PUP.csv is present)
+    clinical_window_days: int = 0  # OASIS-3: keep PET with a UDSb4 visit within this many days (0 off;
+                                   # the authors' cohort: 365)
+    centiloid_column: str = "Centiloid_fSUVR_rsf_TOT_CORTMEAN"  # OASIS-3 label source (the authors')
+    label_threshold: float = 20.6  # amyloid-positive when Centiloid > this (the authors' cut-off)
 
     def __post_init__(self) -> None:
         if self.contrast not in MRI_CONTRASTS:
             raise ConfigError(f"data.contrast must be one of {', '.join(MRI_CONTRASTS)}, got "
                               f"{self.contrast!r}.")
+        if self.pairing not in ("auto", "pup-mrid", "nearest"):
+            raise ConfigError(f"data.pairing must be auto, pup-mrid or nearest, got {self.pairing!r}.")
         if self.n_slices < 1 or self.image_size < 32 or self.jobs < 1:
             raise ConfigError("data.n_slices must be >= 1, data.image_size >= 32 and data.jobs >= 1.")
 
@@ -196,7 +204,7 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""
-        from Training.evaluation import write_json
+        from Training.report import write_json
 
         write_json(path, self.to_dict())
 

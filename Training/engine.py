@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -333,8 +333,3 @@ def _json_ready(trainer: dict[str, Any]) -> dict[str, Any]:
         return v
 
     return clean(trainer)
-
-
-def settings_dict(settings: FitSettings) -> dict[str, Any]:
-    """JSON form of fit settings (for the run directory)."""
-    return asdict(settings)

@@ -46,7 +46,6 @@ class EngineConfig:
     device: str = "auto"             # auto | cpu | cuda
     mixed_precision: str = "auto"    # auto (bf16/fp16 on GPU, none on CPU) | no | fp16 | bf16
     num_workers: int = 0             # DataLoader worker processes
-    seed: int = 0
     progress: bool = True            # tqdm bars
     max_grad_norm: float = 1.0       # gradient clipping (0 = off)
     torch_threads: int = 0           # CPU threads for torch (0 = torch's default)

@@ -342,9 +342,8 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.ok:
             result = outcome.result
             self.ui.progressBar.setValue(100)
-            self._followSelection()  # the selected MRI now has a (new) result: the views follow it
-            self.ui.probabilityLabel.text = f"{result.probability:.3f} (threshold {result.threshold:.3f})"
-            self.ui.resultLabel.text = result.label_text
+            logging.info(f"AmyloidKD: {result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
+            self._followSelection()  # the MRI now has a (new) result stored on it: views and labels follow
         elif outcome.error:
             self.ui.progressBar.setValue(0)
             logging.error(f"AmyloidKD: {outcome.error}\n{outcome.details}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.volume import Volume
 
@@ -48,16 +49,12 @@ class SaliencyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
-        return asdict(self)
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SaliencyConfig":
-        """Build from a dict, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown SaliencyConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        """Build from a dict, naming any unknown key; values are typed."""
+        return configs.from_dict(cls, values)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.volume import Volume
 
@@ -48,18 +49,12 @@ class SliceConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready copy of the settings."""
-        return {"n_slices": self.n_slices, "image_size": self.image_size,
-                "min_brain_fraction": self.min_brain_fraction,
-                "mean": list(self.mean), "std": list(self.std)}
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SliceConfig":
         """Settings from :meth:`to_dict`; an unknown key is an error naming the valid ones."""
-        known = {"n_slices", "image_size", "min_brain_fraction", "mean", "std"}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown SliceConfig keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return configs.from_dict(cls, values)
 
 
 @dataclass

@@ -268,7 +268,7 @@ def _resolve_hub_file(spec: EncoderSpec, weights: str, allow_network: bool) -> P
         raise DependencyError(
             f"cannot get weights '{weights}' ({spec.hub_weights_file}): {how} ({type(exc).__name__}). "
             f"Either download {spec.hub_weights_file} from https://huggingface.co/{repo_id} and pass "
-            "its path as the weights, allow the network (allow_network=True / --allow-network), "
+            "its path as the weights, allow the network (ModelConfig allow_network=True; in training `--set model.teacher.allow_network=true`), "
             "or use weights='none' for a random encoder.") from exc
 
 

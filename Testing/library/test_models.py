@@ -129,7 +129,7 @@ def test_unknown_encoder_and_impossible_sizes_are_config_errors():
         ModelConfig.preset("cpu", "light_student", encoder="vit_tiny")
     with pytest.raises(ConfigError, match="lora_rank=0"):
         ModelConfig(kind="student", encoder="efficientnet_b0", weights="none")
-    with pytest.raises(ConfigError, match="unknown ModelConfig keys: depth"):
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig key\(s\): depth"):
         ModelConfig.from_dict({"depth": 3})
 
 

@@ -114,5 +114,5 @@ def test_bad_inputs_raise_clear_errors(template):
     with pytest.raises(InputError, match="only"):
         sagittal_slices(template.t1, template.mask, SliceConfig(n_slices=500))
     assert SliceConfig.from_dict(SliceConfig(n_slices=7).to_dict()) == SliceConfig(n_slices=7)
-    with pytest.raises(ConfigError, match="unknown SliceConfig keys"):
+    with pytest.raises(ConfigError, match="unknown SliceConfig key"):
         SliceConfig.from_dict({"slices": 3})

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     report, results = evaluate_run(config, dataset, split, run_dir, available_models(run_dir))
     print(results["table"])
     for comparison in results["comparisons"]:
-        from Training.evaluation import format_comparison
+        from Training.report import format_comparison
 
         print(format_comparison(comparison))
     print(f"report: {report}")

@@ -1,27 +1,14 @@
-"""Evaluation: metrics equal scikit-learn's, CIs bracket the value, the F1-optimal threshold,
-DeLong and the paired bootstrap, and the report files."""
+"""Statistics: metrics equal scikit-learn's, CIs bracket the value, the F1-optimal threshold,
+DeLong and the paired bootstrap."""
 
 from __future__ import annotations
-
-import csv
-import json
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from AmyloidKDLib.errors import ConfigError, InputError
-from Training import evaluation as ev
-
-
-@pytest.fixture(scope="module")
-def fixed_predictions():
-    """60 cases, 32 % positive (the paper's imbalance), informative but imperfect scores."""
-    rng = np.random.default_rng(7)
-    y = (rng.random(60) < 0.32).astype(int)
-    y[:2] = [0, 1]
-    p = np.clip(0.35 + 0.25 * y + rng.normal(0, 0.18, size=60), 0, 1)
-    return y, p
+from Training import metrics as tm
 
 
 @pytest.mark.parametrize("threshold", [0.2, 0.5, 0.55, 0.8, 1.01])
@@ -36,34 +23,34 @@ def test_threshold_metrics_equal_scikit_learn(fixed_predictions, threshold):
         "specificity": skm.recall_score(y, pred, pos_label=0, zero_division=0),
         "npv": skm.precision_score(y, pred, pos_label=0, zero_division=0),
     }
-    got = ev.threshold_metrics(y, p, threshold)
+    got = tm.threshold_metrics(y, p, threshold)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-12), name
 
 
 def test_auc_equals_scikit_learn_including_ties(fixed_predictions):
     y, p = fixed_predictions
-    assert ev.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert tm.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
     coarse = np.round(p, 1)  # many ties
-    assert ev.roc_auc(y, coarse) == pytest.approx(skm.roc_auc_score(y, coarse), abs=1e-12)
+    assert tm.roc_auc(y, coarse) == pytest.approx(skm.roc_auc_score(y, coarse), abs=1e-12)
 
 
 def test_bootstrap_cis_bracket_value_and_resamples_match_scikit_learn(fixed_predictions):
     y, p = fixed_predictions
-    config = ev.EvalConfig(n_bootstrap=300, seed=3)
-    result = ev.evaluate_predictions(y, p, 0.5, config)
-    assert set(result) == set(ev.ALL_METRICS)
+    config = tm.EvalConfig(n_bootstrap=300, seed=3)
+    result = tm.evaluate_predictions(y, p, 0.5, config)
+    assert set(result) == set(tm.ALL_METRICS)
     for name, v in result.items():
         assert v["ci_low"] <= v["value"] <= v["ci_high"], name
         assert v["ci_high"] - v["ci_low"] > 0.01, name  # 60 cases cannot give a point CI
     # The vectorised bootstrap AUCs equal scikit-learn's on the same resamples.
-    idx = ev._bootstrap_indices(y.size, 20, 11)
-    vectorised = ev._bootstrap_aucs(y, p, idx)
+    idx = tm._bootstrap_indices(y.size, 20, 11)
+    vectorised = tm._bootstrap_aucs(y, p, idx)
     for row, auc in zip(idx, vectorised):
         if len(set(y[row])) == 2:
             assert auc == pytest.approx(skm.roc_auc_score(y[row], p[row]), abs=1e-12)
     # Same seed, same CI: reports are reproducible.
-    again = ev.evaluate_predictions(y, p, 0.5, config)
+    again = tm.evaluate_predictions(y, p, 0.5, config)
     assert again["auc"] == result["auc"]
 
 
@@ -73,7 +60,7 @@ def test_threshold_search_finds_the_f1_optimal_theta_on_a_hand_made_case():
     # = 8/10 (the best); 0.10|0.20 -> 8/11; lower cuts add only false positives.
     scores = np.array([0.05, 0.10, 0.20, 0.35, 0.40, 0.60, 0.70, 0.80, 0.90])
     labels = np.array([0, 0, 0, 1, 0, 1, 1, 1, 0])
-    best = ev.f1_optimal_threshold(labels, scores)
+    best = tm.f1_optimal_threshold(labels, scores)
     assert 0.20 < best < 0.35
     assert best == pytest.approx(0.275)
     f1_best = skm.f1_score(labels, scores >= best)
@@ -84,7 +71,7 @@ def test_threshold_search_finds_the_f1_optimal_theta_on_a_hand_made_case():
 
 def test_threshold_search_refuses_validation_without_positives():
     with pytest.raises(InputError, match="no positive case"):
-        ev.f1_optimal_threshold([0, 0, 0], [0.1, 0.2, 0.3])
+        tm.f1_optimal_threshold([0, 0, 0], [0.1, 0.2, 0.3])
 
 
 def test_delong_detects_a_better_model_and_not_an_identical_one():
@@ -92,12 +79,12 @@ def test_delong_detects_a_better_model_and_not_an_identical_one():
     y = np.repeat([0, 1], 100)
     good = y + rng.normal(0, 0.6, size=200)
     noise = rng.normal(0, 1, size=200)
-    result = ev.delong_test(y, good, noise)
+    result = tm.delong_test(y, good, noise)
     assert result["auc_a"] == pytest.approx(skm.roc_auc_score(y, good))
     assert result["auc_b"] == pytest.approx(skm.roc_auc_score(y, noise))
     assert result["p_value"] < 1e-6
     assert result["ci_low"] > 0
-    same = ev.delong_test(y, good, good)
+    same = tm.delong_test(y, good, good)
     assert same["difference"] == 0 and same["p_value"] == 1.0
 
 
@@ -106,7 +93,7 @@ def test_delong_standard_error_agrees_with_the_paired_bootstrap():
     y = np.repeat([0, 1], 80)
     a = y * 0.8 + rng.normal(0, 1, size=160)
     b = y * 0.5 + rng.normal(0, 1, size=160)
-    comparison = ev.compare_paired(y, a, b, ev.EvalConfig(n_bootstrap=2000, seed=2))
+    comparison = tm.compare_paired(y, a, b, tm.EvalConfig(n_bootstrap=2000, seed=2))
     delong, boot = comparison["delong"], comparison["bootstrap"]
     delong_width = delong["ci_high"] - delong["ci_low"]
     boot_width = boot["ci_high"] - boot["ci_low"]
@@ -116,39 +103,8 @@ def test_delong_standard_error_agrees_with_the_paired_bootstrap():
 
 def test_bad_inputs_raise_errors_that_say_what_was_wrong():
     with pytest.raises(InputError, match="differ in length"):
-        ev.threshold_metrics([0, 1], [0.5])
+        tm.threshold_metrics([0, 1], [0.5])
     with pytest.raises(InputError, match="0 or 1"):
-        ev.threshold_metrics([0, 2], [0.5, 0.5])
+        tm.threshold_metrics([0, 2], [0.5, 0.5])
     with pytest.raises(ConfigError, match="n_bootstrap"):
-        ev.EvalConfig(n_bootstrap=1)
-
-
-def test_report_files_hold_the_table_the_comparison_and_the_figures(tmp_path, fixed_predictions):
-    y, p = fixed_predictions
-    rng = np.random.default_rng(5)
-    baseline = np.clip(p + rng.normal(0, 0.2, size=p.size), 0, 1)
-    config = ev.EvalConfig(n_bootstrap=100)
-    results = {"student": ev.evaluate_model(y, p, 0.45, config),
-               "baseline": ev.evaluate_model(y, baseline, 0.5, config)}
-    thresholds = {"student": {"default": 0.5, "optimal": 0.45},
-                  "baseline": {"default": 0.5, "optimal": 0.5}}
-    roc = ev.plot_roc({"student": (y, p), "baseline": (y, baseline)}, tmp_path / "roc.png")
-    history = [{"epoch": 1, "train_loss": 1.0, "val_auc": 0.6}, {"epoch": 2, "train_loss": 0.7, "val_auc": 0.7}]
-    curves = ev.plot_training_curves(history, tmp_path / "curves.png")
-    report = ev.write_report(tmp_path, results, thresholds,
-                             [ev.compare_paired(y, p, baseline, config)], [roc.name, curves.name])
-    assert roc.read_bytes()[:4] == b"\x89PNG" and curves.stat().st_size > 1000
-    text = report.read_text()
-    assert "student vs baseline" in text and "optimal (0.45)" in text
-    stored = json.loads((tmp_path / "metrics.json").read_text())
-    assert stored["models"]["student"]["default"]["auc"]["value"] == pytest.approx(skm.roc_auc_score(y, p))
-    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert len(rows) == 2 * 2 * len(ev.ALL_METRICS)
-    f1_row = next(r for r in rows if r["model"] == "baseline" and r["threshold"] == "default"
-                  and r["metric"] == "f1")
-    assert float(f1_row["value"]) == pytest.approx(skm.f1_score(y, baseline >= 0.5), abs=1e-6)
-    preds = ev.write_predictions(tmp_path / "predictions_student.csv",
-                                 [ev.CasePrediction(f"c{i}", f"s{i}", int(t), float(q))
-                                  for i, (t, q) in enumerate(zip(y, p))], {"default": 0.5})
-    rows = list(csv.DictReader(preds.open()))
-    assert sum(int(r["pred_default"]) for r in rows) == int((p >= 0.5).sum())
+        tm.EvalConfig(n_bootstrap=1)

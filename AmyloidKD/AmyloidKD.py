@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from AmyloidKDModuleLib import scene
+from AmyloidKDModuleLib import catalog, scene
 from AmyloidKDModuleLib.dependencies import (
     SKULL_STRIP_REQUIREMENTS,
     TORCH_MINIMUM_VERSION,
@@ -55,6 +55,9 @@ from AmyloidKDModuleLib.scene import OverlaySettings, PredictionJob, PredictionR
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 CHECKPOINT_SETTINGS_KEY = "AmyloidKD/checkpoint"
+#: Settings key of a site's own catalogue file (default: the one shipped with the module).
+CATALOG_SETTINGS_KEY = "AmyloidKD/catalog"
+SHIPPED_CATALOG = MODULE_DIR / "Resources" / "Models" / "catalog.json"
 
 
 #
@@ -79,6 +82,17 @@ class AmyloidKD(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Method after Chiumento et al., cross-modal knowledge distillation from PET to MRI "
             "for amyloid-beta detection. Built on 3D Slicer, PyTorch, ANTsPy, HD-BET and open_clip.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add the synthetic phantom case (T1w + amyloid PET, shipped with the module) to Sample Data."""
+    import SampleData
+
+    from AmyloidKDModuleLib.sampledata import sample_data_arguments
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        **sample_data_arguments(MODULE_DIR / "Resources" / "SampleData"))
 
 
 #
@@ -154,6 +168,9 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.useModelButton.connect("clicked(bool)", self.onUseModelButton)
+        self._catalogEntries = []
+        self._fillModelCatalogue()
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
 
@@ -325,13 +342,50 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.ok:
             result = outcome.result
             self.ui.progressBar.setValue(100)
-            self._followSelection()  # the selected MRI now has a (new) result: the views follow it
-            self.ui.probabilityLabel.text = f"{result.probability:.3f} (threshold {result.threshold:.3f})"
-            self.ui.resultLabel.text = result.label_text
+            logging.info(f"AmyloidKD: {result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
+            self._followSelection()  # the MRI now has a (new) result stored on it: views and labels follow
         elif outcome.error:
             self.ui.progressBar.setValue(0)
             logging.error(f"AmyloidKD: {outcome.error}\n{outcome.details}")
             slicer.util.errorDisplay(f"{title}\n\n{outcome.error}", detailedText=outcome.details)
+
+    def _fillModelCatalogue(self) -> None:
+        """List the catalogue's models (a broken catalogue is reported in the status line)."""
+        path = slicer.util.settingsValue(CATALOG_SETTINGS_KEY, "") or str(SHIPPED_CATALOG)
+        self.ui.modelComboBox.clear()
+        try:
+            self._catalogEntries = catalog.read_catalog(path)
+        except ModuleError as error:
+            self._catalogEntries = []
+            self.ui.statusLabel.text = _("Model catalogue: {reason}").format(reason=str(error))
+        for entry in self._catalogEntries:
+            self.ui.modelComboBox.addItem(entry.label)
+        self.ui.useModelButton.enabled = bool(self._catalogEntries)
+
+    def onUseModelButton(self) -> None:
+        """Make the chosen catalogue model the checkpoint (downloading and checking it if needed)."""
+        index = self.ui.modelComboBox.currentIndex
+        if not 0 <= index < len(self._catalogEntries):
+            return
+        entry = self._catalogEntries[index]
+        cache = Path(slicer.app.cachePath) / "AmyloidKD" / "models"
+
+        def progress(done: int, total: int) -> None:
+            self.ui.progressBar.setValue(int(100 * done / total) if total else 0)
+            self.ui.statusLabel.text = _("Downloading {name}: {done:.1f} MiB").format(name=entry.name, done=done / 2**20)
+            slicer.app.processEvents()
+
+        try:
+            self.ui.useModelButton.enabled = False
+            folder = catalog.fetch_model(entry, cache, progress)
+            self._parameterNode.checkpoint = folder
+            self.ui.statusLabel.text = _("Model {name} ready: {folder}").format(name=entry.name, folder=folder)
+        except Exception as error:
+            self.ui.statusLabel.text = _("Failed: {reason}").format(reason=str(error).splitlines()[0])
+            slicer.util.errorDisplay(_("AmyloidKD could not get the model.") + f"\n\n{error}")
+        finally:
+            self.ui.useModelButton.enabled = bool(self._catalogEntries)
+            self._checkCanApply()
 
     def _showEvent(self, event: ProcessEvent) -> None:
         if event.progress is not None:

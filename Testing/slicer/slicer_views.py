@@ -5,10 +5,12 @@ views are real Slicer slice views (slice logic, layer blending, Slicer's default
 radiological orientation), laid out by the module's own scene layer
 (``AmyloidKDModuleLib.scene.show_case``), and rendered through EGL, so no display is needed.
 
-Make the picture used in the README and docs/slicer.md (a synthetic phantom case, the
-shipped synthetic demo checkpoint, or a tiny untrained one when that is absent)::
+Make the picture used in the README, docs/slicer.md and as the extension's screenshot (the
+module's synthetic sample case with the shipped synthetic demo checkpoint, or a tiny untrained
+one when that is absent), and the Sample Data thumbnail::
 
-    PYTHONPATH=$PWD python Testing/slicer/slicer_views.py --out docs/slicer_views.png
+    PYTHONPATH=$PWD python Testing/slicer/slicer_views.py --out docs/slicer_views.png \
+        --thumbnail AmyloidKD/Resources/SampleData/AmyloidKDSyntheticPhantom.png
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from AmyloidKDModuleLib import runner, scene  # noqa: E402
 #: (view name, orientation) in the order they are put side by side.
 VIEWS = (("Red", "Axial"), ("Green", "Coronal"), ("Yellow", "Sagittal"))
 DEMO_CHECKPOINT = REPO / "AmyloidKD" / "Resources" / "Models" / "synthetic-demo"
+SAMPLE_T1 = REPO / "AmyloidKD" / "Resources" / "SampleData" / "AmyloidKD-synthetic-T1w.nii.gz"
 
 
 def create_views(app, size: int = 320) -> dict:
@@ -120,33 +123,45 @@ def _tiny_checkpoint(folder: Path) -> Path:
                                 provenance={"weights": "untrained"}))
 
 
+def write_thumbnail(pixels: np.ndarray, path: str | os.PathLike, size: int = 128) -> Path:
+    """A square PNG thumbnail of one view (Sample Data shows it next to the case's name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from AmyloidKDLib.atomic import atomic_path
+
+    step = max(1, pixels.shape[0] // size)
+    target = Path(path)
+    with atomic_path(target) as temporary:
+        plt.imsave(temporary, pixels[::step, ::step][:size, :size], format="png")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Phantom case -> prediction -> Slicer's three slice views -> one PNG."""
+    """Sample case -> prediction -> Slicer's three slice views -> one PNG (and a thumbnail)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "slicer_views.png")
+    parser.add_argument("--mri", type=Path, default=SAMPLE_T1, help="T1w NIfTI (default: the synthetic sample case)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="student checkpoint (default: the shipped synthetic demo, else a tiny untrained one)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--thumbnail", type=Path, default=None, help="also write the axial view as a 128 px PNG")
     parser.add_argument("--size", type=int, default=320)
     args = parser.parse_args(argv)
 
-    import csv
-
     from trame_slicer.core import SlicerApp
-
-    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
 
     with tempfile.TemporaryDirectory(prefix="amyloidkd-views-") as work:
         work = Path(work)
-        config = PhantomConfig(mri_spacing_mm=2.0, pet_spacing_mm=4.0, contrasts=("T1w",),
-                               longitudinal_share=0.0, montage_subjects=0)
-        manifest = Path(generate_cohort(work / "cohort", n_subjects=1, seed=args.seed, layout="manifest",
-                                        config=config, overwrite=True, progress=False))
-        row = next(csv.DictReader(manifest.open(newline="", encoding="utf-8")))
-        checkpoint = args.checkpoint or (DEMO_CHECKPOINT if (DEMO_CHECKPOINT / "checkpoint.json").is_file()
-                                         else _tiny_checkpoint(work / "checkpoint"))
+        if args.checkpoint is not None:
+            checkpoint, model = args.checkpoint, args.checkpoint.name
+        elif (DEMO_CHECKPOINT / "checkpoint.json").is_file():
+            checkpoint, model = DEMO_CHECKPOINT, "synthetic demo model"
+        else:
+            checkpoint, model = _tiny_checkpoint(work / "checkpoint"), "untrained tiny model"
         app = SlicerApp()
-        mri = app.volumes_logic.AddArchetypeVolume(str(manifest.parent / row["t1w"]), "phantom T1", 0)
+        mri = app.volumes_logic.AddArchetypeVolume(str(args.mri), "AmyloidKD synthetic T1w", 0)
         job = scene.start_prediction(app.scene, mri, sys.executable,
                                      runner.library_environment(os.environ, runner.library_parent_directory()),
                                      checkpoint, device="cpu", skull_strip="none", temporary_root=work / "tmp")
@@ -155,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         result = scene.finish_prediction(app.scene, app.volumes_logic, job)
         images = render_case(app, scene.case_overlay(mri), args.size)
-        title = (f"AmyloidKD in Slicer's slice views - synthetic phantom, {Path(checkpoint).name} checkpoint "
-                 f"(synthetic): p = {result.probability:.2f}")
+        title = (f"AmyloidKD in Slicer's slice views: synthetic phantom, {model} "
+                 f"(synthetic data only), p = {result.probability:.2f}")
         print(write_figure(images, args.out, title))
+        if args.thumbnail is not None:
+            print(write_thumbnail(images["Red"], args.thumbnail))
     return 0
 
 

@@ -48,7 +48,7 @@ class PETConfig:
 
 
 @dataclass
-class PrepConfig:
+class PrepConfig(configs.DictConfig):
     """Every setting of the image path; the defaults are the paper's (``preset("paper")``)."""
 
     skull_strip: SkullStripConfig = field(default_factory=SkullStripConfig)
@@ -65,15 +65,6 @@ class PrepConfig:
         2 mm, coarse).
         """
         return cls.from_dict(configs.load_preset("prep", name))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (tuples become lists)."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PrepConfig":
-        """Inverse of :meth:`to_dict`; missing keys keep defaults, unknown keys are an error."""
-        return configs.from_dict(cls, values)
 
 
 @dataclass

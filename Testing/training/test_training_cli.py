@@ -1,11 +1,16 @@
 """The full ``amyloidkd`` command line (library + training): every option explains itself,
-and ``--progress`` reaches the training engine."""
+``--progress`` reaches the training engine, and ``python -m Training.cli`` starts (the form
+``accelerate launch -m Training.cli`` needs)."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+
 import pytest
 
+from AmyloidKDLib import __version__
 from AmyloidKDLib.cli import build_parser
 from Training.cli import TRAINING_COMMANDS
 from Training.commands.common import config_from_args
@@ -37,3 +42,8 @@ def test_progress_reaches_the_training_engine(progress, bars):
         ["train", "teacher", "--manifest", "m.csv", "--out", "run", "--progress", progress])
     assert config_from_args(args).engine.progress is bars
 
+
+def test_training_cli_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "Training.cli", "--version"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.startswith(f"amyloidkd {__version__}")

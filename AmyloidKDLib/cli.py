@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from AmyloidKDLib.errors import AmyloidKDError
+from AmyloidKDLib.errors import AmyloidKDError, DependencyError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
 LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom")
@@ -41,6 +41,9 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+#: Top-level modules of the ``[train]`` extra (accelerate, scikit-learn, pyyaml): without them
+#: the pipeline's subcommands are listed but say how to install them.
+TRAIN_EXTRA = ("accelerate", "sklearn", "yaml")
 
 #: ``--progress`` choices: tqdm bars on stderr; machine-readable ``AMYLOIDKD_PROGRESS
 #: <fraction> <text>`` lines on stdout (``predict``; elsewhere no bars); nothing.
@@ -84,10 +87,35 @@ def build_parser(command_modules: Iterable[str] = ()) -> argparse.ArgumentParser
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [f"AmyloidKDLib.commands.{name}" for name in LIBRARY_COMMANDS] + list(command_modules)
     for module_name in modules:
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if module_name.startswith("AmyloidKDLib.") or missing not in TRAIN_EXTRA:
+                raise
+            _register_unavailable(subparsers, module_name.rsplit(".", 1)[-1], missing)
+            continue
+        module.register(subparsers)
     for subparser in subparsers.choices.values():
-        _add_shared_options(subparser, top_level=False)
+        if subparser.prefix_chars == "-":  # not the placeholders of uninstalled commands
+            _add_shared_options(subparser, top_level=False)
     return parser
+
+
+def _register_unavailable(subparsers, name: str, missing: str) -> None:
+    """List pipeline command ``name`` whose module needs ``missing`` (not installed): running
+    it says which extra to install instead of failing at start-up for every command."""
+    message = (f"'amyloidkd {name}' needs the training extra (the '{missing}' module is not "
+               "installed): pip install 'amyloidkd[train]'")
+    # no option prefix: every argument is taken as is, so any command line reaches the message
+    command = subparsers.add_parser(name, help="(not installed: pip install 'amyloidkd[train]')",
+                                    prefix_chars="\x00", add_help=False)
+    command.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise DependencyError(message)
+
+    command.set_defaults(func=unavailable)
 
 
 def _log_internal_error(command: str) -> Path | None:

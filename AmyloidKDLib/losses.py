@@ -13,7 +13,6 @@ the training loop: the student moves from distillation towards classification (w
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError, InputError
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -245,16 +245,12 @@ class LossScheduleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
-        return dataclasses.asdict(self)
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossScheduleConfig:
-        """Build from a dict; unknown keys raise ConfigError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown LossScheduleConfig keys: {', '.join(unknown)}.")
-        return cls(**data)
+        """Build from a dict; unknown keys raise ConfigError naming them, values are typed."""
+        return configs.from_dict(cls, data)
 
 
 def _ramp(start: float, end: float, epoch: int, config: LossScheduleConfig) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from AmyloidKDLib.atomic import atomic_path, write_text_atomic
 from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.preprocess import ants_to_volume, import_ants, volume_to_ants
 from AmyloidKDLib.template import load_template
@@ -157,7 +158,8 @@ class Transform:
         for index, source in enumerate(dict.fromkeys(self.forward_files + self.inverse_files)):
             suffix = ".nii.gz" if source.endswith(".nii.gz") else Path(source).suffix
             names[source] = f"part{index}{suffix}"
-            shutil.copyfile(source, folder / names[source])
+            with atomic_path(folder / names[source]) as temporary:
+                shutil.copyfile(source, temporary)
         record = {
             "kind": self.kind,
             "forward": [names[f] for f in self.forward_files],
@@ -166,9 +168,7 @@ class Transform:
             "fixed": asdict(self.fixed),
             "moving": asdict(self.moving),
         }
-        tmp = folder / f".{TRANSFORM_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, folder / TRANSFORM_FILE)
+        write_text_atomic(folder / TRANSFORM_FILE, json.dumps(record, indent=1))  # last: marks it complete
         return folder
 
     @classmethod

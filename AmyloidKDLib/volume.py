@@ -8,7 +8,6 @@ header without the data silently mirrors a brain; never do that.)
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
+from AmyloidKDLib.atomic import atomic_path
 from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.fourdfp import is_fourdfp, load_fourdfp
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "T2star")
@@ -139,6 +140,20 @@ def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     return np.ascontiguousarray(new_data), new_affine
 
 
+def reorient_for_storage(volume: Volume, code: str) -> Volume:
+    """The same image with data and affine permuted/flipped to axis code ``code`` (e.g. LPS).
+
+    The inverse of :func:`reorient_to_ras` for writing a RAS volume the way a scanner stores it.
+    """
+    if code == "RAS":
+        return volume
+    transform = orientations.ornt_transform(orientations.axcodes2ornt("RAS"),
+                                            orientations.axcodes2ornt(tuple(code)))
+    data = orientations.apply_orientation(volume.data, transform)
+    affine = volume.affine @ orientations.inv_ornt_aff(transform, volume.shape)
+    return Volume(data, affine, volume.modality, volume.source)
+
+
 def check_volume(volume: Volume) -> list[str]:
     """Plausibility warnings for a loaded volume (voxel size, anisotropy). Empty when fine."""
     found = []
@@ -163,7 +178,7 @@ def load_volume(
     """Read a NIfTI file, validate it and return it reoriented to RAS+.
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file.
+        path: a ``.nii`` or ``.nii.gz`` file, or a 4dfp image (``.4dfp.img`` with its ``.ifh``).
         modality: what the image is (``T1w``, ``T2w``, ``FLAIR``, ``T2star``, ``PET``, ...).
         replace_nonfinite: replace NaN/Inf voxels with 0 (reported as a warning) instead of
             refusing the file.
@@ -181,14 +196,17 @@ def load_volume(
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a NIfTI file")
-    if not _is_nifti(path):
-        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz); convert DICOM "
-                         "with dcm2niix first")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for garbage input
-        raise InputError(f"{path}: cannot be read as NIfTI ({_one_line(exc)}); "
-                         "the file is damaged or not an image") from None
+    if is_fourdfp(path):  # PUP's 4dfp SUVR images (OASIS-3), see AmyloidKDLib/fourdfp.py
+        img = load_fourdfp(path)
+    elif not _is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz, or a 4dfp "
+                         ".4dfp.img); convert DICOM with dcm2niix first")
+    else:
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises several types for garbage input
+            raise InputError(f"{path}: cannot be read as NIfTI ({_one_line(exc)}); "
+                             "the file is damaged or not an image") from None
 
     shape = _squeeze_to_3d(tuple(img.shape), path)
     needed = float(np.prod(shape)) * 4
@@ -239,14 +257,6 @@ def save_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type 
     path = Path(path)
     if not _is_nifti(path):
         raise InputError(f"{path}: output must end in .nii or .nii.gz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(volume.to_nifti(dtype), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        nib.save(volume.to_nifti(dtype), temporary)
     return path

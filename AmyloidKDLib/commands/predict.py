@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from AmyloidKDLib.errors import InputError
-from AmyloidKDLib.volume import NIFTI_SUFFIXES, save_volume
+from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
+from AmyloidKDLib.volume import save_volume
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("case", "input", "probability", "label", "threshold", "status", "error",
                   "seconds_prepare", "seconds_model", "seconds_saliency", "seconds_total")
-MANIFEST_PATH_COLUMNS = ("t1w", "mri_path")
 SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
@@ -69,76 +69,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
-def case_name(path: Path) -> str:
-    """The output name of an input file: its name without ``.nii`` / ``.nii.gz``."""
-    name = path.name
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _unique_names(cases: list[CaseInput]) -> list[CaseInput]:
-    # Two inputs with the same file name (sub-01/T1w.nii.gz, sub-02/T1w.nii.gz) would overwrite
-    # each other's outputs: later ones get _2, _3, ...
-    seen: dict[str, int] = {}
-    unique = []
-    for item in cases:
-        count = seen.get(item.case, 0) + 1
-        seen[item.case] = count
-        name = item.case if count == 1 else f"{item.case}_{count}"
-        unique.append(CaseInput(name, item.path, item.problem))
-    return unique
-
-
 def collect_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
     """The cases named by INPUT: one NIfTI file, the NIfTI files of a folder, or a manifest CSV.
 
+    Names and manifest rules come from :mod:`AmyloidKDLib.layouts` (one rule for every command).
+
     Raises:
-        InputError: INPUT missing, an empty folder, or a CSV without a path column.
+        InputError: INPUT missing, an empty folder, a CSV without a path column, or two inputs
+            with the same case name.
     """
-    path = Path(input_path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder; give a NIfTI file, a folder of NIfTI "
-                         "files or a manifest CSV")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
-        if not files:
-            raise InputError(f"{path}: folder holds no .nii or .nii.gz file")
-        return _unique_names([CaseInput(case_name(p), p) for p in files])
-    if path.name.lower().endswith(".csv"):
-        return _unique_names(_read_manifest(path))
-    if path.name.lower().endswith(NIFTI_SUFFIXES):
-        return [CaseInput(case_name(path), path)]
-    raise InputError(f"{path}: not a NIfTI file (.nii/.nii.gz), a folder or a manifest .csv")
-
-
-def _read_manifest(path: Path) -> list[CaseInput]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: manifest cannot be read ({exc})") from None
-    column = next((c for c in MANIFEST_PATH_COLUMNS if c in columns), None)
-    if column is None:
-        raise InputError(f"{path}: manifest needs a column {' or '.join(MANIFEST_PATH_COLUMNS)} "
-                         f"with the T1 file paths; found columns {columns or 'none'}")
-    cases = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        value = {k.strip(): v for k, v in row.items() if k is not None}.get(column) or ""
-        value = value.strip()
-        if not value:
-            cases.append(CaseInput(f"row{number}", None, f"{path} line {number}: empty {column}"))
-            continue
-        mri = Path(value)
-        if not mri.is_absolute():
-            mri = path.parent / mri
-        cases.append(CaseInput(case_name(mri), mri))
-    if not cases:
-        raise InputError(f"{path}: manifest has a header but no rows")
-    return cases
+    return [CaseInput(c.case, c.mri, c.problem) for c in collect_image_cases(input_path)]
 
 
 class Progress:

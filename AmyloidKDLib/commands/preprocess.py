@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -18,11 +17,9 @@ from pathlib import Path
 
 from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
+from AmyloidKDLib.layouts import case_name, read_image_manifest
 from AmyloidKDLib.skullstrip import BACKENDS
 
-MRI_COLUMNS = ("t1w", "mri_path")
-PET_COLUMNS = ("pet_path", "pet")
-CASE_COLUMNS = ("case", "session_id", "subject_id")
 PREP_PRESETS = ("paper", "fast")
 
 
@@ -31,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "preprocess", help="skull strip, N4, normalise and register cases to MNI152",
         description="Prepare a NIfTI MRI, or every row of a manifest CSV (column t1w or mri_path, "
-                    "optional pet_path and case/session_id/subject_id), into MNI space.")
+                    "optional pet_path and case), into MNI space.")
     parser.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz MRI or a manifest .csv")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--pet", help="SUVR PET for a single INPUT file")
@@ -64,45 +61,24 @@ def _config(args: argparse.Namespace):
     return config
 
 
-def _case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_cases(input_path: str, pet: str | None = None) -> list[dict[str, str | None]]:
-    """Cases to prepare: ``{"case", "mri", "pet"}`` from one NIfTI file or a manifest CSV."""
+    """Cases to prepare: ``{"case", "mri", "pet"}`` from one NIfTI file or a manifest CSV.
+
+    Case names, manifest columns and encodings follow :mod:`AmyloidKDLib.layouts`.
+
+    Raises:
+        InputError: missing input, unreadable manifest, an empty MRI cell, repeated case names.
+    """
     path = Path(input_path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() != ".csv":
-        return [{"case": _case_name(str(path)), "mri": str(path), "pet": pet}]
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise InputError(f"{path}: the manifest has no rows")
-    mri_column = next((c for c in MRI_COLUMNS if c in rows[0]), None)
-    if mri_column is None:
-        raise InputError(f"{path}: the manifest needs a column {' or '.join(MRI_COLUMNS)}; "
-                         f"found {', '.join(rows[0])}")
-    pet_column = next((c for c in PET_COLUMNS if c in rows[0]), None)
-    case_column = next((c for c in CASE_COLUMNS if c in rows[0]), None)
-    cases, seen = [], set()
-    for row in rows:
-        mri = row[mri_column]
-        if not os.path.isabs(mri):
-            mri = str(path.parent / mri)
-        pet_path = row.get(pet_column) if pet_column else None
-        if pet_path and not os.path.isabs(pet_path):
-            pet_path = str(path.parent / pet_path)
-        name = (row.get(case_column) if case_column else None) or _case_name(mri)
-        if name in seen:
-            name = f"{name}_{len(seen)}"
-        seen.add(name)
-        cases.append({"case": name, "mri": mri, "pet": pet_path or None})
-    return cases
+        return [{"case": case_name(path), "mri": str(path), "pet": pet}]
+    cases = read_image_manifest(path)
+    empty = next((c.problem for c in cases if c.problem), None)
+    if empty:
+        raise InputError(f"{empty}; every row needs an MRI path")
+    return [{"case": c.case, "mri": str(c.mri), "pet": str(c.pet) if c.pet else None} for c in cases]
 
 
 def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from nibabel import orientations
 
 from AmyloidKDLib import InputError, Volume, load_volume, save_volume
-from AmyloidKDLib.volume import VolumeWarning
+from AmyloidKDLib.volume import VolumeWarning, reorient_for_storage
 
 # A landmark voxel inside the brain, off every axis of symmetry.
 LANDMARK_RAS_IJK = (60, 140, 100)
@@ -53,6 +53,20 @@ def test_reoriented_copies_load_identically(tmp_path, mni_t1_img, mni_t1_path, c
     stored_ijk = np.rint(np.linalg.inv(stored.affine) @ world)[:3].astype(int)
     assert np.asarray(stored.dataobj)[tuple(stored_ijk)] == reference.data[LANDMARK_RAS_IJK]
     assert reference.data[LANDMARK_RAS_IJK] > 0
+
+
+@pytest.mark.parametrize("codes", ["LPS", "PIR", "ASL"])
+def test_storage_orientation_is_undone_on_load(tmp_path, mni_t1_path, codes):
+    """reorient_for_storage (how the phantom writes scanner-like files) inverts the loader's step."""
+    reference = load_volume(mni_t1_path)
+    stored = reorient_for_storage(reference, codes)
+    assert stored.orientation == codes
+    world = reference.affine @ np.array([*LANDMARK_RAS_IJK, 1.0])
+    stored_ijk = tuple(np.rint(np.linalg.inv(stored.affine) @ world)[:3].astype(int))
+    assert stored.data[stored_ijk] == reference.data[LANDMARK_RAS_IJK] > 0
+    loaded = load_volume(save_volume(stored, tmp_path / f"stored_{codes}.nii.gz"))
+    np.testing.assert_array_equal(loaded.data, reference.data)
+    np.testing.assert_allclose(loaded.affine, reference.affine, atol=1e-5)
 
 
 def test_header_only_reorientation_would_be_caught(tmp_path, mni_t1_img, mni_t1_path):

@@ -36,7 +36,7 @@ SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
 CASE_STEPS = ("load", "prepare", "model", "saliency", "write")
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED  # noqa: E402  (the shared exit codes)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skull-strip", default=None, choices=SKULL_STRIP_CHOICES,
                         help="override the checkpoint's skull stripping (none: input is already "
                              "skull-stripped)")
-    parser.add_argument("--progress", default=None, choices=("lines",),
-                        help="'lines': print 'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
 def collect_inputs(input_path: str | os.PathLike) -> list[CaseInput]:

@@ -15,10 +15,12 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
 from AmyloidKDLib.layouts import case_name, read_image_manifest
 from AmyloidKDLib.skullstrip import BACKENDS
 
+PREP_PRESETS = ("paper", "fast")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz MRI or a manifest .csv")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--pet", help="SUVR PET for a single INPUT file")
-    parser.add_argument("--preset", default="paper", choices=("paper", "fast"))
-    parser.add_argument("--config", help="JSON file with PrepConfig settings (overrides --preset)")
+    parser.add_argument("--preset", default="paper", choices=PREP_PRESETS,
+                        help="preparation preset (default paper; fast: skull-free input, coarse "
+                             "registration, 2 mm grid); same as --config NAME")
+    parser.add_argument("--config", metavar="NAME_OR_FILE",
+                        help="the preparation settings: a preset name (paper, fast) or a JSON "
+                             "file of PrepConfig values; replaces --preset")
     parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
     parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
     parser.add_argument("--jobs", type=int, default=1, help="cases prepared in parallel (processes)")
@@ -41,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace):
     from AmyloidKDLib.pipeline import PrepConfig
 
-    if args.config:
+    if args.config in PREP_PRESETS:
+        config = PrepConfig.preset(args.config)
+    elif args.config:
         try:
             config = PrepConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError) as exc:
@@ -130,4 +138,4 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(r["status"] != "ok" for r in results)
     print(f"prepared {len(results) - failed} of {len(results)} cases into {out}"
           + (f"; {failed} failed, see {out / 'errors.csv'}" if failed else ""))
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK

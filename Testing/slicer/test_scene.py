@@ -30,9 +30,13 @@ from AmyloidKDModuleLib.errors import ModuleError  # noqa: E402
 # --- Slicer's core ------------------------------------------------------------------------
 
 
-def _require(module: str):
+def _require(module: str, attribute: str | None = None):
+    """Import ``module`` (and check it has ``attribute``); skip, or fail under CI, when it cannot."""
     try:
-        return importlib.import_module(module)
+        imported = importlib.import_module(module)
+        if attribute is not None and not hasattr(imported, attribute):  # e.g. Testing/slicer as a namespace
+            raise ImportError(f"{module} has no {attribute}")
+        return imported
     except ImportError as exc:
         message = (f"{module} is not installed ({exc}); install the test extra: "
                    "pip install -e '.[test]' (slicer-core, trame-slicer)")
@@ -44,7 +48,7 @@ def _require(module: str):
 @pytest.fixture
 def app():
     """A fresh Slicer application core: scene, volumes logic, colour logic (default colours)."""
-    _require("slicer")
+    _require("slicer", "vtkMRMLScene")  # Slicer's core from PyPI (slicer-core)
     core = _require("trame_slicer.core")
     return core.SlicerApp()
 

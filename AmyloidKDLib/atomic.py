@@ -8,6 +8,7 @@ and an existing target is left untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,7 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "is_disk_full"]
+
+#: errno values of "no room to write": a full disk, a quota, or a file-size limit (ulimit -f).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError of a full disk, an exhausted quota or a file-size limit."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 def _suffix(target: Path) -> str:

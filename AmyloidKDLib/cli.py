@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 
+from AmyloidKDLib.atomic import is_disk_full
 from AmyloidKDLib.errors import AmyloidKDError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
@@ -48,6 +49,14 @@ def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
         return int(args.func(args) or 0)
     except AmyloidKDError as exc:
         print(f"amyloidkd {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"amyloidkd {args.command}: error: no room to write{where} ({exc.strerror}: the disk "
+              "is full or a file-size limit was reached); nothing half-written was kept - free "
+              "space and run the same command again", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"amyloidkd {args.command}: interrupted", file=sys.stderr)

@@ -152,20 +152,20 @@ def run(args: argparse.Namespace) -> int:
     config_dict = config.to_dict()
     write_json_atomic(out / "prep_config.json", config_dict)
     results = []
-    progress = tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr)
-    if args.jobs == 1:
-        for case in cases:
-            results.append(prepare_one(case, config_dict, str(out), args.cache_dir,
-                                       args.allow_missing_orientation))
-            progress.update()
-    else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir,
-                                   args.allow_missing_orientation) for case in cases]
-            for future in as_completed(futures):
-                results.append(future.result())
+    # closed on errors too, so an error message starts on its own line
+    with tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr) as progress:
+        if args.jobs == 1:
+            for case in cases:
+                results.append(prepare_one(case, config_dict, str(out), args.cache_dir,
+                                           args.allow_missing_orientation))
                 progress.update()
-    progress.close()
+        else:
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir,
+                                       args.allow_missing_orientation) for case in cases]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    progress.update()
     order = {case["case"]: i for i, case in enumerate(cases)}
     results.sort(key=lambda row: order[row["case"]])
     columns = ["case", "mri", "pet", "status", "error", "seconds"]

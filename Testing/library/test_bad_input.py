@@ -157,3 +157,48 @@ def test_allow_coarse_runs_them_and_records_the_warnings(doubtful_folder, checkp
     assert "left/right may be mirrored" in rows["noorient"]["warnings"]
     assert "mm" not in rows["noorient"]["warnings"]
     assert (out / "thick_overview.png").is_file()
+
+
+def _dangling_link(folder: Path) -> Path:
+    link = folder / "moved.nii.gz"
+    link.symlink_to(folder / "deleted.nii.gz")
+    return link
+
+
+def _singular_affine(folder: Path) -> Path:
+    path = folder / "singular.nii.gz"
+    img = nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), None)
+    img.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)  # a zero column: singular
+    nib.save(img, path)
+    return path
+
+
+def _huge_header(folder: Path) -> Path:
+    # a 348-byte header that claims 4000^3 int16 voxels (a damaged or hostile file)
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    path = folder / "huge.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    return path
+
+
+def _folder(folder: Path) -> Path:
+    path = folder / "scan.nii.gz"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_dangling_link, "no such file"),
+    (_singular_affine, "voxel-to-world matrix is invalid"),
+    (_huge_header, "guard"),
+    (_folder, "is a folder"),
+], ids=["dangling-link", "singular-affine", "huge-header", "folder"])
+def test_more_bad_files_are_refused_in_one_line(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=message):
+        load_volume(path)
+    code, _, stderr = _cli("info", str(path))
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr

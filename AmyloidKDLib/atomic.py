@@ -24,8 +24,14 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True for the OSError of a full disk, an exhausted quota or a file-size limit."""
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+    """True for the error of a full disk, an exhausted quota or a file-size limit.
+
+    An OSError with one of ``DISK_FULL_ERRNOS``, or a writer written in Rust (safetensors)
+    that reports the same errno only in its message ("... (os error 28)").
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    return any(f"(os error {number})" in str(exc) for number in DISK_FULL_ERRNOS)
 
 
 def _suffix(target: Path) -> str:

@@ -50,11 +50,12 @@ def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
     except AmyloidKDError as exc:
         print(f"amyloidkd {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except Exception as exc:
         if not is_disk_full(exc):
             raise
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        print(f"amyloidkd {args.command}: error: no room to write{where} ({exc.strerror}: the disk "
+        filename, reason = getattr(exc, "filename", None), getattr(exc, "strerror", None) or exc
+        where = f" while writing {filename}" if filename else ""
+        print(f"amyloidkd {args.command}: error: no room to write{where} ({reason}: the disk "
               "is full or a file-size limit was reached); nothing half-written was kept - free "
               "space and run the same command again", file=sys.stderr)
         return EXIT_USAGE

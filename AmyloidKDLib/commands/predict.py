@@ -199,8 +199,8 @@ def run_record(checkpoint: str | os.PathLike, **options: object) -> dict:
         file = folder / name
         if name.endswith(".json") and file.is_file():
             digest.update(file.read_bytes())
-        elif file.is_file():
-            digest.update(str(file.stat().st_size).encode())
+        elif file.is_file():  # size and time stand for the weights (hashing them is slow)
+            digest.update(f"{file.stat().st_size} {file.stat().st_mtime_ns}".encode())
     return {"checkpoint": str(folder), "checkpoint_digest": digest.hexdigest(),
             "options": {k: options[k] for k in sorted(options)}}
 
@@ -305,13 +305,9 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
                        status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
                        seconds_model=f"{result.timings.get('model', 0.0):.3f}",
                        seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise  # every later case would fail the same way
-            log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
-            row.update(status="failed", error=_one_line(exc))
-            print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)
         except Exception as exc:  # a failing case is recorded, the batch continues
+            if is_disk_full(exc):
+                raise  # ... except on a full disk, where every later case would fail too
             log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
             row.update(status="failed", error=_one_line(exc))
             print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)

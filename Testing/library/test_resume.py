@@ -72,8 +72,11 @@ def test_a_rerun_after_kill_finishes_the_missing_cases_without_redoing_the_other
     # the same image under three names: the same probability (one ITK thread in predict)
     assert len({row["probability"] for row in rows}) == 1
 
-    # a different checkpoint into the same folder redoes everything
+    # a different checkpoint, or other options, into the same folder would redo everything
+    from AmyloidKDLib.commands.predict import finished_rows, run_record
+
+    same = {"skull_strip": None, "allow_coarse": False, "allow_missing_orientation": False}
+    assert len(finished_rows(out, run_record(checkpoint, **same))) == 3
     other = write_test_checkpoint(tmp_path / "ckpt2", seed=1)
-    done = subprocess.run(_command(folder, other, out), env=_env(), capture_output=True, text=True)
-    assert done.returncode == 0 and "already done" not in done.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob(f"{CASES[0]}_*")} != first_outputs
+    assert finished_rows(out, run_record(other, **same)) == {}
+    assert finished_rows(out, run_record(checkpoint, **{**same, "allow_coarse": True})) == {}

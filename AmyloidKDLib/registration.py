@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from AmyloidKDLib.atomic import atomic_path, write_json_atomic
+from AmyloidKDLib.atomic import atomic_path, write_text_atomic
 from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.preprocess import ants_to_volume, import_ants, volume_to_ants
 from AmyloidKDLib.template import load_template
@@ -213,7 +213,7 @@ class Transform:
             "fixed": asdict(self.fixed),
             "moving": asdict(self.moving),
         }
-        write_json_atomic(folder / TRANSFORM_FILE, record)  # written last: marks a complete save
+        write_text_atomic(folder / TRANSFORM_FILE, json.dumps(record, indent=1))  # last: marks it complete
         return folder
 
     @classmethod

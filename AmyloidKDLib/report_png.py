@@ -8,11 +8,11 @@ with matplotlib's Agg canvas directly (no pyplot state, works without a display)
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from AmyloidKDLib.atomic import atomic_path
 from AmyloidKDLib.volume import Volume
 
 #: Saliency below this is left transparent so the anatomy stays readable.
@@ -96,12 +96,6 @@ def render_overview(mri: Volume, saliency: Volume | None, top_regions: Volume | 
     figure.text(0.5, 0.02, f"Saliency: Grad-CAM evidence for the {explains}; cyan outline: top "
                 f"regions.  {DISCLAIMER}", ha="center", fontsize=8)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
     return path

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.volume import Volume
 
@@ -30,7 +31,7 @@ SALIENCY_TARGETS = ("predicted", "positive")
 
 
 @dataclass
-class SaliencyConfig:
+class SaliencyConfig(configs.DictConfig):
     """How the saliency volume and its top-region label map are made."""
 
     target: str = "predicted"     # explain the predicted class, or always amyloid positivity
@@ -45,19 +46,6 @@ class SaliencyConfig:
             raise ConfigError(f"top_percentile must be in [0, 100), got {self.top_percentile}")
         if not 1 <= self.max_regions <= 255:
             raise ConfigError(f"max_regions must be in 1..255 (uint8 labels), got {self.max_regions}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SaliencyConfig":
-        """Build from a dict, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown SaliencyConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass
@@ -280,14 +268,7 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
                           threshold=threshold)
 
 
-def region_contrast(saliency: np.ndarray, region: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
-    """Mean saliency inside ``region`` and in the rest of ``brain`` (a quick evidence check)."""
-    region = np.asarray(region) > 0.5
-    rest = (np.asarray(brain) > 0.5) & ~region
-    return float(saliency[region].mean()), float(saliency[rest].mean())
-
-
 __all__: Sequence[str] = (
     "SaliencyConfig", "SaliencyResult", "SliceMaps", "slice_gradcam", "scale_in_brain", "top_region_labels",
-    "saliency_volumes", "gradcam_parts", "region_contrast", "SALIENCY_TARGETS",
+    "saliency_volumes", "gradcam_parts", "SALIENCY_TARGETS",
 )

@@ -18,6 +18,7 @@ from nibabel import orientations
 
 from AmyloidKDLib.atomic import atomic_path
 from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.fourdfp import is_fourdfp, load_fourdfp
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MRI_MODALITIES = ("T1w", "T2w", "FLAIR", "T2star")
@@ -187,7 +188,7 @@ def load_volume(
     """Read a NIfTI file, validate it and return it reoriented to RAS+.
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file.
+        path: a ``.nii`` or ``.nii.gz`` file, or a 4dfp image (``.4dfp.img`` with its ``.ifh``).
         modality: what the image is (``T1w``, ``T2w``, ``FLAIR``, ``T2star``, ``PET``, ...).
         replace_nonfinite: replace NaN/Inf voxels with 0 (reported as a warning) instead of
             refusing the file.
@@ -209,14 +210,17 @@ def load_volume(
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a NIfTI file")
-    if not _is_nifti(path):
-        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz); convert DICOM "
-                         "with dcm2niix first")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for garbage input
-        raise InputError(f"{path}: cannot be read as NIfTI ({_one_line(exc)}); "
-                         "the file is damaged or not an image") from None
+    if is_fourdfp(path):  # PUP's 4dfp SUVR images (OASIS-3), see AmyloidKDLib/fourdfp.py
+        img = load_fourdfp(path)
+    elif not _is_nifti(path):
+        raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz, or a 4dfp "
+                         ".4dfp.img); convert DICOM with dcm2niix first")
+    else:
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises several types for garbage input
+            raise InputError(f"{path}: cannot be read as NIfTI ({_one_line(exc)}); "
+                             "the file is damaged or not an image") from None
 
     shape = _squeeze_to_3d(tuple(img.shape), path)
     found: list[str] = []

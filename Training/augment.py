@@ -64,7 +64,8 @@ def apply_affines(stacks: torch.Tensor, theta: torch.Tensor, background: float |
     flat = stacks.reshape(b * n, c, h, w)
     if background is None:
         background = flat.amin(dim=(2, 3), keepdim=True)
-    grid = F.affine_grid(theta.to(stacks.dtype).repeat_interleave(n, 0), [b * n, c, h, w],
+    theta = theta.to(device=stacks.device, dtype=stacks.dtype)
+    grid = F.affine_grid(theta.repeat_interleave(n, 0), [b * n, c, h, w],
                          align_corners=False)
     warped = F.grid_sample(flat - background, grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False) + background
@@ -78,6 +79,8 @@ def augment_pair(mri: torch.Tensor, pet: torch.Tensor | None, config: AugmentCon
 
     Accepts ``[N, 3, S, S]`` or ``[B, N, 3, S, S]``; returns tensors of the same shapes.
     ``pet_background`` fills the PET outside the image (default: each slice's minimum).
+    The stacks stay on their device (CPU or GPU): only the few random parameters are drawn
+    on the CPU (with ``generator``, so a draw is the same on every device) and moved there.
     """
     if not config.enabled:
         return mri, pet
@@ -95,7 +98,7 @@ def augment_pair(mri: torch.Tensor, pet: torch.Tensor | None, config: AugmentCon
     shape = (mri.shape[0], 1, 1, 1, 1)
     contrast = 1 + (torch.rand(shape, generator=generator) * 2 - 1) * config.mri_contrast
     brightness = (torch.rand(shape, generator=generator) * 2 - 1) * config.mri_brightness
-    mri_out = mri_out * contrast.to(mri_out.dtype) + brightness.to(mri_out.dtype)
+    mri_out = mri_out * contrast.to(mri_out) + brightness.to(mri_out)
     if single:
         return mri_out[0], None if pet_out is None else pet_out[0]
     return mri_out, pet_out

@@ -3,37 +3,45 @@
 Two layouts are supported (documented in ``docs/data_layouts.md``), and both parse into the
 same :class:`CaseRecord` list:
 
-* a plain **manifest CSV** — one row per case, MRI and PET paths relative to the CSV;
-* an **OASIS-3 style tree** — BIDS-like MR sessions (``sub-*/ses-d*/anat/*_T1w.nii.gz``),
-  PUP-like SUVR images (``PUP/<PET session>/*SUVR*.nii.gz``) and the OASIS-3 Centiloid and
-  demographics CSVs. Each PET session is paired, as the paper did, with the same subject's MR
-  session nearest in time within ``max_days``.
+* a plain **manifest CSV** - one row per case, MRI and PET paths relative to the CSV;
+* an **OASIS-3 download** - MR sessions as the BIDS or the native download script writes
+  them, PET Unified Pipeline (PUP) folders as the PUP download scripts write them (4dfp or
+  NIfTI SUVR images), and the OASIS-3 CSVs. Each PET session is paired with the MR session
+  its PUP run used (``OASIS3_PUP.csv``, column ``MRId``), or with the nearest MR session in
+  time; see :func:`read_oasis3`.
+
+File and column names come from :mod:`AmyloidKDLib.layouts`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from AmyloidKDLib import layouts
 from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.volume import MAX_MRI_ANISOTROPY, MAX_PLAUSIBLE_SPACING_MM
 
 log = logging.getLogger(__name__)
 
-#: MRI contrasts: manifest column and the BIDS suffix of the file name.
-CONTRASTS = {"T1w": ("t1w", "T1w"), "T2w": ("t2w", "T2w"), "FLAIR": ("flair", "FLAIR"),
-             "T2star": ("t2star", "T2starw")}
+#: MRI contrasts: manifest column and the BIDS suffixes of the file name.
+CONTRASTS = {"T1w": (layouts.CONTRAST_COLUMNS["T1w"], ("T1w",)),
+             "T2w": (layouts.CONTRAST_COLUMNS["T2w"], ("T2w",)),
+             "FLAIR": (layouts.CONTRAST_COLUMNS["FLAIR"], ("FLAIR",)),
+             "T2star": (layouts.CONTRAST_COLUMNS["T2star"], ("T2starw", "T2star"))}
 TRACERS = ("AV45", "PIB")
-DEFAULT_LABEL_THRESHOLD = 20.0
-CENTILOID_CSV = "OASIS3_amyloid_centiloid.csv"
-DEMOGRAPHICS_CSV = "OASIS3_demographics.csv"
-DEFAULT_CENTILOID_COLUMN = "Centiloid_fSUVR_TOT_CORTMEAN"
-_DAY = re.compile(r"_d(\d+)$")
-_SES_DAY = re.compile(r"^ses-d(\d+)$")
+DEFAULT_LABEL_THRESHOLD = layouts.DEFAULT_LABEL_THRESHOLD
+DEFAULT_CENTILOID_COLUMN = layouts.DEFAULT_CENTILOID_COLUMN
+PAIRINGS = ("auto", "pup-mrid", "nearest")
+#: Scans whose largest voxel edge is at most this (mm) are preferred (the authors' T1w rule).
+PREFERRED_SPACING_MM = 1.5
+#: Fewer voxels than this along an axis: a localizer / single-slab scan, not a 3-D volume.
+MIN_SCAN_MATRIX = 16
 
 
 @dataclass
@@ -49,6 +57,8 @@ class CaseRecord:
         centiloid: amyloid burden in Centiloid units (None if unknown).
         label: 1 amyloid-positive, 0 negative (None if unknown).
         age: age in years at the PET scan (None if unknown).
+        selection: how the OASIS-3 reader chose the files (PET image, pairing, the scan per
+            contrast and the scans it passed over); not part of equality.
     """
 
     subject_id: str
@@ -59,6 +69,7 @@ class CaseRecord:
     centiloid: float | None = None
     label: int | None = None
     age: float | None = None
+    selection: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def _number(value: str | None, what: str, where: str) -> float | None:
@@ -92,16 +103,6 @@ def _tracer(value: str | None, where: str) -> str | None:
     return text
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such CSV file")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    return header, rows
-
-
 def read_manifest(csv_path: str | Path, contrasts: tuple[str, ...] = ("T1w",),
                   label_threshold: float = DEFAULT_LABEL_THRESHOLD,
                   check_files: bool = True) -> list[CaseRecord]:
@@ -120,14 +121,15 @@ def read_manifest(csv_path: str | Path, contrasts: tuple[str, ...] = ("T1w",),
         InputError: missing column, duplicate case, bad value or missing file; the message
             names the row.
     """
-    path = Path(csv_path)
-    header, rows = _read_rows(path)
+    table = layouts.read_csv_table(csv_path, "manifest")
+    path, header = table.path, table.header
     bad = [c for c in contrasts if c not in CONTRASTS]
     if bad:
         raise InputError(f"unknown MRI contrast(s) {bad}; choose from {', '.join(CONTRASTS)}")
-    columns = {c: ("mri_path" if c == "T1w" and "t1w" not in header and "mri_path" in header
+    t1w, alias = layouts.CONTRAST_COLUMNS["T1w"], layouts.T1W_ALIAS_COLUMN
+    columns = {c: (alias if c == "T1w" and t1w not in header and alias in header
                    else CONTRASTS[c][0]) for c in CONTRASTS}
-    missing = [n for n in ("subject_id", "session_id") if n not in header]
+    missing = [n for n in (layouts.SUBJECT_COLUMN, layouts.SESSION_COLUMN) if n not in header]
     missing += [columns[c] for c in contrasts if columns[c] not in header]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs "
@@ -135,9 +137,9 @@ def read_manifest(csv_path: str | Path, contrasts: tuple[str, ...] = ("T1w",),
                          "(t1w, t2w, flair), see docs/data_layouts.md")
     base = path.resolve().parent
     records, seen = [], set()
-    for number, row in enumerate(rows, start=2):
-        where = f"{path} line {number}"
-        subject, session = row.get("subject_id", ""), row.get("session_id", "")
+    for index, row in enumerate(table.rows):
+        where = table.where(index)
+        subject, session = row.get(layouts.SUBJECT_COLUMN, ""), row.get(layouts.SESSION_COLUMN, "")
         if not subject or not session:
             raise InputError(f"{where}: subject_id and session_id must not be empty")
         if (subject, session) in seen:
@@ -168,112 +170,437 @@ def _resolve(base: Path, text: str, where: str, check: bool) -> Path:
     return candidate
 
 
-def _find_one(root: Path, name: str) -> Path | None:
-    direct = root / name
-    if direct.is_file():
-        return direct
-    found = sorted(root.rglob(name))
-    return found[0] if found else None
+# -- OASIS-3 ---------------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".4dfp.img")
+#: ``OAS30001_AV45_PUPTIMECOURSE_d2430`` (PUP id) or ``OAS30001_AV45_d2430`` (PET session).
+_PET_LABEL = re.compile(r"^([A-Za-z0-9]+)_(AV45|PIB)(?:_PUPTIMECOURSE)?_d(\d+)", re.IGNORECASE)
+_MR_LABEL = re.compile(r"^([A-Za-z0-9]+)_MR_d(\d+)$")
+_CLINICAL_LABEL = re.compile(r"^([A-Za-z0-9]+)_UDSb4_d(\d+)$")
+_SMOOTHED = re.compile(r"_g\d+$", re.IGNORECASE)
+_SUFFIX_TO_CONTRAST = {suffix: contrast for contrast, (_, suffixes) in CONTRASTS.items()
+                       for suffix in suffixes}
 
 
-def _mr_sessions(root: Path, contrasts: tuple[str, ...]) -> dict[str, list[tuple[int, dict[str, Path]]]]:
-    """subject -> [(day, {contrast: path})] for MR sessions holding every needed contrast."""
-    sessions: dict[str, list[tuple[int, dict[str, Path]]]] = defaultdict(list)
-    for anat in sorted(root.glob("sub-*/ses-*/anat")):
-        match = _SES_DAY.match(anat.parent.name)
-        if not match:
-            continue
-        subject = anat.parent.parent.name[len("sub-"):]
-        files = {}
-        for contrast, (_, suffix) in CONTRASTS.items():
-            hits = sorted(anat.glob(f"*_{suffix}.nii.gz")) + sorted(anat.glob(f"*_{suffix}.nii"))
-            if hits:
-                files[contrast] = hits[0]  # e.g. run-01 before run-02
-        if all(c in files for c in contrasts):
-            sessions[subject].append((int(match.group(1)), files))
-    return sessions
+def _image_stem(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in _IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+@dataclass(frozen=True)
+class MRScan:
+    """One MR image file of an OASIS-3 download, as its name and folders describe it."""
+
+    path: Path
+    subject: str
+    day: int
+    contrast: str
+    run: int | None       # BIDS ``run-`` entity
+    acquisition: str      # BIDS ``acq-`` entity ("" if none)
+
+
+def parse_mr_file(path: Path) -> MRScan | None:
+    """Subject, day and contrast of an MR image file, from BIDS entities in its name
+    (``sub-OAS30001_ses-d0129_acq-TSE_run-01_T2w.nii.gz``) or, failing those, from the folders
+    above it (``sub-*/ses-d*/`` of the BIDS download, ``OAS30001_MR_d0129/anat1/`` of the native
+    one). None for a file that is not an MR image of a known contrast."""
+    stem = _image_stem(path.name)
+    if stem is None or stem.lower().endswith(".4dfp"):
+        return None
+    parts = stem.split("_")
+    contrast = _SUFFIX_TO_CONTRAST.get(parts[-1])
+    if contrast is None:
+        return None
+    entities = dict(p.split("-", 1) for p in parts[:-1] if "-" in p)
+    subject, day = entities.get("sub"), entities.get("ses")
+    day = int(day[1:]) if day and day[:1] == "d" and day[1:].isdigit() else None
+    for folder in path.parents:
+        name = folder.name
+        native = _MR_LABEL.match(name)
+        if native:
+            subject, day = subject or native.group(1), day if day is not None else int(native.group(2))
+        elif name.startswith("sub-") and subject is None:
+            subject = name[4:]
+        elif name.startswith("ses-d") and name[5:].isdigit() and day is None:
+            day = int(name[5:])
+        if subject and day is not None:
+            break
+    if not subject or day is None:
+        return None
+    run = entities.get("run")
+    return MRScan(path, subject, day, contrast, int(run) if run and run.isdigit() else None,
+                  entities.get("acq", ""))
+
+
+def _pet_key(text: str) -> tuple[str, str, int] | None:
+    match = _PET_LABEL.match(text)
+    return (match.group(1), match.group(2).upper(), int(match.group(3))) if match else None
+
+
+@dataclass
+class _PetImages:
+    """The SUVR-named files found for one PET session."""
+
+    unsmoothed: list[Path] = field(default_factory=list)   # *_msum_SUVR images
+    other: list[Path] = field(default_factory=list)        # other unsmoothed *_SUVR images
+    ignored: list[str] = field(default_factory=list)       # smoothed copies, tables
+
+    def choice(self) -> Path | None:
+        """The unsmoothed ``*_msum_SUVR`` image (NIfTI before 4dfp), else another ``*_SUVR`` one."""
+        for group in (self.unsmoothed, self.other):
+            if group:
+                return sorted(group, key=lambda p: (p.name.lower().endswith(".4dfp.img"), str(p)))[0]
+        return None
+
+
+def _pet_session_of(path: Path, root: Path) -> tuple[str, str, int] | None:
+    """The PET session of a PUP output file: from the nearest folder named after a PUP id or
+    a PET session label (at or below ``root``), else from the file name."""
+    for folder in path.parents:
+        if folder == root.parent:
+            break
+        key = _pet_key(folder.name)
+        if key:
+            return key
+    return _pet_key(path.name)
+
+
+@dataclass
+class _Download:
+    """Everything the walk over an OASIS-3 root found."""
+
+    tables: dict[str, Path] = field(default_factory=dict)
+    mr: dict[tuple[str, int], dict[str, list[MRScan]]] = field(default_factory=dict)
+    pet: dict[tuple[str, str, int], _PetImages] = field(default_factory=dict)
+
+
+def _walk(root: Path) -> _Download:
+    wanted = {layouts.OASIS3_CENTILOID_CSV, layouts.OASIS3_DEMOGRAPHICS_CSV,
+              layouts.OASIS3_PUP_CSV, layouts.OASIS3_CLINICAL_CSV}
+    found = _Download()
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        here = Path(folder)
+        for name in sorted(files):
+            path = here / name
+            if name in wanted:
+                best = found.tables.get(name)         # the shallowest copy wins
+                if best is None or len(path.parts) < len(best.parts):
+                    found.tables[name] = path
+                continue
+            if "suvr" in name.lower():
+                owner = _pet_session_of(path, root)
+                if owner is None:
+                    continue
+                images = found.pet.setdefault(owner, _PetImages())
+                stem = _image_stem(name)
+                if stem is None:                                   # *.suvr, *.txt tables
+                    images.ignored.append(name)
+                elif stem.lower().endswith("_msum_suvr"):
+                    images.unsmoothed.append(path)
+                elif stem.lower().endswith("_suvr"):
+                    images.other.append(path)
+                else:                                              # *_msum_SUVR_g8: smoothed
+                    images.ignored.append(name)
+                continue
+            scan = parse_mr_file(path)
+            if scan is not None:
+                session = found.mr.setdefault((scan.subject, scan.day), {})
+                scans = session.setdefault(scan.contrast, [])
+                if all(s.path.name != name for s in scans):        # same file in two layouts
+                    scans.append(scan)
+    return found
+
+
+def _scan_problem(scan: MRScan) -> tuple[str | None, float]:
+    """Why a scan is unusable (None if usable) and its largest voxel edge, from its header."""
+    import nibabel as nib
+
+    path = scan.path
+    try:
+        if path.name.lower().endswith(".4dfp.img"):
+            return "4dfp MR images are not read (convert with nifti_4dfp)", 0.0
+        header = nib.load(str(path)).header
+        shape, zooms = header.get_data_shape(), header.get_zooms()
+    except Exception as exc:  # nibabel raises several types for damaged files
+        return f"unreadable ({type(exc).__name__})", 0.0
+    if len(shape) < 3 or min(shape[:3]) < MIN_SCAN_MATRIX:
+        return f"2-D localizer or slab (matrix {tuple(shape)})", 0.0
+    if len(shape) > 3 and any(s > 1 for s in shape[3:]):
+        return f"{int(max(shape[3:]))} frames, not one volume", 0.0
+    spacing = [abs(float(z)) for z in zooms[:3]]
+    largest = max(spacing)
+    if largest > MAX_PLAUSIBLE_SPACING_MM or largest / max(min(spacing), 1e-6) > MAX_MRI_ANISOTROPY:
+        shown = "x".join(f"{s:.2g}" for s in spacing)
+        return (f"thick-slice ({shown} mm; at most {MAX_PLAUSIBLE_SPACING_MM:g} mm and "
+                f"{MAX_MRI_ANISOTROPY:g}:1)"), largest
+    return None, largest
+
+
+def choose_scan(scans: list[MRScan]) -> tuple[MRScan | None, list[str]]:
+    """The scan of one contrast to use from an MR session, as Chiumento et al. choose a T1w:
+    a 3-D scan with voxels of at most 1.5 mm first, and among those one without ``run-``,
+    then the run with the finest voxels, then run-01. 2-D localizers, multi-frame and
+    thick-slice scans (by their header; the limits of :func:`AmyloidKDLib.volume.check_volume`)
+    are passed over. (The authors drop a session whose T1w are all coarser than 1.5 mm; here
+    the finest of them is used, so 2 mm synthetic cohorts still read.)
+
+    Returns:
+        the chosen scan (None if none is usable) and one note per scan passed over.
+    """
+    usable, notes = [], []
+    for scan in sorted(scans, key=lambda s: s.path.name):
+        problem, largest = _scan_problem(scan)
+        if problem:
+            notes.append(f"{scan.path.name}: {problem}")
+        else:
+            coarse = largest > PREFERRED_SPACING_MM
+            usable.append((coarse, scan.run is not None and not coarse,
+                           round(largest, 2) if scan.run is not None or coarse else 0.0,
+                           scan.run not in (None, 1), scan.path.name, scan))
+    if not usable:
+        return None, notes
+    best = min(usable, key=lambda u: u[:5])[-1]
+    notes += [f"{u[-1].path.name}: not preferred" for u in usable if u[-1] is not best]
+    return best, notes
+
+
+@dataclass
+class Oasis3Summary:
+    """What an OASIS-3 root held at each step, for messages when cases go missing."""
+
+    mr_sessions: int = 0
+    pup_folders: int = 0
+    suvr_images: int = 0
+    csv_rows: int = 0
+    rows_with_centiloid: int = 0
+    rows_with_image: int = 0
+    pairs: int = 0
+    cases: int = 0
+    pairing: str = ""
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def describe(self, contrasts: tuple[str, ...], column: str) -> str:
+        """One line: the counts in order and the first step that left none."""
+        steps = [(f"MR sessions with {'+'.join(contrasts)}", self.mr_sessions),
+                 ("PUP folders", self.pup_folders),
+                 ("unsmoothed *_msum_SUVR images", self.suvr_images),
+                 (f"{layouts.OASIS3_CENTILOID_CSV} rows", self.csv_rows),
+                 (f"rows with {column}", self.rows_with_centiloid),
+                 ("of those with an SUVR image", self.rows_with_image),
+                 (f"PET/MR pairs ({self.pairing})", self.pairs),
+                 ("cases", self.cases)]
+        counts = ", ".join(f"{n} {what}" for what, n in steps)
+        empty = next((what for what, n in steps if n == 0), None)
+        reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.items())
+        return (counts + (f"; none left at: {empty}" if empty else "")
+                + (f" (skipped: {reasons})" if reasons else ""))
+
+
+def _day_of(label: str, pattern: re.Pattern) -> tuple[str, int] | None:
+    match = pattern.match(label.strip())
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _mr_ids(path: Path | None) -> dict[tuple[str, str, int], tuple[str, int]]:
+    """PET session -> (subject, day) of the MR session its PUP run used, from ``OASIS3_PUP.csv``."""
+    if path is None:
+        return {}
+    table = layouts.read_csv_table(path, "PUP table")
+    missing = [c for c in (layouts.PUP_ID_COLUMN, layouts.PUP_MR_COLUMN) if c not in table.header]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (columns present: "
+                         f"{', '.join(table.header)}); use pairing 'nearest' to pair without it")
+    pairs = {}
+    for row in table.rows:
+        key, mr = _pet_key(row[layouts.PUP_ID_COLUMN]), _day_of(row[layouts.PUP_MR_COLUMN], _MR_LABEL)
+        if key and mr:
+            pairs[key] = mr
+    return pairs
+
+
+def _clinical_days(path: Path | None) -> dict[str, list[int]]:
+    if path is None:
+        return {}
+    table = layouts.read_csv_table(path, "clinical table")
+    if layouts.CLINICAL_SESSION_COLUMN not in table.header:
+        raise InputError(f"{path}: no column {layouts.CLINICAL_SESSION_COLUMN} (visit labels "
+                         "such as OAS30001_UDSb4_d0000)")
+    days: dict[str, list[int]] = defaultdict(list)
+    for row in table.rows:
+        visit = _day_of(row[layouts.CLINICAL_SESSION_COLUMN], _CLINICAL_LABEL)
+        if visit:
+            days[visit[0]].append(visit[1])
+    return days
 
 
 def read_oasis3(root: str | Path, max_days: int = 365, contrasts: tuple[str, ...] = ("T1w",),
                 centiloid_column: str = DEFAULT_CENTILOID_COLUMN,
-                label_threshold: float = DEFAULT_LABEL_THRESHOLD) -> list[CaseRecord]:
-    """Cases from an OASIS-3 style tree: each PET session with its nearest MR session.
+                label_threshold: float = DEFAULT_LABEL_THRESHOLD, pairing: str = "auto",
+                clinical_window_days: int = 0) -> list[CaseRecord]:
+    """Cases from an OASIS-3 download: each PET session with an SUVR image, paired with an MR session.
 
-    Reads ``OASIS3_amyloid_centiloid.csv`` (columns ``subject_id, oasis_session_id, tracer``
-    and ``centiloid_column``; the older ``Centil_*`` spelling is accepted), finds each PET
-    session's SUVR image under ``PUP/<oasis_session_id>/`` and pairs it with the same
-    subject's MR session (``sub-<id>/ses-d<day>/anat/``, holding every contrast in
-    ``contrasts``) nearest in days, within ``max_days`` (ties: the earlier MR). Age comes
-    from ``OASIS3_demographics.csv`` (``OASISID, AgeatEntry``) plus the PET day, if present.
-    PET sessions without an image, a Centiloid value or an MR session in the window are
-    skipped and counted in a log message.
+    Everything is searched for below ``root`` (see ``docs/data_layouts.md``):
+
+    * ``OASIS3_amyloid_centiloid.csv`` (required; ``subject_id, oasis_session_id, tracer`` and
+      ``centiloid_column``, the older ``Centil_*`` spelling accepted), and if present
+      ``OASIS3_PUP.csv``, ``OASIS3_UDSb4_cdr.csv`` and ``OASIS3_demographics.csv`` (ages);
+    * PUP outputs in folders named after the PUP id (``OAS30001_AV45_PUPTIMECOURSE_d2430``) or the
+      PET session (``OAS30001_AV45_d2430``), at any depth (``pet_proc/`` or not); the image used is
+      the unsmoothed ``*_msum_SUVR`` (NIfTI or 4dfp), never the smoothed ``*_msum_SUVR_g8``
+      copy or the ``.suvr``/``.txt`` tables;
+    * MR images named by BIDS entities (``sub-*_ses-d*_[acq-*_][run-*_]<contrast>``), in the BIDS
+      (``sub-*/ses-d*/anat/``) or native (``OAS30001_MR_d0129/anat1/``) download layout; per
+      contrast one scan is chosen with :func:`choose_scan`.
+
+    Args:
+        pairing: ``pup-mrid`` - the MR session named by ``MRId`` in ``OASIS3_PUP.csv`` (what
+            Chiumento et al.'s code does; the SUVR image is computed in that MR's space);
+            ``nearest`` - the same subject's MR session nearest in days within ``max_days``
+            (ties: the earlier MR; what the paper's text describes); ``auto`` - ``pup-mrid``
+            when ``OASIS3_PUP.csv`` is found, else ``nearest``.
+        clinical_window_days: if > 0, keep only PET sessions with a clinical (UDSb4) visit
+            within this many days (the authors' cohort used 365); needs ``OASIS3_UDSb4_cdr.csv``.
+        centiloid_column, label_threshold: label = ``centiloid > label_threshold``; default the
+            authors' ``Centiloid_fSUVR_rsf_TOT_CORTMEAN`` and 20.6.
+
+    PET sessions left out (no image, no Centiloid, no MR session, no usable scan, outside
+    the clinical window) are counted in a log message. ``CaseRecord.selection`` records the
+    image, the pairing and the scan chosen per contrast.
 
     Raises:
-        InputError: the Centiloid CSV or one of its columns is missing.
+        InputError: no Centiloid CSV, a missing column, a needed table missing, or no case at
+            all (the message lists what was found at each step).
     """
     root = Path(root).resolve()
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder (expected an OASIS-3 style root)")
+        raise InputError(f"{root}: no such folder (expected the root of an OASIS-3 download)")
     bad = [c for c in contrasts if c not in CONTRASTS]
     if bad:
         raise InputError(f"unknown MRI contrast(s) {bad}; choose from {', '.join(CONTRASTS)}")
-    table = _find_one(root, CENTILOID_CSV)
-    if table is None:
-        raise InputError(f"{root}: no {CENTILOID_CSV} found; an OASIS-3 root holds that CSV, "
-                         "sub-*/ses-d*/anat/ MR sessions and PUP/<PET session>/ SUVR images "
-                         "(see docs/data_layouts.md)")
-    header, rows = _read_rows(table)
+    if pairing not in PAIRINGS:
+        raise InputError(f"pairing {pairing!r} is not one of {', '.join(PAIRINGS)}")
+    found = _walk(root)
+    table_path = found.tables.get(layouts.OASIS3_CENTILOID_CSV)
+    if table_path is None:
+        raise InputError(f"{root}: no {layouts.OASIS3_CENTILOID_CSV} found below it; an OASIS-3 root "
+                         "holds that CSV, the MR sessions and the PUP folders (see docs/data_layouts.md)")
+    table = layouts.read_csv_table(table_path, "Centiloid table")
     column = centiloid_column
-    if column not in header and column.replace("Centiloid_", "Centil_") in header:
+    if column not in table.header and column.replace("Centiloid_", "Centil_") in table.header:
         column = column.replace("Centiloid_", "Centil_")
-    missing = [c for c in ("subject_id", "oasis_session_id", "tracer", column) if c not in header]
+    needed = (layouts.CENTILOID_SUBJECT_COLUMN, layouts.CENTILOID_SESSION_COLUMN,
+              layouts.CENTILOID_TRACER_COLUMN, column)
+    missing = [c for c in needed if c not in table.header]
     if missing:
-        raise InputError(f"{table}: missing column(s) {', '.join(missing)}; expected the "
-                         f"OASIS-3 Centiloid table (columns present: {', '.join(header)})")
-    ages = _ages_at_entry(root)
-    mr = _mr_sessions(root, tuple(contrasts))
-    records, skipped = [], defaultdict(int)
-    for number, row in enumerate(rows, start=2):
-        where = f"{table} line {number}"
-        subject, session = row["subject_id"], row["oasis_session_id"]
-        match = _DAY.search(session)
+        raise InputError(f"{table_path}: missing column(s) {', '.join(missing)}; expected the "
+                         f"OASIS-3 Centiloid table (columns present: {', '.join(table.header)})")
+    if pairing == "auto":
+        pairing = "pup-mrid" if layouts.OASIS3_PUP_CSV in found.tables else "nearest"
+    if pairing == "pup-mrid" and layouts.OASIS3_PUP_CSV not in found.tables:
+        raise InputError(f"{root}: pairing 'pup-mrid' needs {layouts.OASIS3_PUP_CSV} (columns "
+                         f"'{layouts.PUP_ID_COLUMN}', {layouts.PUP_MR_COLUMN}); put it below the root "
+                         "or use pairing 'nearest'")
+    mr_ids = _mr_ids(found.tables.get(layouts.OASIS3_PUP_CSV)) if pairing == "pup-mrid" else {}
+    clinical = {}
+    if clinical_window_days > 0:
+        if layouts.OASIS3_CLINICAL_CSV not in found.tables:
+            raise InputError(f"{root}: clinical_window_days needs {layouts.OASIS3_CLINICAL_CSV} "
+                             "below the root (or set it to 0)")
+        clinical = _clinical_days(found.tables[layouts.OASIS3_CLINICAL_CSV])
+    ages = _ages_at_entry(found.tables.get(layouts.OASIS3_DEMOGRAPHICS_CSV))
+    sessions = {key: scans for key, scans in found.mr.items() if all(c in scans for c in contrasts)}
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for subject, day in sorted(sessions):
+        by_subject[subject].append(day)
+
+    summary = Oasis3Summary(mr_sessions=len(sessions), pup_folders=len(found.pet),
+                            suvr_images=sum(p.choice() is not None for p in found.pet.values()),
+                            csv_rows=len(table.rows), pairing=pairing)
+    skipped = summary.skipped
+    records = []
+    for index, row in enumerate(table.rows):
+        where = table.where(index)
+        subject, session = row[layouts.CENTILOID_SUBJECT_COLUMN], row[layouts.CENTILOID_SESSION_COLUMN]
+        key = _pet_key(session)
         centiloid = _number(row.get(column), column, where)
-        if not match or centiloid is None:
-            skipped["no day in the session label or no Centiloid"] += 1
+        if key is None or centiloid is None:
+            skipped["without a <subject>_<tracer>_d<day> label or a Centiloid value"] += 1
             continue
-        day = int(match.group(1))
-        pet = sorted((root / "PUP" / session).glob("*SUVR*.nii*"))
-        if not pet:
-            skipped["no SUVR image under PUP/<session>/"] += 1
+        summary.rows_with_centiloid += 1
+        images = found.pet.get(key)
+        pet = images.choice() if images else None
+        if pet is None:
+            skipped["without an unsmoothed SUVR image" if images else "without a PUP folder"] += 1
             continue
-        candidates = [(abs(mr_day - day), mr_day, files) for mr_day, files in mr.get(subject, [])
-                      if abs(mr_day - day) <= max_days]
-        if not candidates:
-            skipped[f"no MR session within {max_days} days"] += 1
+        summary.rows_with_image += 1
+        day = key[2]
+        if clinical_window_days > 0 and not any(abs(v - day) <= clinical_window_days
+                                                for v in clinical.get(subject, [])):
+            skipped[f"without a clinical visit within {clinical_window_days} days"] += 1
             continue
-        _, _, files = min(candidates, key=lambda c: (c[0], c[1]))
+        if pairing == "pup-mrid":
+            mr = mr_ids.get(key)
+            if mr is None:
+                skipped[f"without an {layouts.PUP_MR_COLUMN} in {layouts.OASIS3_PUP_CSV}"] += 1
+                continue
+            if mr not in sessions:
+                skipped[f"whose {layouts.PUP_MR_COLUMN} session is not in the download"] += 1
+                continue
+            how = f"pup-mrid ({mr[0]}_MR_d{mr[1]:04d})"
+        else:
+            near = [(abs(d - day), d) for d in by_subject.get(subject, []) if abs(d - day) <= max_days]
+            if not near:
+                skipped[f"without an MR session within {max_days} days"] += 1
+                continue
+            gap, mr_day = min(near)
+            mr = (subject, mr_day)
+            how = f"nearest ({subject}_MR_d{mr_day:04d}, {gap} days)"
+        summary.pairs += 1
+        files, selection = {}, {"pet": str(pet), "pairing": how}
+        for contrast in CONTRASTS:
+            if contrast not in sessions[mr]:
+                continue
+            scan, notes = choose_scan(sessions[mr][contrast])
+            if scan is not None:
+                files[contrast] = scan.path
+                selection[contrast] = scan.path.name + (f" (passed over: {'; '.join(notes)})" if notes else "")
+            elif contrast in contrasts:
+                selection[contrast] = "none usable: " + "; ".join(notes)
+        if not all(c in files for c in contrasts):
+            skipped["whose MR session has no usable scan of a needed contrast"] += 1
+            log.info("%s: %s", session, selection)
+            continue
         age = ages.get(subject)
         records.append(CaseRecord(
-            subject_id=subject, session_id=session, mri=dict(files), pet_path=pet[0],
-            tracer=_tracer(row.get("tracer"), where), centiloid=centiloid,
+            subject_id=subject, session_id=session, mri=files, pet_path=pet,
+            tracer=_tracer(row.get(layouts.CENTILOID_TRACER_COLUMN), where), centiloid=centiloid,
             label=int(centiloid > label_threshold),
-            age=None if age is None else round(age + day / 365.25, 1)))
+            age=None if age is None else round(age + day / 365.25, 1), selection=selection))
+    summary.cases = len(records)
+    if not records:
+        raise InputError(f"{root}: no OASIS-3 case found: {summary.describe(tuple(contrasts), column)}; "
+                         "see docs/data_layouts.md for the layouts read")
     for reason, count in skipped.items():
-        log.warning("%s: skipped %d PET session(s): %s", root, count, reason)
+        log.warning("%s: skipped %d PET session(s) %s", root, count, reason)
+    log.info("%s: %s", root, summary.describe(tuple(contrasts), column))
     return sorted(records, key=lambda r: (r.subject_id, r.session_id))
 
 
-def _ages_at_entry(root: Path) -> dict[str, float]:
-    path = _find_one(root, DEMOGRAPHICS_CSV)
+def _ages_at_entry(path: Path | None) -> dict[str, float]:
     if path is None:
         return {}
-    header, rows = _read_rows(path)
-    if "OASISID" not in header or "AgeatEntry" not in header:
-        log.warning("%s: no OASISID/AgeatEntry columns; ages left empty", path)
+    table = layouts.read_csv_table(path, "demographics table")
+    subject_column, age_column = layouts.DEMOGRAPHICS_SUBJECT_COLUMN, layouts.DEMOGRAPHICS_AGE_COLUMN
+    if subject_column not in table.header or age_column not in table.header:
+        log.warning("%s: no %s/%s columns; ages left empty", path, subject_column, age_column)
         return {}
     ages = {}
-    for number, row in enumerate(rows, start=2):
-        age = _number(row.get("AgeatEntry"), "AgeatEntry", f"{path} line {number}")
+    for index, row in enumerate(table.rows):
+        age = _number(row.get(age_column), age_column, table.where(index))
         if age is not None:
-            ages[row["OASISID"]] = age
+            ages[row[subject_column]] = age
     return ages

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.losses import LossScheduleConfig
 from Training.augment import AugmentConfig
 from Training.engine import EngineConfig
-from Training.evaluation import EvalConfig
+from Training.metrics import EvalConfig
 from Training.splits import SplitConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -40,11 +40,19 @@ class DataConfig:
     cache_dir: str = ""            # prepared cases and slice tensors; "" = <run>/cache
     jobs: int = 1                  # cases prepared in parallel
     max_days: int = 365            # OASIS-3: largest PET-MRI gap when pairing sessions
+    pairing: str = "auto"          # OASIS-3: "pup-mrid" (OASIS3_PUP.csv's MRId), "nearest" (within
+                                   # max_days) or "auto" (pup-mrid when OASIS3_PUP.csv is present)
+    clinical_window_days: int = 0  # OASIS-3: keep PET with a UDSb4 visit within this many days (0 off;
+                                   # the authors' cohort: 365)
+    centiloid_column: str = "Centiloid_fSUVR_rsf_TOT_CORTMEAN"  # OASIS-3 label source (the authors')
+    label_threshold: float = 20.6  # amyloid-positive when Centiloid > this (the authors' cut-off)
 
     def __post_init__(self) -> None:
         if self.contrast not in MRI_CONTRASTS:
             raise ConfigError(f"data.contrast must be one of {', '.join(MRI_CONTRASTS)}, got "
                               f"{self.contrast!r}.")
+        if self.pairing not in ("auto", "pup-mrid", "nearest"):
+            raise ConfigError(f"data.pairing must be auto, pup-mrid or nearest, got {self.pairing!r}.")
         if self.n_slices < 1 or self.image_size < 32 or self.jobs < 1:
             raise ConfigError("data.n_slices must be >= 1, data.image_size >= 32 and data.jobs >= 1.")
 
@@ -168,8 +176,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Build from a nested dict; unknown keys raise ConfigError naming them."""
-        return _from_dict(cls, data, "")
+        """Build from a nested dict; unknown keys raise ConfigError naming them, values are typed."""
+        return configs.from_dict(cls, data)
 
     def model_config(self, kind: str):
         """The library ``ModelConfig`` of ``kind`` (teacher, student, light_student) for this run."""
@@ -185,7 +193,7 @@ class RunConfig:
 
         config = PrepConfig.preset(self.data.prep_preset)
         if self.data.prep_overrides:
-            config = PrepConfig.from_dict(_deep_merge(config.to_dict(), self.data.prep_overrides))
+            config = PrepConfig.from_dict(configs.merge(config.to_dict(), self.data.prep_overrides))
         return config
 
     def slice_config(self):
@@ -196,62 +204,9 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""
-        from Training.evaluation import write_json
+        from Training.report import write_json
 
         write_json(path, self.to_dict())
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = (_deep_merge(merged[key], value)
-                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
-    return merged
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {where or '<root>'} must be a mapping, got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-                          f"known in {where or 'the root'}: {', '.join(sorted(known))}.")
-    values = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = _from_dict(hint, value, f"{where}{key}.")
-        else:
-            values[key] = _coerce_scalar(hint, value, where + key)
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"bad config section {where or '<root>'}: {exc}.") from exc
-
-
-def _coerce_scalar(hint: Any, value: Any, name: str) -> Any:
-    """``value`` as the field's scalar type: ints widen to float, and number-like strings are
-    parsed (PyYAML reads ``1e-3`` as a string; only ``1.0e-3`` is a float to it)."""
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}.")
-        return value
-    if hint in (int, float):
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}.")
-        if hint is int:
-            if float(value) != int(value):
-                raise ConfigError(f"{name} must be a whole number, got {value!r}.")
-            return int(value)
-        return float(value)
-    return value
 
 
 def list_presets() -> list[str]:

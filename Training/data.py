@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from AmyloidKDLib.atomic import atomic_path
 from AmyloidKDLib.errors import AmyloidKDError, InputError
 from AmyloidKDLib.models.harmonization import tracer_index
 
@@ -71,8 +72,13 @@ def mri_path(record: Any, contrast: str) -> str:
 
 def slice_cache_key(record: Any, contrast: str, prep_config: Any, slice_config: Any,
                     with_pet: bool = True) -> str:
-    """Content key of a case's slice stacks: inputs plus every setting that shapes them."""
-    payload = {"version": SLICE_CACHE_VERSION, "contrast": contrast,
+    """Content key of a case's slice stacks: inputs, every setting that shapes them, and the
+    library's ``PIPELINE_VERSION`` (bumped whenever the image path changes, so stacks made by
+    an older pipeline are never reused)."""
+    from AmyloidKDLib import pipeline
+
+    payload = {"version": SLICE_CACHE_VERSION, "pipeline": pipeline.PIPELINE_VERSION,
+               "contrast": contrast,
                "mri": _file_signature(mri_path(record, contrast)),
                "pet": _file_signature(record.pet_path) if with_pet and record.pet_path else None,
                "prep": _to_dict(prep_config), "slices": _to_dict(slice_config)}
@@ -113,11 +119,9 @@ def prepare_case_slices(record: Any, contrast: str, prep_config: Any, slice_conf
         # The PET is sliced at the MRI's planes, so the two stacks correspond slice by slice.
         tensors["pet"] = _stack_tensor(sagittal_slices(prepared.pet, prepared.mask, slice_config,
                                                        positions=mri_stack.positions))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    save_file({k: v.to(torch.float16) for k, v in tensors.items()}, str(tmp),
-              metadata={"case": case_id(record), "contrast": contrast})
-    os.replace(tmp, target)
+    with atomic_path(target) as temporary:
+        save_file({k: v.to(torch.float16) for k, v in tensors.items()}, str(temporary),
+                  metadata={"case": case_id(record), "contrast": contrast})
     return target
 
 

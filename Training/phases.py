@@ -1,5 +1,4 @@
-"""The training phases of the method (teacher, distilled student, MRI-only baseline, light
-student), each a function of (config, dataset, split, run dir).
+"""The training phases of the method, each a function of (config, dataset, split, run dir).
 
 1. :func:`train_teacher` - PET-guided teacher: soft triplet loss with a Centiloid-adaptive
    margin (anchor = PET-guided MRI embedding, positive = matched PET, negative = PET of
@@ -12,6 +11,9 @@ student), each a function of (config, dataset, split, run dir).
    with three learning rates, ReduceLROnPlateau on the monitored validation metric.
    With ``teacher=None`` the same function trains the MRI-only *baseline*.
 3. :func:`train_light` - a small CNN student distilled from the teacher with classic KD.
+
+Each phase's per-batch loss is an objective object (:class:`TeacherObjective`,
+:class:`StudentObjective`, :class:`LightObjective`) that the engine calls as its train step.
 
 Teacher targets for the students are computed once per case on unaugmented stacks and
 reused every epoch (the teacher is frozen by then), which makes distillation cost about
@@ -37,7 +39,8 @@ from Training.augment import augment_pair
 from Training.config import RunConfig
 from Training.data import SliceDataset
 from Training.engine import FitResult, FitSettings, fit
-from Training.evaluation import f1_optimal_threshold, roc_auc, threshold_metrics, write_json
+from Training.metrics import f1_optimal_threshold, roc_auc, threshold_metrics
+from Training.report import write_json
 from Training.sampling import CentiloidNegativeSampler, ClassBalancedBatchSampler
 from Training.splits import Split
 
@@ -83,11 +86,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a distributed wrapper (``.module``), else the model itself."""
-    return getattr(model, "module", model)
-
-
 def _eval_batches(dataset: SliceDataset, indices: Sequence[int], batch_size: int,
                   device: torch.device, with_pet: bool = False):
     """``dataset[indices]`` in order, ``batch_size`` at a time, as ``(indices, mri, pet, tracer)``
@@ -101,10 +99,6 @@ def _eval_batches(dataset: SliceDataset, indices: Sequence[int], batch_size: int
             pet = torch.stack([item["pet"] for item in items]).to(device)
             tracer = torch.stack([item["tracer"] for item in items]).to(device)
         yield indices[start:start + batch_size], mri, pet, tracer
-
-
-def _augment_generator(config: RunConfig, epoch: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed * 100003 + epoch * 101 + salt)
 
 
 @torch.no_grad()
@@ -184,10 +178,7 @@ def _checkpoint(config: RunConfig, result_dir: Path, model: nn.Module, kind: str
 
 
 def _slice_dict(config: RunConfig) -> dict[str, Any]:
-    import dataclasses
-
-    slice_config = config.slice_config()
-    return slice_config.to_dict() if hasattr(slice_config, "to_dict") else dataclasses.asdict(slice_config)
+    return config.slice_config().to_dict()
 
 
 def _calibrate(name: str, config: RunConfig, model: nn.Module, raw_logits: torch.Tensor,
@@ -215,7 +206,7 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
             with_pet: bool = False, history_extra: dict[str, Any] | None = None) -> PhaseResult:
     """Calibration and threshold on validation, history/curves to disk, checkpoint; the model
     holds its best epoch."""
-    from Training.evaluation import plot_training_curves
+    from Training.report import plot_training_curves
 
     val_labels = dataset.labels[list(split.val)]
     model.calibration.set()  # fit on raw logits, whatever the model held before
@@ -246,71 +237,191 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
     return PhaseResult(name, model, threshold, val_probs, fit_result, checkpoint)
 
 
-# ----------------------------------------------------------------------------- teacher
+# ----------------------------------------------------------------------------- objectives
+
+
+@dataclass
+class BatchLoss:
+    """One batch's objective: the loss to minimise, what to log, and the model's logits."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    logits: torch.Tensor
+
+
+def _augment_generator(config: RunConfig, epoch: int, batch: dict[str, Any]) -> torch.Generator:
+    """The augmentation draw of one batch: fixed by seed, epoch and the batch's first case."""
+    return torch.Generator().manual_seed(config.seed * 100003 + epoch * 101 + int(batch["index"][0]))
+
+
+def _augmented_mri(config: RunConfig, batch: dict[str, Any], epoch: int, enabled: bool) -> torch.Tensor:
+    """The batch's MRI stacks, augmented (on their own device) when the phase asks for it."""
+    mri = batch["mri"]
+    if not (enabled and config.augment.enabled):
+        return mri
+    augmented, _ = augment_pair(mri, None, config.augment, _augment_generator(config, epoch, batch))
+    return augmented
 
 
 class TeacherObjective:
     """The teacher's loss on one batch: triplet + alignment + classification.
 
     Triplet: anchor = PET-guided MRI embedding, positive = matched PET embedding, negative =
-    the PET embedding of another batch member chosen by :class:`CentiloidNegativeSampler`
-    (hardest valid one by default). Anchors without a valid negative in the batch are left
-    out of the triplet term (their fraction is logged as ``no_negative``).
+    the PET embedding of another batch member chosen by :class:`CentiloidNegativeSampler`:
+    the closest valid one with ``teacher.hard_negatives`` (online hard negatives, the
+    default), else a random valid one.
+    Anchors without a valid negative in the batch are left out of the triplet term (their
+    fraction is logged as ``no_negative``).
+
+    Args:
+        sampler: the negative sampler of the fold batches come from (negatives never leave it).
+        augment: apply the paired MRI/PET augmentation (training) or not (validation).
     """
 
-    def __init__(self, config: RunConfig, dataset: SliceDataset, fold_indices: Sequence[int],
-                 seed: int) -> None:
+    def __init__(self, config: RunConfig, sampler: CentiloidNegativeSampler, augment: bool) -> None:
         from AmyloidKDLib.losses import SoftTripletLoss
 
-        t = config.teacher
+        teacher_config = config.teacher
         self.config = config
-        self.schedule = _phase_schedule(config, t.epochs)
-        self.sampler = CentiloidNegativeSampler(dataset.subjects, dataset.centiloids, fold_indices,
-                                                t.min_centiloid_gap, seed)
-        self.triplet = SoftTripletLoss(base_margin=t.base_margin, max_margin=t.max_margin,
-                                       centiloid_scale=t.centiloid_scale, normalize=True)
+        self.augment = augment
+        self.schedule = _phase_schedule(config, teacher_config.epochs)
+        self.sampler = sampler
+        self.triplet = SoftTripletLoss(base_margin=teacher_config.base_margin,
+                                       max_margin=teacher_config.max_margin,
+                                       centiloid_scale=teacher_config.centiloid_scale, normalize=True)
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any], epoch: int, augment: bool
+    def __call__(self, model: nn.Module, batch: dict[str, Any], epoch: int
                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The engine's train step: ``(loss, logs)``."""
+        result = self.batch_loss(model, batch, epoch)
+        return result.loss, result.logs
+
+    def choose_negatives(self, batch_indices: Sequence[int], anchor: torch.Tensor, positive: torch.Tensor
+                         ) -> torch.Tensor:
+        """Batch position of each anchor's negative (-1: none valid), on the anchors' device.
+
+        ``anchor`` and ``positive`` are the normalised ``[B, D]`` embeddings; with
+        ``teacher.hard_negatives`` their distances pick the closest valid negative.
+        """
+        distances = torch.cdist(anchor, positive) if self.config.teacher.hard_negatives else None
+        return self.sampler.choose(batch_indices, distances).to(anchor.device)
+
+    def batch_loss(self, model: nn.Module, batch: dict[str, Any], epoch: int) -> BatchLoss:
+        """Loss, logs and the teacher's logits for ``batch`` at ``epoch`` (1-based)."""
+        from accelerate.utils import extract_model_from_parallel
+
         from AmyloidKDLib.losses import alignment_loss, alignment_weight, margin_scale_at
 
-        t = self.config.teacher
+        teacher_config = self.config.teacher
         # Harmonise the PET per tracer first, so the augmentation moves the deviation map, not
         # the PET against an unmoved reference.
-        teacher = _unwrap(model)
+        teacher = extract_model_from_parallel(model)
         mri, pet = batch["mri"], teacher.harmonize_pet(batch["pet"], batch["tracer"])
-        if augment:
+        if self.augment:
             background = 0.0 if teacher.harmonization.is_fitted else None
-            mri, pet = augment_pair(mri.cpu(), pet.cpu(), self.config.augment,
-                                    _augment_generator(self.config, epoch, int(batch["index"][0])),
+            mri, pet = augment_pair(mri, pet, self.config.augment,
+                                    _augment_generator(self.config, epoch, batch),
                                     pet_background=background)
-            mri, pet = mri.to(batch["mri"].device), pet.to(batch["mri"].device)
         out = model(mri, pet, harmonized=True)
-        self.last_logits = out.logits.detach().float().cpu()
         guided, pet_embedding = out.guided.float(), out.pet.float()
         anchor, positive = F.normalize(guided, dim=-1), F.normalize(pet_embedding, dim=-1)
-        negatives = self.sampler.choose(batch["index"].tolist(), torch.cdist(anchor, positive))
-        negatives = negatives.to(anchor.device)
+        negatives = self.choose_negatives(batch["index"].tolist(), anchor, positive)
         valid = negatives >= 0
         centiloid = batch["centiloid"].to(anchor.device).float()
         if bool(valid.any()):
-            neg = negatives[valid]
-            gap = (centiloid[valid] - centiloid[neg]).abs()
-            triplet = self.triplet(guided[valid], pet_embedding[valid], pet_embedding[neg], gap,
+            negative = negatives[valid]
+            gap = (centiloid[valid] - centiloid[negative]).abs()
+            triplet = self.triplet(guided[valid], pet_embedding[valid], pet_embedding[negative], gap,
                                    margin_scale=margin_scale_at(epoch - 1, self.schedule))
             with torch.no_grad():
-                d_neg = float((anchor[valid] - positive[neg]).norm(dim=-1).mean())
+                d_neg = float((anchor[valid] - positive[negative]).norm(dim=-1).mean())
         else:
             triplet, d_neg = guided.sum() * 0.0, float("nan")
         align = alignment_loss(F.normalize(out.mri.float(), dim=-1), anchor)
         cls = F.binary_cross_entropy_with_logits(out.logits.float(), _labels(batch).to(out.logits.device))
-        w_align = t.alignment_weight * alignment_weight(epoch - 1, self.schedule)
-        loss = triplet + w_align * align + t.classification_weight * cls
+        w_align = teacher_config.alignment_weight * alignment_weight(epoch - 1, self.schedule)
+        loss = triplet + w_align * align + teacher_config.classification_weight * cls
         d_pos = float((anchor - positive).norm(dim=-1).mean().detach())
-        return loss, {"triplet_loss": float(triplet.detach()), "align_loss": float(align.detach()),
-                      "cls_loss": float(cls.detach()),
-                      "no_negative": float((~valid).float().mean()), "d_anchor_pos": d_pos,
-                      "d_anchor_neg": float(d_neg)}
+        logs = {"triplet_loss": float(triplet.detach()), "align_loss": float(align.detach()),
+                "cls_loss": float(cls.detach()), "no_negative": float((~valid).float().mean()),
+                "d_anchor_pos": d_pos, "d_anchor_neg": float(d_neg)}
+        return BatchLoss(loss, logs, out.logits.detach().float())
+
+
+#: Frozen teacher outputs per dataset index: (PET-guided embedding [128], logit []).
+TeacherTargets = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _stacked_targets(targets: TeacherTargets, batch: dict[str, Any], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = batch["index"].tolist()
+    embeddings = torch.stack([targets[i][0] for i in indices]).to(device)
+    logits = torch.stack([targets[i][1] for i in indices]).to(device)
+    return embeddings, logits
+
+
+class StudentObjective:
+    """The MRI-only student's loss on one batch, distilled or (``targets=None``) the baseline's.
+
+    ``w_cls * MarginFocal + (1 - w_cls) * (feature_weight * feature KD + logit_weight *
+    logit KD)`` with ``w_cls`` following the schedule (0.5 -> 0.8) and a temperature for the
+    logit KD that follows it too; the baseline uses the margin focal loss alone.
+    """
+
+    def __init__(self, config: RunConfig, targets: TeacherTargets | None) -> None:
+        from AmyloidKDLib.losses import MarginFocalLoss
+
+        student_config = config.student
+        self.config = config
+        self.targets = targets
+        self.focal = MarginFocalLoss(alpha=student_config.focal_alpha, gamma=student_config.focal_gamma,
+                                     margin_positive=student_config.focal_margin_positive)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], epoch: int
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The engine's train step: ``(loss, logs)``."""
+        from AmyloidKDLib.losses import (classification_weight, feature_distillation_loss,
+                                         logit_distillation_loss, temperature_at)
+
+        student_config = self.config.student
+        out = model(_augmented_mri(self.config, batch, epoch, student_config.augment))
+        labels = _labels(batch).to(out.logits.device)
+        cls = self.focal(out.logits.float(), labels)
+        if self.targets is None:
+            return cls, {"cls_loss": float(cls.detach())}
+        teacher_embedding, teacher_logit = _stacked_targets(self.targets, batch, out.logits.device)
+        feature = feature_distillation_loss(out.embedding.float(), teacher_embedding)
+        logit = logit_distillation_loss(out.logits.float(), teacher_logit,
+                                        temperature=temperature_at(epoch - 1, self.config.schedule))
+        w_cls = classification_weight(epoch - 1, self.config.schedule)
+        distillation = student_config.feature_weight * feature + student_config.logit_weight * logit
+        loss = w_cls * cls + (1 - w_cls) * distillation
+        return loss, {"cls_loss": float(cls.detach()), "feature_loss": float(feature.detach()),
+                      "logit_loss": float(logit.detach()), "cls_weight": w_cls}
+
+
+class LightObjective:
+    """The light CNN student's loss on one batch: classic KD, ``alpha*T^2*KL + (1-alpha)*BCE``
+    against the frozen teacher's logits."""
+
+    def __init__(self, config: RunConfig, targets: TeacherTargets) -> None:
+        self.config = config
+        self.targets = targets
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], epoch: int
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The engine's train step: ``(loss, logs)``."""
+        from AmyloidKDLib.losses import kd_loss
+
+        light_config = self.config.light
+        out = model(_augmented_mri(self.config, batch, epoch, light_config.augment))
+        _, teacher_logit = _stacked_targets(self.targets, batch, out.logits.device)
+        loss = kd_loss(out.logits.float(), teacher_logit, _labels(batch).to(out.logits.device),
+                       alpha=light_config.alpha, temperature=light_config.temperature)
+        return loss, {}
+
+
+# ----------------------------------------------------------------------------- teacher
 
 
 def _phase_schedule(config: RunConfig, epochs: int):
@@ -320,8 +431,9 @@ def _phase_schedule(config: RunConfig, epochs: int):
 
 
 def _teacher_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    t = config.teacher
-    groups = param_groups(model, [("slices.encoder.", t.lr_encoder), ("", t.lr_heads)], t.weight_decay)
+    teacher_config = config.teacher
+    groups = param_groups(model, [("slices.encoder.", teacher_config.lr_encoder),
+                                  ("", teacher_config.lr_heads)], teacher_config.weight_decay)
     return torch.optim.AdamW(groups)
 
 
@@ -334,36 +446,39 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     if not dataset.has_pet(list(split.train) + list(split.val)):
         raise InputError("the teacher needs a PET for every training and validation case; some "
                          "cases have none. Give every case a pet_path, or train only the baseline.")
-    t = config.teacher
+    teacher_config = config.teacher
     torch.manual_seed(config.seed)
     model = build_model(config.model_config("teacher"))
     harmonization = _fit_harmonization(config, model, dataset, split)
     optimizer = _teacher_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t.epochs))
-    loader = make_loader(dataset, split.train, t.batch_size, train=True, balanced=t.balanced_batches,
-                         seed=config.seed, num_workers=config.engine.num_workers)
-    objective = TeacherObjective(config, dataset, split.train, config.seed)
-    val_objective = TeacherObjective(config, dataset, split.val, config.seed)
-    val_labels = dataset.labels[list(split.val)]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, teacher_config.epochs))
+    loader = make_loader(dataset, split.train, teacher_config.batch_size, train=True,
+                         balanced=teacher_config.balanced_batches, seed=config.seed,
+                         num_workers=config.engine.num_workers)
+    def sampler(fold: Sequence[int]) -> CentiloidNegativeSampler:
+        return CentiloidNegativeSampler(dataset.subjects, dataset.centiloids, fold,
+                                        teacher_config.min_centiloid_gap, config.seed)
 
-    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
-        return objective(m, batch, epoch, augment=t.augment and config.augment.enabled)
+    objective = TeacherObjective(config, sampler(split.train),
+                                 augment=teacher_config.augment and config.augment.enabled)
+    val_objective = TeacherObjective(config, sampler(split.val), augment=False)
+    val_labels = dataset.labels[list(split.val)]
 
     def validate(m: nn.Module, epoch: int) -> dict[str, float]:
         device = _device_of(m)
         losses, logits = [], []
-        for batch in make_loader(dataset, split.val, t.batch_size, train=False):
+        for batch in make_loader(dataset, split.val, teacher_config.batch_size, train=False):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, _ = val_objective(m, batch, epoch, augment=False)
-            losses.append(float(loss) * len(batch["index"]))
-            logits.append(val_objective.last_logits)
+            result = val_objective.batch_loss(m, batch, epoch)
+            losses.append(float(result.loss) * len(batch["index"]))
+            logits.append(result.logits.cpu())
         probs = torch.sigmoid(torch.cat(logits)).numpy()
         metrics = classification_metrics(val_labels, probs)
         metrics["val_loss"] = sum(losses) / len(split.val)
         return metrics
 
     phase_dir = run_dir / "teacher"
-    result = fit(model, optimizer, loader, train_step, validate, _settings(t), phase_dir,
+    result = fit(model, optimizer, loader, objective, validate, _settings(teacher_config), phase_dir,
                  config.engine, scheduler=scheduler, resume=resume, description="teacher")
     return _finish("teacher", config, model, dataset, split, result, phase_dir,
                    run_dir / "checkpoints" / "teacher", "teacher", with_pet=True,
@@ -435,70 +550,40 @@ def _student_validate(dataset: SliceDataset, split: Split, batch_size: int):
     return validate
 
 
-def _augmented_mri(config: RunConfig, batch: dict[str, Any], epoch: int, enabled: bool) -> torch.Tensor:
-    mri = batch["mri"]
-    if not (enabled and config.augment.enabled):
-        return mri
-    aug, _ = augment_pair(mri.cpu(), None, config.augment,
-                          _augment_generator(config, epoch, int(batch["index"][0])))
-    return aug.to(mri.device)
-
-
 def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
                   teacher: nn.Module | None = None, resume: bool = False, name: str | None = None
                   ) -> PhaseResult:
-    """Phase 2: the distilled MRI-only student, or with ``teacher=None`` the baseline.
-
-    Loss per batch: ``w_cls * MarginFocal + (1 - w_cls) * (feature_weight * feature KD +
-    logit_weight * logit KD)`` with ``w_cls`` following the schedule (0.5 -> 0.8); the baseline
-    uses the margin focal loss alone. Writes ``run_dir/<name>`` and ``run_dir/checkpoints/<name>``.
+    """Phase 2: the distilled MRI-only student, or with ``teacher=None`` the baseline
+    (loss: :class:`StudentObjective`). Writes ``run_dir/<name>`` and ``run_dir/checkpoints/<name>``.
     """
-    from AmyloidKDLib.losses import (MarginFocalLoss, classification_weight, feature_distillation_loss,
-                                     logit_distillation_loss, temperature_at)
     from AmyloidKDLib.models import build_model, init_student_from_teacher
 
     name = name or ("student" if teacher is not None else "baseline")
     run_dir = Path(run_dir)
-    s = config.student
+    student_config = config.student
     torch.manual_seed(config.seed + 1)
     model = build_model(config.model_config("student"))
     copied: list[str] = []
-    if teacher is not None and s.init_from_teacher:
+    if teacher is not None and student_config.init_from_teacher:
         copied = init_student_from_teacher(model, teacher)
         logger.info("student initialised from the teacher: %s", ", ".join(copied))
-    if s.standardize_features:
+    if student_config.standardize_features:
         _fit_standardization(name, model, dataset, split)
-    targets = teacher_targets(teacher, dataset, split.train) if teacher is not None else {}
-    focal = MarginFocalLoss(alpha=s.focal_alpha, gamma=s.focal_gamma, margin_positive=s.focal_margin_positive)
-    optimizer = _student_optimizer(config, model, (s.lr_attention, s.lr_projection, s.lr_classifier),
-                                   s.weight_decay)
+    targets = teacher_targets(teacher, dataset, split.train) if teacher is not None else None
+    objective = StudentObjective(config, targets)
+    optimizer = _student_optimizer(config, model, (student_config.lr_attention, student_config.lr_projection,
+                                                   student_config.lr_classifier), student_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=s.mode, factor=s.plateau_factor, patience=s.plateau_patience)
-    loader = make_loader(dataset, split.train, s.batch_size, train=True, balanced=s.balanced_batches,
-                         seed=config.seed + 1, num_workers=config.engine.num_workers)
-
-    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
-        out = m(_augmented_mri(config, batch, epoch, s.augment))
-        labels = _labels(batch).to(out.logits.device)
-        cls = focal(out.logits.float(), labels)
-        if teacher is None:
-            return cls, {"cls_loss": float(cls.detach())}
-        idx = batch["index"].tolist()
-        t_embed = torch.stack([targets[i][0] for i in idx]).to(out.embedding.device)
-        t_logit = torch.stack([targets[i][1] for i in idx]).to(out.logits.device)
-        feature = feature_distillation_loss(out.embedding.float(), t_embed)
-        logit = logit_distillation_loss(out.logits.float(), t_logit,
-                                        temperature=temperature_at(epoch - 1, config.schedule))
-        w = classification_weight(epoch - 1, config.schedule)
-        loss = w * cls + (1 - w) * (s.feature_weight * feature + s.logit_weight * logit)
-        return loss, {"cls_loss": float(cls.detach()), "feature_loss": float(feature.detach()),
-                      "logit_loss": float(logit.detach()),
-                      "cls_weight": w}
-
+        optimizer, mode=student_config.mode, factor=student_config.plateau_factor,
+        patience=student_config.plateau_patience)
+    loader = make_loader(dataset, split.train, student_config.batch_size, train=True,
+                         balanced=student_config.balanced_batches, seed=config.seed + 1,
+                         num_workers=config.engine.num_workers)
     phase_dir = run_dir / name
-    settings = _settings(s, scheduler_step="plateau")
-    result = fit(model, optimizer, loader, train_step, _student_validate(dataset, split, s.batch_size),
-                 settings, phase_dir, config.engine, scheduler=scheduler, resume=resume, description=name)
+    settings = _settings(student_config, scheduler_step="plateau")
+    result = fit(model, optimizer, loader, objective,
+                 _student_validate(dataset, split, student_config.batch_size), settings, phase_dir,
+                 config.engine, scheduler=scheduler, resume=resume, description=name)
     phase = _finish(name, config, model, dataset, split, result, phase_dir,
                     run_dir / "checkpoints" / name, "student")
     phase.extra["initialised_from_teacher"] = copied
@@ -507,38 +592,30 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
 
 def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
                 teacher: nn.Module, resume: bool = False) -> PhaseResult:
-    """Phase 3: the light CNN student, distilled with ``alpha*T^2*KL + (1-alpha)*BCE``.
+    """Phase 3: the light CNN student, distilled from the teacher (:class:`LightObjective`).
 
     Its attention, pooling and classifier start from the teacher's (cross-attention, guided
     pooling, classifier); the CNN keeps its own weights. Writes ``run_dir/light`` and
     ``run_dir/checkpoints/light``.
     """
-    from AmyloidKDLib.losses import kd_loss
     from AmyloidKDLib.models import build_model, init_student_from_teacher
 
     run_dir = Path(run_dir)
-    c = config.light
+    light_config = config.light
     torch.manual_seed(config.seed + 2)
     model = build_model(config.model_config("light_student"))
     init_student_from_teacher(model, teacher)
-    if c.standardize_features:
+    if light_config.standardize_features:
         _fit_standardization("light", model, dataset, split)
-    targets = teacher_targets(teacher, dataset, split.train)
-    optimizer = torch.optim.AdamW(param_groups(model, [("", c.lr)], c.weight_decay))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, c.epochs))
-    loader = make_loader(dataset, split.train, c.batch_size, train=True, balanced=c.balanced_batches,
-                         seed=config.seed + 2, num_workers=config.engine.num_workers)
-
-    def train_step(m: nn.Module, batch: dict[str, Any], epoch: int):
-        out = m(_augmented_mri(config, batch, epoch, c.augment))
-        t_logit = torch.stack([targets[i][1] for i in batch["index"].tolist()]).to(out.logits.device)
-        loss = kd_loss(out.logits.float(), t_logit, _labels(batch).to(out.logits.device),
-                       alpha=c.alpha, temperature=c.temperature)
-        return loss, {}
-
+    objective = LightObjective(config, teacher_targets(teacher, dataset, split.train))
+    optimizer = torch.optim.AdamW(param_groups(model, [("", light_config.lr)], light_config.weight_decay))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, light_config.epochs))
+    loader = make_loader(dataset, split.train, light_config.batch_size, train=True,
+                         balanced=light_config.balanced_batches, seed=config.seed + 2,
+                         num_workers=config.engine.num_workers)
     phase_dir = run_dir / "light"
-    result = fit(model, optimizer, loader, train_step, _student_validate(dataset, split, c.batch_size),
-                 _settings(c), phase_dir, config.engine, scheduler=scheduler, resume=resume,
-                 description="light")
+    result = fit(model, optimizer, loader, objective,
+                 _student_validate(dataset, split, light_config.batch_size), _settings(light_config),
+                 phase_dir, config.engine, scheduler=scheduler, resume=resume, description="light")
     return _finish("light", config, model, dataset, split, result, phase_dir,
                    run_dir / "checkpoints" / "light", "light_student")

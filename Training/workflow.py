@@ -26,9 +26,9 @@ from torch import nn
 from AmyloidKDLib.errors import CheckpointError, ConfigError, InputError
 from Training.config import RunConfig
 from Training.data import SliceDataset, case_id, prepare_cohort
-from Training.evaluation import (CasePrediction, compare_paired, evaluate_model, format_table,
-                                 plot_roc, plot_training_curves, write_json, write_predictions,
-                                 write_report)
+from Training.metrics import compare_paired, evaluate_model
+from Training.report import (CasePrediction, format_table, plot_roc, plot_training_curves, write_json,
+                             write_predictions, write_report)
 from Training.phases import (PHASES, PhaseResult, predict_probabilities, train_light, train_student,
                              train_teacher)
 from Training.splits import Split, assert_no_subject_leakage, cross_validation_splits, holdout_split
@@ -60,11 +60,14 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
     """
     from Training.cohort import read_manifest, read_oasis3
 
-    contrast = config.data.contrast
+    contrast, data = config.data.contrast, config.data
     if source.manifest:
-        records = read_manifest(source.manifest, contrasts=(contrast,))
+        records = read_manifest(source.manifest, contrasts=(contrast,), label_threshold=data.label_threshold)
     else:
-        records = read_oasis3(source.oasis3, max_days=config.data.max_days, contrasts=(contrast,))
+        records = read_oasis3(source.oasis3, max_days=data.max_days, contrasts=(contrast,),
+                              centiloid_column=data.centiloid_column,
+                              label_threshold=data.label_threshold, pairing=data.pairing,
+                              clinical_window_days=data.clinical_window_days)
     usable = [r for r in records if (r.mri or {}).get(contrast) and r.label is not None]
     dropped = len(records) - len(usable)
     if dropped:
@@ -137,7 +140,9 @@ def prepare_run(config: RunConfig, source: CohortSource, run_dir: str | Path, fo
     config.save(run_dir / "config.json")
     records = load_records(source, config)
     write_json(run_dir / "cohort.json", {**source.to_dict(), "contrast": config.data.contrast,
-                                         "cases": [case_id(r) for r in records]})
+                                         "cases": [case_id(r) for r in records],
+                                         "selection": {case_id(r): r.selection for r in records
+                                                       if getattr(r, "selection", None)}})
     dataset = build_dataset(config, records, run_dir, with_pet=with_pet)
     return dataset, run_split(config, dataset, run_dir, fold)
 

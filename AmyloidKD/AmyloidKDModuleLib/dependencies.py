@@ -9,11 +9,15 @@ message, which is better than a Slicer that no longer starts.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Iterable, Mapping
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+from AmyloidKDModuleLib.errors import ModuleError
 
 #: Passed to ``PyTorchUtilsLogic.installTorch(torchVersionRequirement=...)``.
 TORCH_VERSION_REQUIREMENT = ">=2.1"
@@ -101,3 +105,24 @@ def satisfies_minimum(version: str, minimum: str) -> bool:
     have, need = version_tuple(version), version_tuple(minimum)
     width = max(len(have), len(need))
     return have + (0,) * (width - len(have)) >= need + (0,) * (width - len(need))
+
+
+def install_missing(missing: list[str], constraints_path: str | os.PathLike,
+                    pip_install: Callable[[list[str]], object],
+                    still_missing: Callable[[list[str]], list[str]] = missing_requirements) -> None:
+    """Install ``missing`` with ``pip_install`` (``slicer.util.pip_install`` in Slicer), then check.
+
+    A failing pip (``CalledProcessError``, or pip not starting at all) is not passed on raw:
+    whatever is still missing afterwards is reported as a ModuleError that says what to do.
+    """
+    failure = ""
+    try:
+        pip_install(pip_install_arguments(missing, constraints_path))
+    except (subprocess.CalledProcessError, OSError) as error:
+        failure = f" (pip stopped: {error})"
+    importlib.invalidate_caches()
+    left = still_missing(missing)
+    if left:
+        raise ModuleError("installing " + ", ".join(left) + f" failed{failure}; see the Python console for "
+                          "pip's messages. A package may need a newer version of one that Slicer ships: update "
+                          "Slicer, or install it by hand from the Python console with slicer.util.pip_install.")

@@ -8,13 +8,23 @@ Each MRI is loaded as a volume node and run through ``AmyloidKDLogic.process`` (
 path as the Apply button). Per case, ``OUT/<case>/`` receives the prediction command's files
 (results.csv, saliency NIfTIs, top-region label map, overview PNG) and, unless ``--no-scene``,
 a Slicer scene ``<case>.mrb`` with the MRI and both overlays for review. ``OUT/batch_results.csv``
-summarises all cases. Exit code: 0 all cases ok, 1 some failed, 2 bad usage or input.
+summarises all cases. Exit code: 0 all cases ok, 1 some failed, 2 bad usage or input,
+3 the batch itself failed (an unexpected error; the traceback is on stderr).
+
+Slicer does not exit by itself after ``--python-script``: this script always ends it, with
+``slicer.util.exit`` in a ``finally``. The application still needs a display; on a machine
+without one, run it as ``xvfb-run -a Slicer --no-main-window --python-script ...`` or with
+``QT_QPA_PLATFORM=offscreen``.
 """
 
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
+
+#: Exit code when something escapes run_batch (import error, full disk, ...).
+EXIT_BATCH_ERROR = 3
 
 
 def run_batch(argv: list) -> int:
@@ -51,7 +61,11 @@ def run_batch(argv: list) -> int:
     except ModuleError as exc:
         print(f"AmyloidKDBatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"AmyloidKDBatch: error: cannot create the output folder {args.out}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     rows = []
     for index, path in enumerate(cases, start=1):
@@ -68,7 +82,7 @@ def run_batch(argv: list) -> int:
                 slicer.util.saveScene(str(caseOut / f"{case}.mrb"))
             rows.append(BatchRow(case, str(path), "ok", result.probability, result.label, result.threshold,
                                  seconds=round(time.monotonic() - started, 2)))
-            print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.labelText}", flush=True)
+            print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.label_text}", flush=True)
         except Exception as exc:  # one bad case must not stop the batch; it is recorded with its reason
             logging.exception(f"AmyloidKDBatch: {case} failed")
             rows.append(BatchRow(case, str(path), "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
@@ -79,7 +93,30 @@ def run_batch(argv: list) -> int:
     return batch_exit_code(rows)
 
 
-if __name__ == "__main__":
-    import slicer
+def main(argv: list, exit_function=None) -> int:
+    """Run the batch and always end Slicer: ``exit_function(code)`` (default ``slicer.util.exit``)
+    is called in a ``finally``, with a non-zero code for any error, whatever escapes."""
+    status = EXIT_BATCH_ERROR
+    try:
+        result = run_batch(argv)
+        status = result if isinstance(result, int) else EXIT_BATCH_ERROR
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BATCH_ERROR)
+    except BaseException as exc:  # noqa: BLE001 - reported, then Slicer is ended with a failure code
+        print(f"AmyloidKDBatch: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        status = EXIT_BATCH_ERROR
+    finally:
+        if exit_function is None:
+            try:
+                import slicer
 
-    slicer.util.exit(run_batch(sys.argv[1:]))
+                exit_function = slicer.util.exit
+            except BaseException:  # no Slicer at all: end this Python
+                exit_function = sys.exit
+        exit_function(status)
+    return status
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

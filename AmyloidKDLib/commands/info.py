@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print, per file, the shape, voxel spacing, orientation code (as stored "
                     "and after reorientation to RAS+), intensity range and validation warnings.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI files (.nii, .nii.gz)")
-    parser.add_argument("--modality", default="T1w", choices=MODALITIES)
+    parser.add_argument("--modality", default="T1w", choices=MODALITIES,
+                        help="what the files hold, which sets the checks applied (default T1w)")
     parser.add_argument("--replace-nonfinite", action="store_true",
                         help="replace NaN/Inf voxels with 0 instead of refusing the file")
     parser.add_argument("--allow-missing-orientation", action="store_true",

@@ -27,18 +27,19 @@ import numpy as np
 
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.errors import InputError
-from AmyloidKDLib.volume import NIFTI_SUFFIXES, check_volume, save_volume
+from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
+from AmyloidKDLib.volume import check_volume, save_volume
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("case", "input", "probability", "label", "threshold", "status", "error",
                   "seconds_prepare", "seconds_model", "seconds_saliency", "seconds_total")
-MANIFEST_PATH_COLUMNS = ("t1w", "mri_path")
 SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
 CASE_STEPS = ("load", "prepare", "model", "saliency", "write")
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED  # noqa: E402  (the shared exit codes)
+
 #: Extra results.csv column written when inputs with validation warnings may run.
 WARNINGS_COLUMN = "warnings"
 #: What a batch in DIR was run with; a re-run with the same record skips finished cases.
@@ -72,87 +73,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skull-strip", default=None, choices=SKULL_STRIP_CHOICES,
                         help="override the checkpoint's skull stripping (none: input is already "
                              "skull-stripped)")
-    parser.add_argument("--progress", default=None, choices=("lines",),
-                        help="'lines': print 'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout")
     parser.add_argument("--allow-coarse", action="store_true",
                         help="predict inputs that get a validation warning (voxels > 5 mm, "
                              "anisotropy > 4:1) instead of failing them; adds a warnings column")
     parser.add_argument("--allow-missing-orientation", action="store_true",
                         help="accept NIfTI headers without orientation (qform/sform codes 0); "
                              "left/right may then be mirrored")
-    parser.set_defaults(func=run)
-
-
-def case_name(path: Path) -> str:
-    """The output name of an input file: its name without ``.nii`` / ``.nii.gz``."""
-    name = path.name
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _unique_names(cases: list[CaseInput]) -> list[CaseInput]:
-    # Two inputs with the same file name (sub-01/T1w.nii.gz, sub-02/T1w.nii.gz) would overwrite
-    # each other's outputs: later ones get _2, _3, ...
-    seen: dict[str, int] = {}
-    unique = []
-    for item in cases:
-        count = seen.get(item.case, 0) + 1
-        seen[item.case] = count
-        name = item.case if count == 1 else f"{item.case}_{count}"
-        unique.append(CaseInput(name, item.path, item.problem))
-    return unique
+    parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
 def collect_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
     """The cases named by INPUT: one NIfTI file, the NIfTI files of a folder, or a manifest CSV.
 
+    Names and manifest rules come from :mod:`AmyloidKDLib.layouts` (one rule for every command).
+
     Raises:
-        InputError: INPUT missing, an empty folder, or a CSV without a path column.
+        InputError: INPUT missing, an empty folder, a CSV without a path column, or two inputs
+            with the same case name.
     """
-    path = Path(input_path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder; give a NIfTI file, a folder of NIfTI "
-                         "files or a manifest CSV")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
-        if not files:
-            raise InputError(f"{path}: folder holds no .nii or .nii.gz file")
-        return _unique_names([CaseInput(case_name(p), p) for p in files])
-    if path.name.lower().endswith(".csv"):
-        return _unique_names(_read_manifest(path))
-    if path.name.lower().endswith(NIFTI_SUFFIXES):
-        return [CaseInput(case_name(path), path)]
-    raise InputError(f"{path}: not a NIfTI file (.nii/.nii.gz), a folder or a manifest .csv")
-
-
-def _read_manifest(path: Path) -> list[CaseInput]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: manifest cannot be read ({exc})") from None
-    column = next((c for c in MANIFEST_PATH_COLUMNS if c in columns), None)
-    if column is None:
-        raise InputError(f"{path}: manifest needs a column {' or '.join(MANIFEST_PATH_COLUMNS)} "
-                         f"with the T1 file paths; found columns {columns or 'none'}")
-    cases = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        value = {k.strip(): v for k, v in row.items() if k is not None}.get(column) or ""
-        value = value.strip()
-        if not value:
-            cases.append(CaseInput(f"row{number}", None, f"{path} line {number}: empty {column}"))
-            continue
-        mri = Path(value)
-        if not mri.is_absolute():
-            mri = path.parent / mri
-        cases.append(CaseInput(case_name(mri), mri))
-    if not cases:
-        raise InputError(f"{path}: manifest has a header but no rows")
-    return cases
+    return [CaseInput(c.case, c.mri, c.problem) for c in collect_image_cases(input_path)]
 
 
 class Progress:

@@ -11,19 +11,18 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
+from AmyloidKDLib.layouts import case_name, read_image_manifest
 from AmyloidKDLib.skullstrip import BACKENDS
 
-MRI_COLUMNS = ("t1w", "mri_path")
-PET_COLUMNS = ("pet_path", "pet")
-CASE_COLUMNS = ("case", "session_id", "subject_id")
+PREP_PRESETS = ("paper", "fast")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,12 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "preprocess", help="skull strip, N4, normalise and register cases to MNI152",
         description="Prepare a NIfTI MRI, or every row of a manifest CSV (column t1w or mri_path, "
-                    "optional pet_path and case/session_id/subject_id), into MNI space.")
+                    "optional pet_path and case), into MNI space.")
     parser.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz MRI or a manifest .csv")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--pet", help="SUVR PET for a single INPUT file")
-    parser.add_argument("--preset", default="paper", choices=("paper", "fast"))
-    parser.add_argument("--config", help="JSON file with PrepConfig settings (overrides --preset)")
+    parser.add_argument("--preset", default="paper", choices=PREP_PRESETS,
+                        help="preparation preset (default paper; fast: skull-free input, coarse "
+                             "registration, 2 mm grid); same as --config NAME")
+    parser.add_argument("--config", metavar="NAME_OR_FILE",
+                        help="the preparation settings: a preset name (paper, fast) or a JSON "
+                             "file of PrepConfig values; replaces --preset")
     parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
     parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
     parser.add_argument("--jobs", type=int, default=1, help="cases prepared in parallel (processes)")
@@ -52,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace):
     from AmyloidKDLib.pipeline import PrepConfig
 
-    if args.config:
+    if args.config in PREP_PRESETS:
+        config = PrepConfig.preset(args.config)
+    elif args.config:
         try:
             config = PrepConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError) as exc:
@@ -64,52 +69,31 @@ def _config(args: argparse.Namespace):
     return config
 
 
-def _case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_cases(input_path: str, pet: str | None = None) -> list[dict[str, str | None]]:
-    """Cases to prepare: ``{"case", "mri", "pet"}`` from one NIfTI file or a manifest CSV."""
+    """Cases to prepare: ``{"case", "mri", "pet"}`` from one NIfTI file or a manifest CSV.
+
+    Case names, manifest columns and encodings follow :mod:`AmyloidKDLib.layouts`.
+
+    Raises:
+        InputError: missing input, unreadable manifest, an empty MRI cell, repeated case names.
+    """
     path = Path(input_path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() != ".csv":
-        return [{"case": _case_name(str(path)), "mri": str(path), "pet": pet}]
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise InputError(f"{path}: the manifest has no rows")
-    mri_column = next((c for c in MRI_COLUMNS if c in rows[0]), None)
-    if mri_column is None:
-        raise InputError(f"{path}: the manifest needs a column {' or '.join(MRI_COLUMNS)}; "
-                         f"found {', '.join(rows[0])}")
-    pet_column = next((c for c in PET_COLUMNS if c in rows[0]), None)
-    case_column = next((c for c in CASE_COLUMNS if c in rows[0]), None)
-    cases, seen = [], set()
-    for row in rows:
-        mri = row[mri_column]
-        if not os.path.isabs(mri):
-            mri = str(path.parent / mri)
-        pet_path = row.get(pet_column) if pet_column else None
-        if pet_path and not os.path.isabs(pet_path):
-            pet_path = str(path.parent / pet_path)
-        name = (row.get(case_column) if case_column else None) or _case_name(mri)
-        if name in seen:
-            name = f"{name}_{len(seen)}"
-        seen.add(name)
-        cases.append({"case": name, "mri": mri, "pet": pet_path or None})
-    return cases
+        return [{"case": case_name(path), "mri": str(path), "pet": pet}]
+    cases = read_image_manifest(path)
+    empty = next((c.problem for c in cases if c.problem), None)
+    if empty:
+        raise InputError(f"{empty}; every row needs an MRI path")
+    return [{"case": c.case, "mri": str(c.mri), "pet": str(c.pet) if c.pet else None} for c in cases]
 
 
 def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None,
                 allow_missing_orientation: bool = False) -> dict:
     """Prepare and save one case; returns a result row (status ``ok`` or ``failed``).
 
-    A full disk is raised (``OSError``), not recorded: every later case would fail the same way.
+    A full disk is raised, not recorded: every later case would fail the same way.
     """
     from AmyloidKDLib.pipeline import PrepConfig, prepare_case, save_prepared
     from AmyloidKDLib.volume import load_volume
@@ -128,11 +112,9 @@ def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None,
         return {**case, "status": "ok", "error": "", "seconds": f"{seconds:.2f}"}
     except AmyloidKDError as exc:
         return {**case, "status": "failed", "error": str(exc), "seconds": ""}
-    except OSError as exc:
+    except Exception as exc:  # a broken case must not stop the batch; its error is reported
         if is_disk_full(exc):
             raise
-        return {**case, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": ""}
-    except Exception as exc:  # a broken case must not stop the batch; its error is reported
         return {**case, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": ""}
 
 
@@ -178,4 +160,4 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(r["status"] != "ok" for r in results)
     print(f"prepared {len(results) - failed} of {len(results)} cases into {out}"
           + (f"; {failed} failed, see {out / 'errors.csv'}" if failed else ""))
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK

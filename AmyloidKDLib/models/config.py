@@ -9,12 +9,13 @@ student on a 2-core CPU (EfficientNet-B0 is available with ``encoder="efficientn
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from AmyloidKDLib import configs
+from AmyloidKDLib.atomic import write_text_atomic
 from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.models.encoders import BIOMEDCLIP_HUB_ID, HUB_PREFIX, get_encoder_spec
 from AmyloidKDLib.models.lora import DEFAULT_LORA_TARGET
@@ -23,7 +24,7 @@ KINDS = ("teacher", "student", "light_student")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(configs.DictConfig):
     """Architecture and initialisation of one model (teacher, student or light student).
 
     The MRI-only baseline is a ``student`` trained without a teacher.
@@ -72,25 +73,11 @@ class ModelConfig:
             raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by attention_heads "
                               f"{self.attention_heads}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict; unknown keys raise ConfigError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown ModelConfig keys: {', '.join(unknown)}. "
-                              f"Known keys: {', '.join(sorted(known))}.")
-        return cls(**data)
-
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of the config; also written to ``path`` when given."""
+        """JSON text of the config; also written to ``path`` (atomically) when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_text_atomic(path, text + "\n")
         return text
 
     @classmethod
@@ -105,28 +92,22 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, kind: str = "student", **overrides: Any) -> ModelConfig:
-        """A named preset (``paper`` or ``cpu``) for ``kind``, with ``overrides`` applied."""
-        if name not in _PRESETS:
-            raise ConfigError(f"unknown model preset '{name}'. Available: {', '.join(sorted(_PRESETS))}.")
+        """A named preset (``resources/presets/model/<name>.json``) for ``kind``, with ``overrides``.
+
+        A preset file holds ``common`` values and values per kind (``teacher``, ``student``,
+        ``light_student``) that replace them.
+        """
         if kind not in KINDS:
             raise ConfigError(f"model kind must be one of {', '.join(KINDS)}; got '{kind}'.")
-        values = {**_PRESETS[name]["common"], **_PRESETS[name].get(kind, {}), "kind": kind}
+        preset = configs.load_preset("model", name)
+        unknown = sorted(set(preset) - {"common", *KINDS})
+        if unknown:
+            raise ConfigError(f"model preset {name!r}: unknown section(s) {', '.join(unknown)}; "
+                              f"valid: common, {', '.join(KINDS)}.")
+        values = {**preset.get("common", {}), **preset.get(kind, {}), "kind": kind}
         return cls.from_dict({**values, **overrides})
 
 
 def list_presets() -> list[str]:
     """Names accepted by :meth:`ModelConfig.preset`."""
-    return sorted(_PRESETS)
-
-
-_LIGHT = {"lora_rank": 0, "frozen_blocks": 0, "weights": "none"}
-_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {
-        "common": {},
-        "light_student": {**_LIGHT, "encoder": "mobilenetv3_small_100"},
-    },
-    "cpu": {
-        "common": {"encoder": "vit_tiny", "weights": "none", "n_slices": 8, "image_size": 112},
-        "light_student": {**_LIGHT, "encoder": "mobilenetv3_small_100"},
-    },
-}
+    return configs.preset_names("model")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from AmyloidKDLib import layouts
 from AmyloidKDLib.atomic import atomic_path, write_text_atomic
 from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.phantom.anatomy import (ATROPHY_REGIONS, EARLY_AMYLOID_REGIONS, TemplateMaps,
@@ -30,14 +31,15 @@ from AmyloidKDLib.volume import Volume, reorient_for_storage, save_volume
 
 LAYOUTS = ("manifest", "oasis3", "both")
 #: Manifest columns, in order; MRI paths, ``pet_path`` are relative to the CSV's folder.
-MANIFEST_COLUMNS = ("subject_id", "session_id", "t1w", "t2w", "flair", "pet_path", "tracer",
-                    "centiloid", "label", "age")
-CONTRAST_COLUMNS = {"T1w": "t1w", "T2w": "t2w", "FLAIR": "flair"}
-#: OASIS-3 file and column names the OASIS-3 layout uses.
-OASIS_CENTILOID_CSV = "OASIS3_amyloid_centiloid.csv"
-OASIS_DEMOGRAPHICS_CSV = "OASIS3_demographics.csv"
-OASIS_CLINICAL_CSV = "OASIS3_UDSb4_cdr.csv"
-OASIS_CENTILOID_COLUMNS = ("subject_id", "oasis_session_id", "tracer",
+MANIFEST_COLUMNS = layouts.MANIFEST_COLUMNS
+CONTRAST_COLUMNS = {c: layouts.CONTRAST_COLUMNS[c] for c in ("T1w", "T2w", "FLAIR")}
+#: OASIS-3 file and column names the OASIS-3 layout uses (AmyloidKDLib.layouts).
+OASIS_CENTILOID_CSV = layouts.OASIS3_CENTILOID_CSV
+OASIS_DEMOGRAPHICS_CSV = layouts.OASIS3_DEMOGRAPHICS_CSV
+OASIS_CLINICAL_CSV = layouts.OASIS3_CLINICAL_CSV
+OASIS_PUP_CSV = layouts.OASIS3_PUP_CSV
+OASIS_CENTILOID_COLUMNS = (layouts.CENTILOID_SUBJECT_COLUMN, layouts.CENTILOID_SESSION_COLUMN,
+                           layouts.CENTILOID_TRACER_COLUMN,
                            "Centiloid_fBP_TOT_CORTMEAN", "Centiloid_fSUVR_TOT_CORTMEAN",
                            "Centiloid_fBP_rsf_TOT_CORTMEAN", "Centiloid_fSUVR_rsf_TOT_CORTMEAN")
 
@@ -56,9 +58,18 @@ def mri_relpath(subject_id: str, day: int, contrast: str) -> str:
     return f"sub-{subject_id}/{ses}/anat/sub-{subject_id}_{ses}_{contrast}.nii.gz"
 
 
+def pup_id(pet_session_id: str) -> str:
+    """The PUP run id of a PET session: ``SYN00001_PIB_d0270`` -> ``SYN00001_PIB_PUPTIMECOURSE_d0270``."""
+    subject, tracer, day = pet_session_id.rsplit("_", 2)
+    return f"{subject}_{tracer}_PUPTIMECOURSE_{day}"
+
+
 def pet_relpath(pet_session_id: str) -> str:
-    """Path of a PUP-like SUVR image inside the OASIS-3 style tree."""
-    return f"PUP/{pet_session_id}/{pet_session_id}_SUVR.nii.gz"
+    """Path of the SUVR image inside the OASIS-3 tree, where the PUP partial-match download
+    script puts it (``<PET session>/<PUP id>/pet_proc/``) under ``PUP/``, named as PUP names
+    the unsmoothed image (``<label>n_msum_SUVR``; NIfTI, as after ``nifti_4dfp``)."""
+    return (f"PUP/{pet_session_id}/{pup_id(pet_session_id)}/pet_proc/"
+            f"{pet_session_id}n_msum_SUVR.nii.gz")
 
 
 def _csv_text(header: Sequence[str], rows: list[dict]) -> str:
@@ -298,11 +309,18 @@ def _write_oasis_csvs(root: Path, sessions: list[SessionTruth], subjects: list[S
     for s in sessions:
         rows.append({"subject_id": s.subject_id, "oasis_session_id": s.session_id,
                      "tracer": s.tracer,
-                     "Centiloid_fBP_TOT_CORTMEAN": _fmt(0.97 * s.centiloid) if s.tracer == "PIB" else "",
-                     "Centiloid_fSUVR_TOT_CORTMEAN": _fmt(s.centiloid),
-                     "Centiloid_fBP_rsf_TOT_CORTMEAN": _fmt(1.05 * s.centiloid) if s.tracer == "PIB" else "",
-                     "Centiloid_fSUVR_rsf_TOT_CORTMEAN": _fmt(1.08 * s.centiloid)})
+                     # the true Centiloid goes to the column the reader labels with by default
+                     # (the authors' partial-volume-corrected "rsf" one); the others derive from it
+                     "Centiloid_fBP_TOT_CORTMEAN": _fmt(0.9 * s.centiloid) if s.tracer == "PIB" else "",
+                     "Centiloid_fSUVR_TOT_CORTMEAN": _fmt(s.centiloid / 1.08),
+                     "Centiloid_fBP_rsf_TOT_CORTMEAN": _fmt(0.97 * s.centiloid) if s.tracer == "PIB" else "",
+                     "Centiloid_fSUVR_rsf_TOT_CORTMEAN": _fmt(s.centiloid)})
     write_text_atomic(root / OASIS_CENTILOID_CSV, _csv_text(OASIS_CENTILOID_COLUMNS, rows))
+    # which MR session each PUP run used (PET sessions without an MR in the tree have none)
+    pup = [{layouts.PUP_ID_COLUMN: pup_id(s.session_id), layouts.PUP_MR_COLUMN: s.mr_session_id or "",
+            "tracer": s.tracer} for s in sessions]
+    write_text_atomic(root / OASIS_PUP_CSV,
+                      _csv_text((layouts.PUP_ID_COLUMN, layouts.PUP_MR_COLUMN, "tracer"), pup))
     demo = [{"OASISID": s.subject_id, "AgeatEntry": _fmt(s.age_at_entry)} for s in subjects]
     write_text_atomic(root / OASIS_DEMOGRAPHICS_CSV, _csv_text(("OASISID", "AgeatEntry"), demo))
     clinical = [{"OASISID": s.subject_id, "OASIS_session_label": f"{s.subject_id}_UDSb4_d{s.pet_day:04d}",

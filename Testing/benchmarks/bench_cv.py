@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
     from Training.commands.cv import cross_validate
     from Training.config import load_config
-    from Training.evaluation import format_comparison
+    from Training.report import format_comparison
     from Training.workflow import CohortSource
 
     out = Path(args.out)

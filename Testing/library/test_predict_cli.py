@@ -13,6 +13,7 @@ import pytest
 
 from AmyloidKDLib.cli import run as cli_run
 from AmyloidKDLib.commands.predict import RESULT_COLUMNS, collect_inputs
+from AmyloidKDLib.errors import InputError
 from test_inference import write_moved_mni_t1, write_test_checkpoint
 
 CONTRACT_COLUMNS = ("case,input,probability,label,threshold,status,error,seconds_prepare,"
@@ -124,12 +125,15 @@ def test_progress_lines_are_machine_readable_and_reach_one(batch_run):
     assert "done: 2 ok, 1 failed" in lines[-1]
 
 
-def test_manifest_paths_are_relative_to_the_manifest_and_names_stay_unique(tmp_path):
+def test_manifest_paths_are_relative_to_the_manifest_and_repeated_names_are_refused(tmp_path):
     (tmp_path / "sub-01").mkdir()
     manifest = tmp_path / "cohort.csv"
     manifest.write_text("subject_id,t1w\n01,sub-01/T1w.nii.gz\n02,/data/sub-02/T1w.nii.gz\n03,\n")
+    with pytest.raises(InputError, match="same case name.*'case' column"):
+        collect_inputs(manifest)
+    manifest.write_text("case,t1w\n01,sub-01/T1w.nii.gz\n02,/data/sub-02/T1w.nii.gz\n03,\n")
     cases = collect_inputs(manifest)
-    assert [c.case for c in cases] == ["T1w", "T1w_2", "row4"]
+    assert [c.case for c in cases] == ["01", "02", "03"]
     assert cases[0].path == tmp_path / "sub-01" / "T1w.nii.gz"
     assert cases[1].path == Path("/data/sub-02/T1w.nii.gz")
     assert cases[2].path is None and "empty t1w" in cases[2].problem

@@ -419,15 +419,19 @@ def test_slicer_requirements_follow_pyproject():
     except ImportError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    pyproject = {dependencies.requirement_name(r): r.replace(" ", "") for r in project}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pyproject = {dependencies.requirement_name(r): r.replace(" ", "") for r in project["dependencies"]}
     slicer_side = {dependencies.requirement_name(r): r for r in
                    dependencies.read_requirements(REPO / "AmyloidKD" / "Resources" / "requirements.txt")}
-    on_demand = {dependencies.requirement_name(r) for reqs in dependencies.SKULL_STRIP_REQUIREMENTS.values() for r in reqs}
-    expected = set(pyproject) - set(dependencies.PROVIDED_ELSEWHERE) - on_demand
+    on_demand = {dependencies.requirement_name(r): r for reqs in dependencies.SKULL_STRIP_REQUIREMENTS.values()
+                 for r in reqs}
+    # the module installs the core (prediction) set only; HD-BET v2 is the [hd-bet] extra
+    expected = set(pyproject) - set(dependencies.PROVIDED_ELSEWHERE) - set(on_demand)
     assert set(slicer_side) == expected
     assert {n: slicer_side[n] for n in expected} == {n: pyproject[n] for n in expected}
-    assert on_demand <= set(pyproject)
+    hd_bet_extra = {dependencies.requirement_name(r): r.replace(" ", "")
+                    for r in project["optional-dependencies"]["hd-bet"]}
+    assert on_demand == {n: {**pyproject, **hd_bet_extra}[n] for n in on_demand}
 
 
 # --- the real prediction command, as the module and its self-test run it ------------------
@@ -471,3 +475,68 @@ def test_real_predict_command_through_the_runner_on_the_self_test_case(tmp_path)
     values = saliency.get_fdata()
     assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0
     assert top_regions.get_data_dtype() == np.uint8 and (np.asarray(top_regions.dataobj) > 0).any()
+
+
+# --- a failing pip gives the friendly message -----------------------------------------------
+
+
+def test_a_failing_pip_gives_the_friendly_message_not_a_traceback(tmp_path):
+    """A real pip that cannot find the package (offline index): CalledProcessError is not passed on."""
+    import subprocess
+
+    def pip_install(arguments):
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--quiet",
+                               "--target", str(tmp_path / "target"), *arguments],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("")
+    with pytest.raises(ModuleError) as caught:
+        dependencies.install_missing(["amyloidkd-no-such-package>=1"], constraints, pip_install)
+    message = str(caught.value)
+    assert message.startswith("installing amyloidkd-no-such-package>=1 failed (pip stopped:")
+    assert "update Slicer" in message and "slicer.util.pip_install" in message
+    # pip that "succeeds" but leaves the package missing says the same, without a pip error
+    with pytest.raises(ModuleError, match=r"^installing amyloidkd-no-such-package>=1 failed; see"):
+        dependencies.install_missing(["amyloidkd-no-such-package>=1"], constraints, lambda arguments: None)
+    dependencies.install_missing(["pytest>=7"], constraints, lambda arguments: None)  # present: no error
+
+
+# --- the batch script always ends Slicer ------------------------------------------------------
+
+
+def _batch_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("AmyloidKDBatchScript", REPO / "AmyloidKD" / "Scripts" / "AmyloidKDBatch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batch_script_exits_non_zero_whatever_escapes(tmp_path, capsys):
+    """Outside a running Slicer ``run_batch`` cannot even find the module: the script still ends
+    with a non-zero code through the exit function, and says why on stderr."""
+    script = _batch_script()
+    codes = []
+    status = script.main(["--", "--input", str(tmp_path), "--out", str(tmp_path / "out")], exit_function=codes.append)
+    assert codes == [status] == [script.EXIT_BATCH_ERROR]
+    assert "AmyloidKDBatch: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:  # the default exit of a Slicer-less Python: sys.exit
+        script.main(["--input", "x"])
+    assert ended.value.code == script.EXIT_BATCH_ERROR
+
+
+@pytest.mark.parametrize("outcome, code", [(0, 0), (1, 1), (None, 3), (KeyboardInterrupt(), 3),
+                                           (SystemExit(2), 2), (OSError("disk full"), 3)])
+def test_batch_exit_code_for_each_way_run_batch_ends(outcome, code):
+    script = _batch_script()
+
+    def run_batch(argv):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    script.run_batch = run_batch  # the Slicer-bound part; main's own logic is what is tested
+    codes = []
+    assert script.main([], exit_function=codes.append) == code and codes == [code]

@@ -29,10 +29,17 @@ def _truth(root: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+# The generator labels its ground truth at 20 CL (the reader's default is the authors' 20.6).
+TRUTH = {"label_threshold": 20.0}
+
+
 def test_both_layouts_parse_into_the_same_cases(cohort):
     from_manifest = read_manifest(cohort / "manifest.csv", contrasts=CONTRASTS)
-    from_oasis = read_oasis3(cohort, contrasts=CONTRASTS)
+    from_oasis = read_oasis3(cohort, contrasts=CONTRASTS, **TRUTH)
     assert from_manifest == from_oasis
+    assert all(c.selection["pairing"].startswith("pup-mrid") for c in from_oasis)   # OASIS3_PUP.csv
+    assert all(c.pet_path.name.endswith("n_msum_SUVR.nii.gz") and c.pet_path.parent.name == "pet_proc"
+               for c in from_oasis)
     paired = [r for r in _truth(cohort) if r["mr_session_id"]]
     assert [(c.subject_id, c.session_id) for c in from_oasis] == sorted(
         (r["subject_id"], r["session_id"]) for r in paired)
@@ -57,10 +64,11 @@ def test_pet_sessions_pair_with_the_nearest_mr_within_the_window(cohort, caplog)
         crowded += sum(abs(d - int(row["pet_day"])) <= 365 for d in days) > 1
     assert crowded >= 1
     with caplog.at_level(logging.WARNING, logger="Training.cohort"):
-        cases = read_oasis3(cohort, max_days=365)
+        cases = read_oasis3(cohort, max_days=365, pairing="nearest", **TRUTH)
     assert not unpaired & {c.session_id for c in cases}
-    assert "no MR session within 365 days" in caplog.text
-    wide = {c.session_id for c in read_oasis3(cohort, max_days=5000)}
+    assert "without an MR session within 365 days" in caplog.text
+    assert all(c.selection["pairing"].startswith("nearest") for c in cases)
+    wide = {c.session_id for c in read_oasis3(cohort, max_days=5000, pairing="nearest", **TRUTH)}
     has_mr = {p.parent.parent.name[len("sub-"):] for p in cohort.glob("sub-*/ses-*/anat")}
     reachable = {s for s in unpaired if s.split("_")[0] in has_mr}
     assert reachable and reachable <= wide
@@ -108,16 +116,5 @@ def test_oasis_reader_explains_a_missing_or_wrong_centiloid_table(tmp_path):
     with pytest.raises(InputError, match="no OASIS3_amyloid_centiloid.csv.*data_layouts"):
         read_oasis3(tmp_path)
     _write(tmp_path / "OASIS3_amyloid_centiloid.csv", "subject_id,oasis_session_id,tracer\n")
-    with pytest.raises(InputError, match="missing column.*Centiloid_fSUVR_TOT_CORTMEAN"):
+    with pytest.raises(InputError, match="missing column.*Centiloid_fSUVR_rsf_TOT_CORTMEAN"):
         read_oasis3(tmp_path)
-
-
-def test_oasis_reader_accepts_the_older_centil_column_names(tmp_path):
-    _write(tmp_path / "sub-OAS30001" / "ses-d0100" / "anat" / "sub-OAS30001_ses-d0100_T1w.nii.gz", "x")
-    _write(tmp_path / "PUP" / "OAS30001_PIB_d0200" / "OAS30001_PIB_d0200_SUVR.nii.gz", "x")
-    _write(tmp_path / "OASIS3_amyloid_centiloid.csv",
-           "subject_id,oasis_session_id,tracer,Centil_fSUVR_TOT_CORTMEAN\n"
-           "OAS30001,OAS30001_PIB_d0200,PIB,25.0\n")
-    (case,) = read_oasis3(tmp_path)
-    assert (case.session_id, case.centiloid, case.label, case.age) == ("OAS30001_PIB_d0200", 25.0, 1, None)
-    assert case.mri["T1w"].name == "sub-OAS30001_ses-d0100_T1w.nii.gz"

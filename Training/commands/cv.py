@@ -18,8 +18,8 @@ import numpy as np
 from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
                                       source_from_args)
 from Training.config import RunConfig
-from Training.evaluation import (compare_paired, evaluate_model, format_comparison, format_table,
-                                 write_json, write_report)
+from Training.metrics import compare_paired, evaluate_model
+from Training.report import format_comparison, format_table, write_json, write_report
 from Training.phases import PHASES
 from Training.splits import cross_validation_splits
 from Training.workflow import (MODEL_NAMES, CohortSource, build_dataset, evaluate_run, load_records,
@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("cv", help="k-fold subject-level cross-validation of all models",
                                    description=__doc__.split("\n\n")[1] if __doc__ else None)
     add_data_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: report.md, metrics, the shared cache and one "
+                             "run folder per fold")
     parser.add_argument("--folds", type=int, default=None, help="number of folds (default: split.n_folds)")
     parser.add_argument("--run-folds", type=int, default=None,
                         help="train only the first K folds (a quicker, partial estimate)")
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: tuple[str, ...],
                    run_folds: int | None = None) -> dict[str, Any]:
-    """Train and test every fold; pool the test predictions; write ``out/cv_report.md``."""
+    """Train and test every fold; pool the test predictions; write ``out/report.md`` (with ``metrics.json`` and ``metrics.csv``)."""
     out.mkdir(parents=True, exist_ok=True)
     if not config.data.cache_dir:
         config.data.cache_dir = str(out / "cache")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from Training.commands.common import add_config_arguments, config_from_args
-from Training.evaluation import format_comparison
+from Training.report import format_comparison
 from Training.workflow import CohortSource, evaluate_run, prepare_run, run_phases
 
 #: Demo cohort: subjects and seed (about 50 cases: some subjects have 2-3 sessions).

@@ -1,21 +1,16 @@
-"""Evaluation of a binary amyloid classifier: the paper's table with bootstrap CIs, the
-validation-F1-optimal threshold, the paired student-vs-baseline comparison, plots and the
-per-run report.
+"""Statistics of a binary amyloid classifier: the paper's metrics with bootstrap CIs, the
+validation-F1-optimal threshold, DeLong's test and the paired student-vs-baseline comparison.
 
 Metrics are computed from confusion counts so that thousands of bootstrap resamples stay
-cheap; ``Testing/test_evaluation.py`` checks every one against scikit-learn.
+cheap; ``Testing/training/test_metrics.py`` checks every one against scikit-learn. Tables,
+figures and report files are in :mod:`Training.report`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -261,179 +256,6 @@ def compare_paired(y_true: Sequence[int] | np.ndarray, scores_a: Sequence[float]
     }
 
 
-# ----------------------------------------------------------------------------- report files
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, data: object) -> None:
-    """Write ``data`` as indented JSON atomically (NaN becomes null)."""
-
-    def clean(obj: object) -> object:
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return None
-        if isinstance(obj, Mapping):
-            return {str(k): clean(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        if isinstance(obj, np.generic):
-            return clean(obj.item())
-        return obj
-
-    _atomic_write_text(Path(path), json.dumps(clean(data), indent=2, sort_keys=True) + "\n")
-
-
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
-             title: str = "ROC on the test cases") -> Path:
-    """ROC curves of several models (name -> (labels, scores)) in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, (y, s) in curves.items():
-        if len(np.unique(y)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="lower right", fontsize=8)
-    return _save_figure(fig, path)
-
-
-def _save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as PNG (creating the folder) and release it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Path,
-                         title: str = "training") -> Path:
-    """Per-epoch losses (left) and validation metrics (right) from an engine history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(h["epoch"]) for h in history]
-    keys = sorted({k for h in history for k in h if k != "epoch" and isinstance(h[k], (int, float))})
-    loss_keys = [k for k in keys if "loss" in k]
-    other_keys = [k for k in keys if k not in loss_keys and k.startswith("val_")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, group, label in ((axes[0], loss_keys, "loss"), (axes[1], other_keys, "validation")):
-        for key in group:
-            ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", markersize=3, label=key)
-        ax.set(xlabel="epoch", ylabel=label, title=f"{title}: {label}")
-        if group:
-            ax.legend(fontsize=7)
-    return _save_figure(fig, path)
-
-
-@dataclass
-class CasePrediction:
-    """One test case's outcome, as written to ``predictions.csv``."""
-
-    case_id: str
-    subject_id: str
-    label: int
-    probability: float
-    centiloid: float = float("nan")
-
-
-def write_predictions(path: str | Path, predictions: Sequence[CasePrediction],
-                      thresholds: Mapping[str, float]) -> Path:
-    """Per-case predictions with the call at each threshold (columns ``pred_<name>``)."""
-    path = Path(path)
-    fields = list(asdict(predictions[0]).keys()) if predictions else ["case_id"]
-    fields += [f"pred_{name}" for name in thresholds]
-    lines: list[dict[str, object]] = []
-    for p in predictions:
-        row: dict[str, object] = asdict(p)
-        row.update({f"pred_{name}": int(p.probability >= t) for name, t in thresholds.items()})
-        lines.append(row)
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(lines)
-    _atomic_write_text(path, buffer.getvalue())
-    return path
-
-
-def metrics_rows(model: str, results: Mapping[str, Mapping[str, Mapping[str, float]]]
-                 ) -> list[dict[str, object]]:
-    """Flatten ``{threshold_name: evaluate_predictions(...)}`` into CSV rows."""
-    rows = []
-    for threshold_name, metrics in results.items():
-        for metric, v in metrics.items():
-            if metric == "threshold":
-                continue
-            rows.append({"model": model, "threshold": threshold_name, "metric": metric,
-                         "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"]})
-    return rows
-
-
-def write_metrics_csv(path: str | Path, rows: Sequence[Mapping[str, object]]) -> Path:
-    """Long-format metrics table: model, threshold, metric, value, ci_low, ci_high."""
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["model", "threshold", "metric", "value",
-                                                "ci_low", "ci_high"])
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write_text(Path(path), buffer.getvalue())
-    return Path(path)
-
-
-def format_table(model_results: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
-                 thresholds: Mapping[str, Mapping[str, float]] | None = None) -> str:
-    """The paper's table as text: one row per (model, threshold), value [95 % CI] per metric."""
-    header = ["model", "theta"] + [m.upper() if m in ("f1", "npv", "auc") else m.capitalize()
-                                   for m in ALL_METRICS]
-    rows = [header]
-    for model, per_threshold in model_results.items():
-        for threshold_name, metrics in per_threshold.items():
-            theta = (thresholds or {}).get(model, {}).get(threshold_name)
-            label = threshold_name if theta is None else f"{threshold_name} ({theta:.2f})"
-            cells = [model, label]
-            for m in ALL_METRICS:
-                v = metrics[m]
-                cells.append(f"{v['value']:.3f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}]")
-            rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def format_comparison(comparison: Mapping[str, object]) -> str:
-    """One paragraph: the paired AUC difference with DeLong p and bootstrap CI."""
-    d = comparison["delong"]
-    b = comparison["bootstrap"]
-    assert isinstance(d, Mapping) and isinstance(b, Mapping)
-    return (f"{comparison['model_a']} vs {comparison['model_b']} on {comparison['n_cases']} "
-            f"identical test cases: AUC {d['auc_a']:.3f} vs {d['auc_b']:.3f}, "
-            f"difference {d['difference']:+.3f} (DeLong 95% CI [{d['ci_low']:+.3f}, "
-            f"{d['ci_high']:+.3f}], p = {d['p_value']:.3g}; paired bootstrap 95% CI "
-            f"[{b['ci_low']:+.3f}, {b['ci_high']:+.3f}])")
-
-
 def evaluate_model(y_true: Sequence[int] | np.ndarray, test_probabilities: Sequence[float] | np.ndarray,
                    optimal_threshold: float, config: EvalConfig | None = None
                    ) -> dict[str, dict[str, dict[str, float]]]:
@@ -441,30 +263,3 @@ def evaluate_model(y_true: Sequence[int] | np.ndarray, test_probabilities: Seque
     config = config or EvalConfig()
     return {"default": evaluate_predictions(y_true, test_probabilities, config.default_threshold, config),
             "optimal": evaluate_predictions(y_true, test_probabilities, optimal_threshold, config)}
-
-
-def write_report(run_dir: str | Path, model_results: Mapping[str, Mapping[str, object]],
-                 thresholds: Mapping[str, Mapping[str, float]],
-                 comparisons: Sequence[Mapping[str, object]] = (),
-                 figures: Sequence[str] = (), extra: Mapping[str, object] | None = None) -> Path:
-    """Write ``metrics.json``, ``metrics.csv`` and ``report.md`` into ``run_dir``; returns the report."""
-    run_dir = Path(run_dir)
-    rows = []
-    for model, per_threshold in model_results.items():
-        rows += metrics_rows(model, per_threshold)  # type: ignore[arg-type]
-    write_metrics_csv(run_dir / "metrics.csv", rows)
-    write_json(run_dir / "metrics.json", {"models": model_results, "thresholds": thresholds,
-                                          "comparisons": list(comparisons), **(extra or {})})
-    lines = ["# AmyloidKD evaluation report", "",
-             "Metrics on the held-out test cases; brackets are percentile-bootstrap 95 % CIs. "
-             "`default` uses θ = 0.5, `optimal` the θ that maximised F1 on validation.", "",
-             "```", format_table(model_results, thresholds), "```", ""]  # type: ignore[arg-type]
-    if comparisons:
-        lines += ["## Paired comparison", ""] + [f"- {format_comparison(c)}" for c in comparisons] + [""]
-    if figures:
-        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
-    lines += ["Files: `metrics.json`, `metrics.csv`, `predictions_<model>.csv`, `config.json`, "
-              "`checkpoints/`.", ""]
-    report = run_dir / "report.md"
-    _atomic_write_text(report, "\n".join(lines))
-    return report

@@ -1,0 +1,111 @@
+"""What the panel shows while a prediction runs, and after it ended, without Qt.
+
+:class:`PredictionController` owns the one running job. Every way a run can end - done,
+failed, cancelled, or failing to start - leaves it idle (so Apply works again) and gives an
+:class:`Outcome` whose ``status`` is the line the panel shows. The widget in
+``AmyloidKD.py`` only forwards button clicks and timer ticks to it and copies the outcome
+into its labels.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from AmyloidKDModuleLib.errors import ModuleError
+from AmyloidKDModuleLib.runner import ProcessEvent
+from AmyloidKDModuleLib.scene import (
+    PredictionJob,
+    PredictionResult,
+    cancel_prediction,
+    finish_prediction,
+)
+
+
+def failure_text(error: BaseException) -> str:
+    """One readable paragraph for an error: the message of a ModuleError, else type and message."""
+    if isinstance(error, ModuleError):
+        return str(error) or "unknown error"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@dataclass
+class Outcome:
+    """How a run ended, for the panel: a status line, the result, or the reason it failed."""
+
+    status: str
+    result: PredictionResult | None = None
+    error: str | None = None  # the full reason, for an error dialog
+    details: str = ""  # traceback or the command's last output lines
+
+    @property
+    def ok(self) -> bool:
+        """True when there is a result to show."""
+        return self.result is not None
+
+
+class PredictionController:
+    """Start, follow, finish and cancel one prediction for the panel (never leaves it stuck).
+
+    ``scene`` and ``volumes_logic`` are where results are loaded (``slicer.mrmlScene`` and
+    ``slicer.modules.volumes.logic()`` in Slicer).
+    """
+
+    def __init__(self, scene, volumes_logic, finish: Callable[..., PredictionResult] = finish_prediction) -> None:
+        self.scene = scene
+        self.volumes_logic = volumes_logic
+        self.job: PredictionJob | None = None
+        self._finish = finish
+
+    @property
+    def running(self) -> bool:
+        """True while a job is started and not yet finished or cancelled."""
+        return self.job is not None
+
+    def start(self, start_job: Callable[[], PredictionJob]) -> Outcome | None:
+        """Run ``start_job`` (export + launch); returns a failed Outcome instead of raising."""
+        if self.job is not None:
+            return Outcome("Failed: a prediction is already running; cancel it first.",
+                           error="a prediction is already running; cancel it first.")
+        try:
+            self.job = start_job()
+        except Exception as error:  # shown in the panel; Apply stays usable
+            self.job = None
+            return Outcome(f"Failed to start: {failure_text(error).splitlines()[0]}", error=failure_text(error),
+                           details=traceback.format_exc())
+        return None
+
+    def poll(self) -> list[ProcessEvent]:
+        """New output of the running job (empty when idle)."""
+        return self.job.process.poll() if self.job is not None else []
+
+    @property
+    def finished(self) -> bool:
+        """True when the running job's process has ended and its output is read."""
+        return self.job is not None and self.job.process.finished
+
+    def finish(self, settings=None) -> Outcome:
+        """Load the finished job's results; the controller is idle afterwards, whatever happened."""
+        job, self.job = self.job, None
+        if job is None:
+            return Outcome("Nothing is running.")
+        try:
+            result = self._finish(self.scene, self.volumes_logic, job, settings)
+        except Exception as error:
+            reason = failure_text(error)
+            return Outcome(f"Failed: {reason.splitlines()[0]}", error=reason,
+                           details=job.process.tail() or traceback.format_exc())
+        return Outcome(f"Done in {result.seconds_total:.0f} s", result=result)
+
+    def cancel(self) -> Outcome:
+        """Stop the running job and everything it started; idle afterwards."""
+        job, self.job = self.job, None
+        if job is None:
+            return Outcome("Nothing is running.")
+        try:
+            cancel_prediction(job)
+        except Exception as error:
+            return Outcome(f"Cancelled, but stopping it failed: {failure_text(error)}", error=failure_text(error))
+        return Outcome("Cancelled")

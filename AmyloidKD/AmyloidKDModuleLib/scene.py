@@ -1,0 +1,452 @@
+"""Everything the AmyloidKD module does with MRML, without Qt.
+
+Each function takes the MRML scene (and, where volumes are loaded, the volumes logic) as
+arguments, so it runs the same in Slicer (``slicer.mrmlScene``,
+``slicer.modules.volumes.logic()``) and on Slicer's core from PyPI (``slicer-core``,
+``trame-slicer``) in the tests. Nothing here imports Slicer, Qt or VTK: MRML objects are
+only used through the scene and the nodes they hand back.
+
+What lives here:
+
+- writing the MRI node to NIfTI through Slicer's own storage node, running the prediction
+  command on it (:func:`start_prediction`, :func:`finish_prediction`, :func:`cancel_prediction`);
+- loading the outputs as nodes: the saliency volume and the top-regions label map with a
+  colour table of its own whose entries name the regions;
+- the overlay display (colour, window, threshold, opacity, label outline);
+- the *overlay arrangement* (which saliency, top regions and PET belong to which MRI, PET or
+  MRI underneath, opacity), stored as node references and attributes on the MRI node, so it
+  is saved with the scene (``.mrb``) and needs no slice view to exist;
+- laying out the slice views for one case, touching only the views that show that case.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from AmyloidKDModuleLib.errors import ModuleError
+from AmyloidKDModuleLib.runner import (
+    BackgroundProcess,
+    CaseResult,
+    PredictRequest,
+    build_predict_command,
+    describe_exit,
+    read_results,
+    resolve_checkpoint,
+)
+
+#: Node reference roles (MRI node -> its outputs and PET) and attribute names used by the module.
+ROLE_SALIENCY = "AmyloidKD.saliency"
+ROLE_TOP_REGIONS = "AmyloidKD.topRegions"
+ROLE_PET = "AmyloidKD.pet"
+ROLE_MRI = "AmyloidKD.mri"  # output node -> the MRI it was computed for
+ATTRIBUTE_ROLE = "AmyloidKD.role"  # "saliency" | "topRegions" | "colorTable" on the module's own nodes
+ATTRIBUTE_BACKGROUND = "AmyloidKD.background"  # "mri" | "pet"
+ATTRIBUTE_OPACITY = "AmyloidKD.opacity"
+RESULT_ATTRIBUTES = ("probability", "label", "threshold", "checkpoint")
+TOP_REGIONS_COLOR_TABLE_NAME = "AmyloidKD top regions"
+#: Label values 1..255 (uint8); 1 is the region with the highest summed saliency.
+MAX_TOP_REGIONS = 255
+#: Outline colours of the top regions, cycled (chosen to stand out against the Iron overlay).
+TOP_REGION_COLORS = (
+    (0.0, 1.0, 1.0), (0.2, 1.0, 0.2), (0.35, 0.55, 1.0), (1.0, 0.35, 1.0),
+    (1.0, 1.0, 1.0), (0.6, 1.0, 0.8), (0.7, 0.5, 1.0), (0.3, 0.8, 0.6),
+)
+
+
+@dataclass
+class OverlaySettings:
+    """How results are shown: saliency as a coloured foreground, top regions as an outlined label layer."""
+
+    saliencyColorNodeID: str = "vtkMRMLColorTableNodeIron"  # procedural hot scale Slicer always creates
+    foregroundOpacity: float = 0.5
+    labelOpacity: float = 1.0
+    saliencyLowerThreshold: float = 0.2  # saliency below this is transparent, so the MRI shows
+    labelOutline: bool = True  # top regions drawn as outlines, the saliency stays visible inside
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def safe_case_name(name: str) -> str:
+    """A file-name-safe case name from a node name (``"T1 (copy)"`` -> ``"T1_copy"``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name or "").strip("_") or "mri"
+
+
+def nodes_by_class(scene: "vtkMRMLScene", class_name: str) -> Iterator[Any]:
+    """Every node of ``class_name`` (and its subclasses) in ``scene``."""
+    for index in range(scene.GetNumberOfNodesByClass(class_name)):
+        yield scene.GetNthNodeByClass(index, class_name)
+
+
+def _node_id(mrml_node: "vtkMRMLNode") -> str | None:
+    return mrml_node.GetID() if mrml_node is not None else None
+
+
+# --- files <-> nodes --------------------------------------------------------------------------
+
+
+def export_volume(scene: "vtkMRMLScene", volume_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike) -> Path:
+    """Write ``volume_node`` to ``path`` (NIfTI) with Slicer's own volume storage node.
+
+    The file holds the node's own IJK-to-RAS geometry: a parent transform is *not* hardened
+    into it (outputs are placed under the same transform instead, see :func:`load_outputs`).
+    The file is written under a temporary name and renamed, so no half-written file remains.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else target.suffix
+    temporary = target.with_name(f".{target.name}.part{suffix}")
+    storage: "vtkMRMLVolumeArchetypeStorageNode" = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    try:
+        storage.SetFileName(str(temporary))
+        storage.SetUseCompression(1)
+        if not storage.WriteData(volume_node) or not temporary.is_file():
+            raise ModuleError(f"could not write {volume_node.GetName()} to {target}; check free disk space "
+                              "and that the folder is writable.")
+        os.replace(temporary, target)
+    finally:
+        scene.RemoveNode(storage)
+        if temporary.exists():
+            temporary.unlink()
+    return target
+
+
+def top_regions_color_table(scene: "vtkMRMLScene"):
+    """The colour table naming the top regions (created once per scene, then reused).
+
+    Entry 0 is transparent background; entry k is "AmyloidKD top region k" (1 = highest
+    summed saliency), so Slicer's Data Probe names the region under the mouse.
+    """
+    table: "vtkMRMLColorTableNode"
+    for table in nodes_by_class(scene, "vtkMRMLColorTableNode"):
+        if table.GetAttribute(ATTRIBUTE_ROLE) == "colorTable":
+            return table
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode")
+    table.SetName(TOP_REGIONS_COLOR_TABLE_NAME)
+    table.SetAttribute(ATTRIBUTE_ROLE, "colorTable")
+    table.SetTypeToUser()
+    table.SetNumberOfColors(MAX_TOP_REGIONS + 1)
+    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for rank in range(1, MAX_TOP_REGIONS + 1):
+        red, green, blue = TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)]
+        table.SetColor(rank, top_region_name(rank), red, green, blue, 1.0)
+    table.SetNamesInitialised(1)
+    return table
+
+
+def top_region_name(rank: int) -> str:
+    """What label ``rank`` of a top-regions map means."""
+    if rank == 1:
+        return "AmyloidKD top region 1 (highest saliency)"
+    return f"AmyloidKD top region {rank}"
+
+
+def apply_overlay_display(saliency_node: "vtkMRMLScalarVolumeNode", top_regions_node: "vtkMRMLLabelMapVolumeNode",
+                          color_table: "vtkMRMLColorTableNode", settings: OverlaySettings) -> None:
+    """Saliency: hot colour scale, window 0..1, values below the threshold transparent.
+    Top regions: the module's own named colour table."""
+    display: "vtkMRMLScalarVolumeDisplayNode" = saliency_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(settings.saliencyColorNodeID)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetThreshold(settings.saliencyLowerThreshold, 1.0)
+    display.ApplyThresholdOn()
+    display.SetInterpolate(0)
+    label_display: "vtkMRMLLabelMapVolumeDisplayNode" = top_regions_node.GetDisplayNode()
+    label_display.SetAndObserveColorNodeID(color_table.GetID())
+
+
+@dataclass
+class CaseOverlay:
+    """The overlay arrangement of one MRI, as stored on its node (see :func:`link_outputs`)."""
+
+    mri: Any
+    saliency: Any = None
+    top_regions: Any = None
+    pet: Any = None
+    pet_as_background: bool = False
+    opacity: float = OverlaySettings.foregroundOpacity
+
+    @property
+    def background(self):
+        """The volume shown underneath: the PET when chosen and present, else the MRI."""
+        return self.pet if self.pet_as_background and self.pet is not None else self.mri
+
+
+def link_outputs(mri_node: "vtkMRMLScalarVolumeNode", saliency_node: "vtkMRMLScalarVolumeNode",
+                 top_regions_node: "vtkMRMLLabelMapVolumeNode") -> None:
+    """Record on the nodes which outputs belong to which MRI (saved with the scene)."""
+    mri_node.SetNodeReferenceID(ROLE_SALIENCY, _node_id(saliency_node))
+    mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS, _node_id(top_regions_node))
+    output: "vtkMRMLScalarVolumeNode"
+    for output, role in ((saliency_node, "saliency"), (top_regions_node, "topRegions")):
+        if output is not None:
+            output.SetAttribute(ATTRIBUTE_ROLE, role)
+            output.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+
+
+def store_view_choice(mri_node: "vtkMRMLScalarVolumeNode", pet_node: "vtkMRMLScalarVolumeNode" = None, pet_as_background: bool | None = None,
+                      opacity: float | None = None) -> None:
+    """Record the PET and the display choices of ``mri_node``'s overlay on the node itself."""
+    mri_node.SetNodeReferenceID(ROLE_PET, _node_id(pet_node))
+    if pet_as_background is not None:
+        mri_node.SetAttribute(ATTRIBUTE_BACKGROUND, "pet" if pet_as_background else "mri")
+    if opacity is not None:
+        mri_node.SetAttribute(ATTRIBUTE_OPACITY, f"{float(opacity):.4g}")
+
+
+def case_overlay(mri_node: "vtkMRMLScalarVolumeNode") -> CaseOverlay | None:
+    """The overlay arrangement stored on ``mri_node``; None when it has no AmyloidKD result."""
+    if mri_node is None:
+        return None
+    saliency = mri_node.GetNodeReference(ROLE_SALIENCY)
+    top_regions = mri_node.GetNodeReference(ROLE_TOP_REGIONS)
+    if saliency is None and top_regions is None:
+        return None
+    opacity = mri_node.GetAttribute(ATTRIBUTE_OPACITY)
+    return CaseOverlay(mri=mri_node, saliency=saliency, top_regions=top_regions,
+                       pet=mri_node.GetNodeReference(ROLE_PET),
+                       pet_as_background=mri_node.GetAttribute(ATTRIBUTE_BACKGROUND) == "pet",
+                       opacity=float(opacity) if opacity else OverlaySettings.foregroundOpacity)
+
+
+def result_attributes(output: "vtkMRMLScalarVolumeNode") -> dict[str, str]:
+    """The prediction numbers stored on an output node (probability, label, threshold, checkpoint)."""
+    values = {}
+    for name in RESULT_ATTRIBUTES:
+        value = output.GetAttribute(f"AmyloidKD.{name}") if output is not None else None
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def load_outputs(scene: "vtkMRMLScene", volumes_logic, mri_node: "vtkMRMLScalarVolumeNode", saliency_path: str | os.PathLike,
+                 top_regions_path: str | os.PathLike, attributes: Mapping[str, Any] | None = None,
+                 settings: OverlaySettings | None = None, temporary_files: bool = False):
+    """Load a case's saliency and top-regions files as nodes next to ``mri_node``.
+
+    Both are read by Slicer's own reader, put under the MRI's parent transform (they are on
+    the grid of the file the MRI node was exported to), given the overlay display, the
+    result attributes (``AmyloidKD.probability`` ...) and linked to the MRI. With
+    ``temporary_files`` the files are about to be deleted: the nodes are marked modified so
+    that Slicer's Save dialog offers them. Returns ``(saliency_node, top_regions_node)``.
+    """
+    settings = settings or OverlaySettings()
+    name = mri_node.GetName()
+    saliency: "vtkMRMLScalarVolumeNode" = volumes_logic.AddArchetypeVolume(str(saliency_path), f"{name} AmyloidKD saliency", 0)
+    if saliency is None:
+        raise ModuleError(f"Slicer could not read the saliency map {saliency_path}.")
+    top_regions: "vtkMRMLLabelMapVolumeNode" = volumes_logic.AddArchetypeVolume(str(top_regions_path), f"{name} AmyloidKD top regions", 1)
+    if top_regions is None:
+        scene.RemoveNode(saliency)
+        raise ModuleError(f"Slicer could not read the top-regions map {top_regions_path}.")
+    for output in (saliency, top_regions):
+        output.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+        for key, value in (attributes or {}).items():
+            output.SetAttribute(f"AmyloidKD.{key}", str(value))
+        if temporary_files:
+            output.StorableModified()
+    apply_overlay_display(saliency, top_regions, top_regions_color_table(scene), settings)
+    link_outputs(mri_node, saliency, top_regions)
+    return saliency, top_regions
+
+
+# --- slice views ------------------------------------------------------------------------------
+
+
+def _amyloidkd_outputs(scene: "vtkMRMLScene") -> set[str]:
+    ids = set()
+    output: "vtkMRMLScalarVolumeNode"
+    for output in nodes_by_class(scene, "vtkMRMLScalarVolumeNode"):
+        if output.GetAttribute(ATTRIBUTE_ROLE) in ("saliency", "topRegions"):
+            ids.add(output.GetID())
+    return ids
+
+
+def _slice_node(scene: "vtkMRMLScene", layout_name: str):
+    slice_node: "vtkMRMLSliceNode"
+    for slice_node in nodes_by_class(scene, "vtkMRMLSliceNode"):
+        if slice_node.GetLayoutName() == layout_name:
+            return slice_node
+    return None
+
+
+def views_showing(scene: "vtkMRMLScene", volume_ids: Iterable[str]) -> list[str]:
+    """Layout names of the slice views that show any of ``volume_ids`` in any layer, or nothing at all."""
+    wanted = {v for v in volume_ids if v}
+    names = []
+    composite: "vtkMRMLSliceCompositeNode"
+    for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
+        layers = {composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()}
+        if layers & wanted or not any(layers):
+            names.append(composite.GetLayoutName())
+    return names
+
+
+def show_case(scene: "vtkMRMLScene", overlay: CaseOverlay, previous: Iterable[Any] = (),
+              settings: OverlaySettings | None = None) -> list[str]:
+    """Show one case in the slice views that concern it; returns their layout names.
+
+    A view concerns the case when it is empty, or shows the case's MRI or PET, any
+    AmyloidKD output, or one of the ``previous`` nodes (what was selected before). Views
+    showing other volumes are left as they are. An MRI without a result gets no
+    foreground and no label layer, so nothing stale is drawn over it.
+    """
+    settings = settings or OverlaySettings()
+    concerned = {_node_id(overlay.mri), _node_id(overlay.pet)} | {_node_id(n) for n in previous}
+    concerned |= _amyloidkd_outputs(scene)
+    names = views_showing(scene, concerned)
+    composite: "vtkMRMLSliceCompositeNode"
+    for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
+        if composite.GetLayoutName() not in names:
+            continue
+        composite.SetBackgroundVolumeID(_node_id(overlay.background))
+        composite.SetForegroundVolumeID(_node_id(overlay.saliency))
+        composite.SetLabelVolumeID(_node_id(overlay.top_regions))
+        composite.SetForegroundOpacity(overlay.opacity)
+        composite.SetLabelOpacity(settings.labelOpacity)
+        slice_node: "vtkMRMLSliceNode" = _slice_node(scene, composite.GetLayoutName())
+        if slice_node is not None:
+            slice_node.SetUseLabelOutline(int(settings.labelOutline))
+    return names
+
+
+def set_overlay_opacity(scene: "vtkMRMLScene", overlay: CaseOverlay, opacity: float) -> list[str]:
+    """Change the saliency opacity in the views whose foreground is this case's saliency only."""
+    store_view_choice(overlay.mri, overlay.pet, opacity=opacity)
+    overlay.opacity = float(opacity)
+    changed = []
+    composite: "vtkMRMLSliceCompositeNode"
+    for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
+        if overlay.saliency is not None and composite.GetForegroundVolumeID() == overlay.saliency.GetID():
+            composite.SetForegroundOpacity(float(opacity))
+            changed.append(composite.GetLayoutName())
+    return changed
+
+
+# --- one prediction, from node to nodes ---------------------------------------------------------
+
+
+@dataclass
+class PredictionJob:
+    """A prediction running in the background, with what is needed to load its results.
+
+    ``work_directory`` (the exported MRI, and the outputs unless ``keep_outputs``) is always
+    removed when the job is finished or cancelled.
+    """
+
+    process: BackgroundProcess
+    request: PredictRequest
+    case_name: str
+    mri_node: Any
+    pet_node: Any
+    work_directory: Path
+    keep_outputs: bool
+
+
+@dataclass
+class PredictionResult:
+    """What one prediction gives back: numbers for the panel and the new output nodes."""
+
+    case_name: str
+    probability: float
+    label: int
+    label_text: str
+    threshold: float
+    seconds: dict
+    saliency_node: Any
+    top_regions_node: Any
+    output_directory: Path | None
+    log: list = field(default_factory=list)
+
+    @property
+    def seconds_total(self) -> float:
+        """Wall time the prediction command reported for this case."""
+        return float(self.seconds.get("total") or 0.0)
+
+
+def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
+                     checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = "hd-bet-v1",
+                     output_directory: str | os.PathLike | None = None,
+                     temporary_root: str | os.PathLike | None = None) -> PredictionJob:
+    """Export the MRI node and start the prediction command on it (returns at once).
+
+    The exported MRI goes to a new folder under ``temporary_root`` that is removed when the
+    job ends; the command's files go to ``output_directory`` when given (kept), else there too.
+    """
+    if mri_node is None:
+        raise ModuleError("select an MRI volume first.")
+    if checkpoint is None or not str(checkpoint).strip(". "):
+        raise ModuleError("select a checkpoint (the folder with model.safetensors and checkpoint.json).")
+    checkpoint_dir = resolve_checkpoint(checkpoint)
+    if temporary_root is not None:
+        Path(temporary_root).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="AmyloidKD-", dir=temporary_root))
+    try:
+        case = safe_case_name(mri_node.GetName())
+        input_path = export_volume(scene, mri_node, work / "input" / f"{case}.nii.gz")
+        out_dir = Path(output_directory) if output_directory else work / "output"
+        request = PredictRequest(input_path, checkpoint_dir, out_dir, device=device, skull_strip=skull_strip)
+        process = BackgroundProcess.start(build_predict_command(python_executable, request), env=env, cwd=work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if pet_node is not None:
+        store_view_choice(mri_node, pet_node)
+    return PredictionJob(process, request, case, mri_node, pet_node, work, keep_outputs=output_directory is not None)
+
+
+def cancel_prediction(job: PredictionJob) -> None:
+    """Stop the job's whole process tree and remove its temporary files."""
+    try:
+        job.process.cancel()
+    finally:
+        shutil.rmtree(job.work_directory, ignore_errors=True)
+
+
+def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
+                      settings: OverlaySettings | None = None) -> PredictionResult:
+    """Read the finished job's results and load its outputs as nodes linked to the MRI.
+
+    Raises ModuleError with the reason when the run was cancelled, failed, or wrote
+    nothing usable. The temporary folder is removed in every case.
+    """
+    try:
+        job.process.poll()
+        returncode = job.process.returncode
+        if job.process.cancelled:
+            raise ModuleError("the prediction was cancelled.")
+        if returncode is None:
+            raise ModuleError("the prediction is still running.")
+        if returncode not in (0, 1):
+            last = next((line.strip() for line in reversed(job.process.log) if line.strip()), "no output")
+            raise ModuleError(f"the prediction stopped ({describe_exit(returncode)}): {last}\n\n"
+                              f"Its last output lines:\n{job.process.tail()}")
+        rows = [r for r in read_results(job.request.out_dir) if r.case == job.case_name]
+        if not rows:
+            raise ModuleError(f"results.csv has no row for {job.case_name}:\n{job.process.tail()}")
+        row: CaseResult = rows[0]
+        if not row.ok:
+            raise ModuleError(f"the prediction failed for {job.mri_node.GetName()}: {row.error}")
+        missing = row.outputs.missing()
+        if missing:
+            raise ModuleError("the prediction did not write " + ", ".join(str(p) for p in missing))
+        attributes = {"probability": f"{row.probability:.6f}", "label": row.label,
+                      "threshold": f"{row.threshold:.6f}", "checkpoint": job.request.checkpoint}
+        saliency, top_regions = load_outputs(scene, volumes_logic, job.mri_node, row.outputs.saliency,
+                                             row.outputs.top_regions, attributes, settings,
+                                             temporary_files=not job.keep_outputs)
+    finally:
+        shutil.rmtree(job.work_directory, ignore_errors=True)
+    return PredictionResult(
+        case_name=row.case, probability=row.probability, label=row.label, label_text=row.label_text,
+        threshold=row.threshold, seconds=dict(row.seconds), saliency_node=saliency,
+        top_regions_node=top_regions, output_directory=job.request.out_dir if job.keep_outputs else None,
+        log=list(job.process.log))

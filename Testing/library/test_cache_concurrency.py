@@ -62,6 +62,17 @@ def test_processes_preparing_the_same_cases_into_one_cache_all_succeed_and_agree
         stored = load_prepared(cache / key)
         assert float(stored.mri.data.sum(dtype=np.float64)) == mri_sum
 
+    # A damaged entry is not deleted (another process may be reading it): the case is prepared
+    # again, returned, and the entry left as it was.
+    from AmyloidKDLib.pipeline import PrepConfig, prepare_case
+    from AmyloidKDLib.volume import load_volume
+
+    damaged = cache / outcomes[0][0][0]
+    (damaged / "mask.nii.gz").write_bytes(b"not a volume")
+    case = prepare_case(load_volume(two_cases[0]), None, PrepConfig.preset("fast"), cache_dir=cache)
+    assert float(case.mask.data.sum()) > 1000
+    assert (damaged / "mask.nii.gz").read_bytes() == b"not a volume"
+
 
 def _preprocess(t1: str, out: Path, *extra: str) -> np.ndarray:
     env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}

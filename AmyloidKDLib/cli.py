@@ -12,7 +12,7 @@ subcommand; help text on every option (checked by a test); and these exit codes:
 ====  ==========================================================================
 0     success
 1     some cases failed (batch commands only; the other cases were processed)
-2     bad usage or input: one line on stderr saying what to change
+2     bad usage or input, or no room to write: one line on stderr saying what to change
 3     internal error (a bug): one line on stderr and the file the traceback went to
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from AmyloidKDLib.atomic import is_disk_full
 from AmyloidKDLib.errors import AmyloidKDError, DependencyError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
@@ -148,6 +149,14 @@ def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
         print(f"amyloidkd {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+        if is_disk_full(exc):  # not a bug: the user frees space and runs the command again
+            filename = getattr(exc, "filename", None)
+            reason = getattr(exc, "strerror", None) or exc
+            where = f" while writing {filename}" if filename else ""
+            print(f"amyloidkd {args.command}: error: no room to write{where} ({reason}: the disk "
+                  "is full or a file-size limit was reached); nothing half-written was kept - "
+                  "free space and run the same command again", file=sys.stderr)
+            return EXIT_USAGE
         where = _log_internal_error(args.command)
         logged = f"traceback in {where}" if where else "no traceback log could be written"
         print(f"amyloidkd {args.command}: internal error: {type(exc).__name__}: {exc} ({logged}; "

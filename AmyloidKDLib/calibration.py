@@ -26,14 +26,18 @@ class PlattFit:
     offset: float
 
 
-def fit_platt(logits: np.ndarray, labels: np.ndarray, c: float = 1.0, max_iter: int = 100,
+def fit_platt(logits: np.ndarray, labels: np.ndarray, c: float = 1.0, max_iter: int = 1000,
               tol: float = 1e-10) -> PlattFit | None:
     """Platt scaling of ``logits`` against binary ``labels``; None when it cannot be fitted.
 
+    The fit is scikit-learn's ``LogisticRegression(C=c)`` on the standardised logit (a
+    training-only dependency, imported here so that applying a fitted map never needs it).
     None (keep the raw logits) when the labels hold one class only, when the logits are all
     equal, or when the fitted slope is not positive (the model ranks these cases backwards,
     and a reversal learned from a handful of validation cases is not to be trusted).
     """
+    from sklearn.linear_model import LogisticRegression
+
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if z.size != y.size:
@@ -45,18 +49,10 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, c: float = 1.0, max_iter: 
     if not np.isfinite(sd) or sd <= 1e-12 * max(1.0, abs(mean)):
         logger.warning("calibration skipped: every validation logit is the same")
         return None
-    x = (z - mean) / sd
-    a, b = 0.0, float(np.log(y.mean() / (1 - y.mean())))
-    for _ in range(max_iter):  # Newton's method on the convex 2-parameter objective
-        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
-        w = p * (1 - p)
-        grad = np.array([np.sum((p - y) * x) + a / c, np.sum(p - y)])
-        hess = np.array([[np.sum(w * x * x) + 1.0 / c, np.sum(w * x)],
-                         [np.sum(w * x), np.sum(w)]])
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.max(np.abs(step)) < tol:
-            break
+    # Standardised, so that the penalty a^2 / (2C) means the same whatever the logits' spread.
+    x = ((z - mean) / sd)[:, None]
+    regression = LogisticRegression(C=c, tol=tol, max_iter=max_iter).fit(x, y.astype(int))
+    a, b = float(regression.coef_[0, 0]), float(regression.intercept_[0])
     if a <= 0:
         logger.warning("calibration skipped: the validation cases are ranked backwards (slope %.3g)", a)
         return None

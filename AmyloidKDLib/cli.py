@@ -17,12 +17,15 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 
-from AmyloidKDLib.errors import AmyloidKDError
+from AmyloidKDLib.errors import AmyloidKDError, DependencyError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
 LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom")
 
 EXIT_USAGE = 2
+#: Top-level modules of the ``[train]`` extra (accelerate, scikit-learn, pyyaml): without them
+#: the pipeline's subcommands are listed but say how to install them.
+TRAIN_EXTRA = ("accelerate", "sklearn", "yaml")
 
 
 def build_parser(command_modules: Iterable[str] = ()) -> argparse.ArgumentParser:
@@ -34,8 +37,32 @@ def build_parser(command_modules: Iterable[str] = ()) -> argparse.ArgumentParser
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [f"AmyloidKDLib.commands.{name}" for name in LIBRARY_COMMANDS] + list(command_modules)
     for module_name in modules:
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if module_name.startswith("AmyloidKDLib.") or missing not in TRAIN_EXTRA:
+                raise
+            _register_unavailable(subparsers, module_name.rsplit(".", 1)[-1], missing)
+            continue
+        module.register(subparsers)
     return parser
+
+
+def _register_unavailable(subparsers, name: str, missing: str) -> None:
+    """List pipeline command ``name`` whose module needs ``missing`` (not installed): running
+    it says which extra to install instead of failing at start-up for every command."""
+    message = (f"'amyloidkd {name}' needs the training extra (the '{missing}' module is not "
+               "installed): pip install 'amyloidkd[train]'")
+    # no option prefix: every argument is taken as is, so any command line reaches the message
+    command = subparsers.add_parser(name, help="(not installed: pip install 'amyloidkd[train]')",
+                                    prefix_chars="\x00", add_help=False)
+    command.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        raise DependencyError(message)
+
+    command.set_defaults(func=unavailable)
 
 
 def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:

@@ -277,14 +277,7 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
                           threshold=threshold)
 
 
-def region_contrast(saliency: np.ndarray, region: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
-    """Mean saliency inside ``region`` and in the rest of ``brain`` (a quick evidence check)."""
-    region = np.asarray(region) > 0.5
-    rest = (np.asarray(brain) > 0.5) & ~region
-    return float(saliency[region].mean()), float(saliency[rest].mean())
-
-
 __all__: Sequence[str] = (
     "SaliencyConfig", "SaliencyResult", "SliceMaps", "slice_gradcam", "scale_in_brain", "top_region_labels",
-    "saliency_volumes", "gradcam_parts", "region_contrast", "SALIENCY_TARGETS",
+    "saliency_volumes", "gradcam_parts", "SALIENCY_TARGETS",
 )

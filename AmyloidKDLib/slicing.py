@@ -4,8 +4,8 @@ The informative sagittal range is the run of planes whose brain content (mask vo
 the plane, relative to the fullest plane) is above ``min_brain_fraction``; ``n_slices``
 planes are spread uniformly over it in anatomical order (left -> right). Each plane is
 shown with superior at the top and anterior on the right, padded to a square (no aspect
-distortion), resized, repeated to 3 channels and CLIP-normalised. The plane positions are
-kept, so a 2-D map per slice can be placed back into the volume (:meth:`SliceStack.place_back`).
+distortion), resized, repeated to 3 channels and normalised with the encoder's pretrained
+mean/std (CLIP's, for every encoder we ship). The plane positions are kept, so a 2-D map per slice can be placed back into the volume (:meth:`SliceStack.place_back`).
 """
 
 from __future__ import annotations
@@ -18,34 +18,42 @@ import torch.nn.functional as F
 
 from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError, InputError
+from AmyloidKDLib.models.encoders import get_encoder_spec
 from AmyloidKDLib.volume import Volume
-
-#: OpenAI CLIP normalisation, which BiomedCLIP also uses.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class SliceConfig:
-    """Which sagittal slices the encoder sees, and how they are turned into images."""
+    """Which sagittal slices the encoder sees, and how they are turned into images.
+
+    The intensity normalisation is not a setting: it is the ``mean``/``std`` of ``encoder``'s
+    pretrained preprocessing (``AmyloidKDLib.models.encoders.EncoderSpec``; BiomedCLIP's
+    open_clip config, i.e. the OpenAI CLIP values). All models of a training run share one
+    slice stack, so it follows the pretrained encoder.
+    """
 
     n_slices: int = 15
     image_size: int = 224
     min_brain_fraction: float = 0.2
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    encoder: str = "biomedclip"   # whose pretrained preprocessing normalises the slices
 
     def __post_init__(self) -> None:
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
+        get_encoder_spec(self.encoder)  # an unknown name raises ConfigError with suggestions
         if self.n_slices < 1:
             raise ConfigError(f"n_slices must be >= 1, got {self.n_slices}")
         if self.image_size < 8:
             raise ConfigError(f"image_size must be >= 8 pixels, got {self.image_size}")
         if not 0.0 <= self.min_brain_fraction < 1.0:
             raise ConfigError(f"min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"mean/std need 3 values with std > 0, got {self.mean}, {self.std}")
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean subtracted from the slices (the encoder's pretrained config)."""
+        return get_encoder_spec(self.encoder).mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel standard deviation the slices are divided by (the encoder's)."""
+        return get_encoder_spec(self.encoder).std
 
     def to_dict(self) -> dict:
         """JSON-ready copy of the settings."""
@@ -53,8 +61,25 @@ class SliceConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SliceConfig":
-        """Settings from :meth:`to_dict`; an unknown key is an error naming the valid ones."""
-        return configs.from_dict(cls, values)
+        """Settings from :meth:`to_dict`; an unknown key is an error naming the valid ones.
+
+        Checkpoints written before the normalisation came from the encoder store ``mean`` and
+        ``std``; they load when those equal the encoder's.
+        """
+        values = dict(values)
+        legacy = {key: values.pop(key) for key in ("mean", "std") if key in values}
+        config = configs.from_dict(cls, values)
+        for key, stored in legacy.items():
+            expected = getattr(config, key)
+            try:
+                matches = tuple(float(v) for v in stored) == expected
+            except (TypeError, ValueError):
+                matches = False
+            if not matches:
+                raise ConfigError(f"slice normalisation {key} {stored!r} differs from the "
+                                  f"{config.encoder} encoder's {list(expected)}; these slices "
+                                  "cannot be reproduced by this AmyloidKD version")
+        return config
 
 
 @dataclass

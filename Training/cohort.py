@@ -244,7 +244,6 @@ def _pet_key(text: str) -> tuple[str, str, int] | None:
 class _PetImages:
     """The SUVR-named files found for one PET session."""
 
-    folders: set[Path] = field(default_factory=set)
     unsmoothed: list[Path] = field(default_factory=list)   # *_msum_SUVR images
     other: list[Path] = field(default_factory=list)        # other unsmoothed *_SUVR images
     ignored: list[str] = field(default_factory=list)       # smoothed copies, tables
@@ -257,15 +256,16 @@ class _PetImages:
         return None
 
 
-def _pet_session_of(path: Path, root: Path) -> tuple[tuple[str, str, int], Path] | None:
+def _pet_session_of(path: Path, root: Path) -> tuple[str, str, int] | None:
+    """The PET session of a PUP output file: from the nearest folder named after a PUP id or
+    a PET session label (at or below ``root``), else from the file name."""
     for folder in path.parents:
         if folder == root.parent:
             break
         key = _pet_key(folder.name)
         if key:
-            return key, folder
-    key = _pet_key(path.name)
-    return (key, path.parent) if key else None
+            return key
+    return _pet_key(path.name)
 
 
 @dataclass
@@ -287,15 +287,15 @@ def _walk(root: Path) -> _Download:
         for name in sorted(files):
             path = here / name
             if name in wanted:
-                found.tables.setdefault(name, path)   # the shallowest copy wins
+                best = found.tables.get(name)         # the shallowest copy wins
+                if best is None or len(path.parts) < len(best.parts):
+                    found.tables[name] = path
                 continue
             if "suvr" in name.lower():
                 owner = _pet_session_of(path, root)
                 if owner is None:
                     continue
-                key, pet_folder = owner
-                images = found.pet.setdefault(key, _PetImages())
-                images.folders.add(pet_folder)
+                images = found.pet.setdefault(owner, _PetImages())
                 stem = _image_stem(name)
                 if stem is None:                                   # *.suvr, *.txt tables
                     images.ignored.append(name)

@@ -7,8 +7,9 @@ the best weights by a validation metric, and a complete state saved after every 
 (weights, optimizer, scheduler, RNG, history) so that ``--resume`` continues from the last
 completed epoch after an interruption.
 
-State files are written by this code only and read back without unpickling arbitrary
-objects (``safetensors`` for weights, ``torch.load(weights_only=True)`` for optimizer state).
+The state folder is Accelerate's ``save_state`` output (weights in safetensors; optimizer,
+scheduler and RNG states read back by Accelerate with ``torch.load(weights_only=True)``, so
+no arbitrary object is unpickled) plus the engine's ``trainer.json``.
 """
 
 from __future__ import annotations
@@ -18,23 +19,24 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from AmyloidKDLib.atomic import atomic_path, write_json_atomic
 from AmyloidKDLib.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 BEST_WEIGHTS = "best_weights.safetensors"
-STATE_VERSION = 1
+TRAINER_FILE = "trainer.json"
+STATE_VERSION = 2  # 2: the state folder is Accelerate's save_state output plus trainer.json
 
 
 @dataclass
@@ -44,7 +46,6 @@ class EngineConfig:
     device: str = "auto"             # auto | cpu | cuda
     mixed_precision: str = "auto"    # auto (bf16/fp16 on GPU, none on CPU) | no | fp16 | bf16
     num_workers: int = 0             # DataLoader worker processes
-    seed: int = 0
     progress: bool = True            # tqdm bars
     max_grad_norm: float = 1.0       # gradient clipping (0 = off)
     torch_threads: int = 0           # CPU threads for torch (0 = torch's default)
@@ -116,26 +117,38 @@ class FitResult:
 
 
 def make_accelerator(config: EngineConfig, grad_accum_steps: int = 1):
-    """An ``accelerate.Accelerator`` for this config (device, AMP, accumulation)."""
+    """An ``accelerate.Accelerator`` for this config (device, AMP, accumulation).
+
+    Accelerate keeps one device/precision state per process. Phases run one after another
+    in one process with the same engine settings, so each gets a fresh ``Accelerator`` on
+    that state (with its own accumulation); a request for another device or precision in the
+    same process is refused instead of silently ignored.
+    """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     use_cpu = config.use_cpu()
-    # Phases run one after another in one process with possibly different accumulation:
-    # start each from a clean Accelerate state.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return Accelerator(cpu=use_cpu, mixed_precision=config.resolved_precision(use_cpu),
-                       gradient_accumulation_steps=grad_accum_steps)
+    precision = config.resolved_precision(use_cpu)
+    try:
+        # Schedulers here step once per epoch, not per optimizer step.
+        accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision,
+                                  gradient_accumulation_steps=grad_accum_steps,
+                                  step_scheduler_with_optimizer=False)
+    except ValueError as exc:  # Accelerate: "AcceleratorState has already been initialized ..."
+        raise ConfigError(f"this process already trains with other engine settings ({exc}); "
+                          f"run phases with another engine.device or engine.mixed_precision in "
+                          f"a separate command.") from exc
+    if (accelerator.device.type == "cpu") != use_cpu or accelerator.mixed_precision != precision:
+        raise ConfigError(f"this process already trains on {accelerator.device} with "
+                          f"{accelerator.mixed_precision} precision; run phases with another "
+                          f"engine.device or engine.mixed_precision in a separate command.")
+    return accelerator
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        save_model(model, str(temporary))
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
@@ -164,48 +177,139 @@ def _improved(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-class _State:
-    """The per-epoch training state in ``run_dir/state`` (written atomically as a folder)."""
+@runtime_checkable
+class EpochSampler(Protocol):
+    """A (batch) sampler whose draws depend on the epoch (e.g. ``ClassBalancedBatchSampler``)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir / STATE_DIR
+    def set_epoch(self, epoch: int) -> None: ...
 
-    def exists(self) -> bool:
-        return (self.dir / "trainer.json").is_file()
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             trainer: dict[str, Any]) -> None:
-        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".state."))
-        _save_weights(model, tmp / "model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   tmp / "optimizer.pt")
-        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
-        old = self.dir.with_name(".state.old")
-        if self.dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.dir, old)
-        os.replace(tmp, self.dir)
-        shutil.rmtree(old, ignore_errors=True)
+@dataclass
+class TrainerState:
+    """Where a fit stands after its last completed epoch (``state/trainer.json``)."""
 
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-        trainer = json.loads((self.dir / "trainer.json").read_text())
-        if trainer.get("version") != STATE_VERSION:
-            raise CheckpointError(f"{self.dir} was written by another version of the engine; "
+    completed_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float = float("nan")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (NaN/inf as null), with the engine's state version."""
+        return {"version": STATE_VERSION, **_json_ready(asdict(self))}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: Path) -> TrainerState:
+        """Read :meth:`to_json` output; another engine version is a :class:`CheckpointError`."""
+        if data.get("version") != STATE_VERSION:
+            raise CheckpointError(f"{where} was written by another version of the engine; "
                                   f"start without --resume.")
-        _load_weights(model, self.dir / "model.safetensors")
-        blob = torch.load(self.dir / "optimizer.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(blob["optimizer"])
-        if scheduler is not None and blob["scheduler"]:
-            scheduler.load_state_dict(blob["scheduler"])
-        torch.set_rng_state(blob["torch_rng"])
-        if blob["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["cuda_rng"])
-        if trainer.get("best_value") is None:
-            trainer["best_value"] = float("nan")
-        return trainer
+        best = data.get("best_value")
+        return cls(completed_epochs=int(data["completed_epochs"]), history=list(data["history"]),
+                   best_value=float("nan") if best is None else float(best),
+                   best_epoch=int(data["best_epoch"]), bad_epochs=int(data["bad_epochs"]),
+                   stopped_early=bool(data["stopped_early"]))
+
+
+def _save_state(accelerator: Any, run_dir: Path, trainer: TrainerState) -> None:
+    """Accelerate's ``save_state`` (model, optimizer, scheduler, RNG) plus ``trainer.json``,
+    swapped in as a whole folder so an interruption never leaves a half-written state."""
+    final, temporary, old = run_dir / STATE_DIR, run_dir / f".{STATE_DIR}.tmp", run_dir / f".{STATE_DIR}.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(temporary / TRAINER_FILE, trainer.to_json())
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_state(accelerator: Any, run_dir: Path) -> TrainerState:
+    """Restore what :func:`_save_state` wrote into the prepared objects; returns the trainer state."""
+    folder = run_dir / STATE_DIR
+    trainer = TrainerState.from_json(json.loads((folder / TRAINER_FILE).read_text()), folder)
+    try:
+        accelerator.load_state(str(folder))
+    except (RuntimeError, KeyError, ValueError, FileNotFoundError) as exc:
+        raise CheckpointError(f"{folder} does not match this model or optimizer ({exc}); it was "
+                              f"saved by a different configuration. Start without --resume or "
+                              f"use the matching config.") from exc
+    return trainer
+
+
+def _train_epoch(accelerator: Any, model: nn.Module, optimizer: Any, loader: Any, train_step: TrainStep,
+                 epoch: int, settings: FitSettings, engine: EngineConfig, description: str
+                 ) -> dict[str, float]:
+    """One pass over the training batches; returns the mean of the loss and of every log."""
+    model.train()
+    sums: dict[str, float] = {}
+    n_batches = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(loader, desc=f"{description} epoch {epoch}/{settings.epochs}", leave=False,
+               disable=not engine.progress)
+    for batch in bar:
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, logs = train_step(model, batch, epoch)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"{description}: the loss became {float(loss)} in epoch "
+                                  f"{epoch}; lower the learning rate or disable AMP.")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and engine.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), engine.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        n_batches += 1
+        sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach())
+        for key, value in logs.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        bar.set_postfix(loss=f"{sums['train_loss'] / n_batches:.4f}")
+    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+
+def _end_epoch(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, validate: Validate,
+               epoch: int, train_logs: dict[str, float], trainer: TrainerState, settings: FitSettings,
+               run_dir: Path, description: str) -> dict[str, float]:
+    """Validate, keep the best weights, step the scheduler, count patience, save the state;
+    returns the epoch's history row."""
+    unwrapped = accelerator.unwrap_model(model)
+    row: dict[str, float] = {"epoch": epoch, **train_logs}
+    model.eval()
+    with torch.no_grad():
+        metrics = dict(validate(unwrapped, epoch))
+    if settings.monitor not in metrics:
+        raise ConfigError(f"{description}: monitored metric {settings.monitor!r} is not among "
+                          f"the validation metrics {sorted(metrics)}.")
+    row.update({k: float(v) for k, v in metrics.items()})
+    row["lr"] = float(optimizer.param_groups[0]["lr"])
+    value = float(metrics[settings.monitor])
+    if _improved(value, trainer.best_value, settings.mode):
+        trainer.best_value, trainer.best_epoch, trainer.bad_epochs = value, epoch, 0
+        _save_weights(unwrapped, run_dir / BEST_WEIGHTS)
+    else:
+        trainer.bad_epochs += 1
+        if trainer.best_epoch == 0 and not (run_dir / BEST_WEIGHTS).exists():
+            _save_weights(unwrapped, run_dir / BEST_WEIGHTS)  # a first epoch with NaN metric
+    if scheduler is not None:
+        if settings.scheduler_step == "plateau":
+            scheduler.step(value if math.isfinite(value) else 0.0)
+        else:
+            scheduler.step()
+    trainer.history.append(row)
+    trainer.completed_epochs = epoch
+    trainer.stopped_early = trainer.bad_epochs >= settings.patience
+    _save_state(accelerator, run_dir, trainer)
+    logger.info("%s epoch %d: %s", description, epoch,
+                ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+    return row
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.utils.data.DataLoader,
@@ -217,12 +321,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
 
     Args:
         model, optimizer: the phase's model and its (parameter-grouped) optimizer.
-        train_loader: batches of the training fold; a batch sampler with ``set_epoch`` is
-            told the epoch, so a resumed run draws the same batches.
+        train_loader: batches of the training fold; a batch sampler with ``set_epoch``
+            (:class:`EpochSampler`) is told the epoch, so a resumed run draws the same batches.
         train_step: the loss of one batch (the engine does backward, accumulation, clipping).
         validate: validation metrics after each epoch (called in eval mode, no grad).
         settings: epochs, patience, monitored metric, accumulation, scheduler stepping.
-        run_dir: the phase's folder: ``state/`` (resumable state) and ``best_weights.safetensors``.
+        run_dir: the phase's folder: ``state/`` (Accelerate's ``save_state`` folder plus
+            ``trainer.json``) and ``best_weights.safetensors``.
         scheduler: stepped once per epoch (with the monitored value for ReduceLROnPlateau).
         resume: continue from ``run_dir/state`` if it exists (else start fresh).
         on_epoch_end: called with (epoch, history row) after the state is saved.
@@ -230,96 +335,45 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
     Returns:
         :class:`FitResult`; the model holds the *best* epoch's weights on return.
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if engine.torch_threads > 0:
         torch.set_num_threads(engine.torch_threads)
     accelerator = make_accelerator(engine, settings.grad_accum_steps)
-    state = _State(run_dir)
-    trainer: dict[str, Any] = {"version": STATE_VERSION, "completed_epochs": 0, "history": [],
-                               "best_value": float("nan"), "best_epoch": 0, "bad_epochs": 0,
-                               "stopped_early": False}
-    if resume and state.exists():
-        trainer = state.load(model, optimizer, scheduler)
-        logger.info("resuming %s after epoch %d", description, trainer["completed_epochs"])
-    elif not resume:
-        shutil.rmtree(state.dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
         (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
-    resumed_from = int(trainer["completed_epochs"])
-    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
-    unwrapped = accelerator.unwrap_model(model)
+    prepared = accelerator.prepare(model, optimizer, train_loader,
+                                   *([scheduler] if scheduler is not None else []))
+    model, optimizer, loader = prepared[:3]
+    scheduler = prepared[3] if scheduler is not None else None
+    trainer = TrainerState()
+    if resume and (run_dir / STATE_DIR / TRAINER_FILE).is_file():
+        trainer = _load_state(accelerator, run_dir)
+        logger.info("resuming %s after epoch %d", description, trainer.completed_epochs)
+    resumed_from = trainer.completed_epochs
+    # With several processes Accelerate wraps the batch sampler in a shard that does not pass
+    # the epoch on, so the original is told directly.
+    epoch_sampler = train_loader.batch_sampler if isinstance(train_loader.batch_sampler, EpochSampler) else None
     start = time.perf_counter()
-    batch_sampler = getattr(train_loader, "batch_sampler", None)
-
     for epoch in range(resumed_from + 1, settings.epochs + 1):
-        if trainer["stopped_early"]:
+        if trainer.stopped_early:
             break
-        for sampler in (batch_sampler, getattr(batch_sampler, "batch_sampler", None), loader):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        n_batches = 0
-        bar = tqdm(loader, desc=f"{description} epoch {epoch}/{settings.epochs}", leave=False,
-                   disable=not engine.progress)
-        for batch in bar:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = train_step(model, batch, epoch)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"{description}: the loss became {float(loss)} in epoch "
-                                      f"{epoch}; lower the learning rate or disable AMP.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and engine.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), engine.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            n_batches += 1
-            sums["train_loss"] = sums.get("train_loss", 0.0) + float(loss.detach())
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{sums['train_loss'] / n_batches:.4f}")
-        row: dict[str, float] = {"epoch": epoch}
-        row.update({k: v / max(n_batches, 1) for k, v in sums.items()})
-        model.eval()
-        with torch.no_grad():
-            metrics = dict(validate(unwrapped, epoch))
-        if settings.monitor not in metrics:
-            raise ConfigError(f"{description}: monitored metric {settings.monitor!r} is not among "
-                              f"the validation metrics {sorted(metrics)}.")
-        row.update({k: float(v) for k, v in metrics.items()})
-        row["lr"] = float(optimizer.param_groups[0]["lr"])
-        value = float(metrics[settings.monitor])
-        if _improved(value, float(trainer["best_value"]), settings.mode):
-            trainer.update(best_value=value, best_epoch=epoch, bad_epochs=0)
-            _save_weights(unwrapped, run_dir / BEST_WEIGHTS)
-        else:
-            trainer["bad_epochs"] += 1
-            if trainer["best_epoch"] == 0 and not (run_dir / BEST_WEIGHTS).exists():
-                _save_weights(unwrapped, run_dir / BEST_WEIGHTS)  # a first epoch with NaN metric
-        if scheduler is not None:
-            if settings.scheduler_step == "plateau":
-                scheduler.step(value if math.isfinite(value) else 0.0)
-            else:
-                scheduler.step()
-        trainer["history"].append(row)
-        trainer["completed_epochs"] = epoch
-        trainer["stopped_early"] = trainer["bad_epochs"] >= settings.patience
-        state.save(unwrapped, optimizer, scheduler, _json_ready(trainer))
-        logger.info("%s epoch %d: %s", description, epoch,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        loader.set_epoch(epoch)
+        if epoch_sampler is not None:
+            epoch_sampler.set_epoch(epoch)
+        train_logs = _train_epoch(accelerator, model, optimizer, loader, train_step, epoch, settings,
+                                  engine, description)
+        row = _end_epoch(accelerator, model, optimizer, scheduler, validate, epoch, train_logs, trainer,
+                         settings, run_dir, description)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
-    load_best_weights(unwrapped, run_dir)
+    load_best_weights(accelerator.unwrap_model(model), run_dir)
     accelerator.free_memory()
-    best_value = trainer["best_value"]
-    return FitResult(history=list(trainer["history"]), best_epoch=int(trainer["best_epoch"]),
-                     best_value=float("nan") if best_value is None else float(best_value),
-                     stopped_early=bool(trainer["stopped_early"]), resumed_from_epoch=resumed_from,
-                     seconds=time.perf_counter() - start)
+    return FitResult(history=list(trainer.history), best_epoch=trainer.best_epoch,
+                     best_value=trainer.best_value, stopped_early=trainer.stopped_early,
+                     resumed_from_epoch=resumed_from, seconds=time.perf_counter() - start)
 
 
 def _json_ready(trainer: dict[str, Any]) -> dict[str, Any]:
@@ -333,8 +387,3 @@ def _json_ready(trainer: dict[str, Any]) -> dict[str, Any]:
         return v
 
     return clean(trainer)
-
-
-def settings_dict(settings: FitSettings) -> dict[str, Any]:
-    """JSON form of fit settings (for the run directory)."""
-    return asdict(settings)

@@ -267,26 +267,25 @@ class TeacherObjective:
     """The teacher's loss on one batch: triplet + alignment + classification.
 
     Triplet: anchor = PET-guided MRI embedding, positive = matched PET embedding, negative =
-    the PET embedding of another batch member chosen by :class:`CentiloidNegativeSampler`
-    (hardest valid one by default).
+    the PET embedding of another batch member chosen by :class:`CentiloidNegativeSampler`:
+    the closest valid one with ``teacher.hard_negatives`` (online hard negatives, the
+    default), else a random valid one.
     Anchors without a valid negative in the batch are left out of the triplet term (their
     fraction is logged as ``no_negative``).
 
     Args:
-        fold_indices: the cases batches may come from (negatives never leave this set).
+        sampler: the negative sampler of the fold batches come from (negatives never leave it).
         augment: apply the paired MRI/PET augmentation (training) or not (validation).
     """
 
-    def __init__(self, config: RunConfig, dataset: SliceDataset, fold_indices: Sequence[int],
-                 seed: int, augment: bool) -> None:
+    def __init__(self, config: RunConfig, sampler: CentiloidNegativeSampler, augment: bool) -> None:
         from AmyloidKDLib.losses import SoftTripletLoss
 
         teacher_config = config.teacher
         self.config = config
         self.augment = augment
         self.schedule = _phase_schedule(config, teacher_config.epochs)
-        self.sampler = CentiloidNegativeSampler(dataset.subjects, dataset.centiloids, fold_indices,
-                                                teacher_config.min_centiloid_gap, seed)
+        self.sampler = sampler
         self.triplet = SoftTripletLoss(base_margin=teacher_config.base_margin,
                                        max_margin=teacher_config.max_margin,
                                        centiloid_scale=teacher_config.centiloid_scale, normalize=True)
@@ -296,6 +295,16 @@ class TeacherObjective:
         """The engine's train step: ``(loss, logs)``."""
         result = self.batch_loss(model, batch, epoch)
         return result.loss, result.logs
+
+    def choose_negatives(self, batch_indices: Sequence[int], anchor: torch.Tensor, positive: torch.Tensor
+                         ) -> torch.Tensor:
+        """Batch position of each anchor's negative (-1: none valid), on the anchors' device.
+
+        ``anchor`` and ``positive`` are the normalised ``[B, D]`` embeddings; with
+        ``teacher.hard_negatives`` their distances pick the closest valid negative.
+        """
+        distances = torch.cdist(anchor, positive) if self.config.teacher.hard_negatives else None
+        return self.sampler.choose(batch_indices, distances).to(anchor.device)
 
     def batch_loss(self, model: nn.Module, batch: dict[str, Any], epoch: int) -> BatchLoss:
         """Loss, logs and the teacher's logits for ``batch`` at ``epoch`` (1-based)."""
@@ -316,8 +325,7 @@ class TeacherObjective:
         out = model(mri, pet, harmonized=True)
         guided, pet_embedding = out.guided.float(), out.pet.float()
         anchor, positive = F.normalize(guided, dim=-1), F.normalize(pet_embedding, dim=-1)
-        negatives = self.sampler.choose(batch["index"].tolist(), torch.cdist(anchor, positive))
-        negatives = negatives.to(anchor.device)
+        negatives = self.choose_negatives(batch["index"].tolist(), anchor, positive)
         valid = negatives >= 0
         centiloid = batch["centiloid"].to(anchor.device).float()
         if bool(valid.any()):
@@ -447,9 +455,13 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     loader = make_loader(dataset, split.train, teacher_config.batch_size, train=True,
                          balanced=teacher_config.balanced_batches, seed=config.seed,
                          num_workers=config.engine.num_workers)
-    objective = TeacherObjective(config, dataset, split.train, config.seed,
+    def sampler(fold: Sequence[int]) -> CentiloidNegativeSampler:
+        return CentiloidNegativeSampler(dataset.subjects, dataset.centiloids, fold,
+                                        teacher_config.min_centiloid_gap, config.seed)
+
+    objective = TeacherObjective(config, sampler(split.train),
                                  augment=teacher_config.augment and config.augment.enabled)
-    val_objective = TeacherObjective(config, dataset, split.val, config.seed, augment=False)
+    val_objective = TeacherObjective(config, sampler(split.val), augment=False)
     val_labels = dataset.labels[list(split.val)]
 
     def validate(m: nn.Module, epoch: int) -> dict[str, float]:

@@ -38,7 +38,9 @@ from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
 
 logger = logging.getLogger(__name__)
 
-#: Normalisation every encoder expects: the slicing step CLIP-normalises all slices.
+#: OpenAI CLIP normalisation (open_clip's OPENAI_DATASET_MEAN/STD): the default of every
+#: EncoderSpec; BiomedCLIP's own comes from its open_clip preprocess config (same values).
+#: The slicing step reads it from the spec (SliceConfig.mean/std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -135,8 +137,9 @@ class SliceEncoder(nn.Module):
     """One encoder applied to every slice: ``[N, 3, S, S] -> [N, num_features]``.
 
     Wraps the open_clip vision tower (``backbone.trunk`` = timm ViT, ``backbone.head.proj``)
-    or a timm CNN (``backbone``). Carries what the caller must match: ``image_size``, the
-    normalisation ``mean``/``std``, and handles for Grad-CAM and block freezing.
+    or a timm CNN (``backbone``). Carries what the caller must match (``image_size``; the
+    slices' normalisation is the spec's ``mean``/``std``, applied by ``SliceConfig``) and
+    handles for Grad-CAM and block freezing.
     """
 
     def __init__(self, spec: EncoderSpec, backbone: nn.Module, num_features: int,
@@ -147,8 +150,6 @@ class SliceEncoder(nn.Module):
         self.backbone = backbone
         self.num_features = num_features
         self.image_size = image_size
-        self.mean = spec.mean
-        self.std = spec.std
 
     @property
     def is_vit(self) -> bool:

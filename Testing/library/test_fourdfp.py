@@ -45,17 +45,13 @@ def _write_4dfp(stem: Path, stored: np.ndarray, orientation: int, mmppix, center
     return stem.with_name(stem.name + ".4dfp.img")
 
 
-def test_the_documented_header_lands_on_the_mni_grid_it_came_from():
+def test_the_documented_header_lands_on_the_mni_grid_it_came_from(tmp_path):
     # The 4dfp notes list the header nifti_4dfp wrote for HCP's T1w_acpc_dc (0.7 mm, 260x311x260),
     # a NIfTI on FSL's 0.7 mm MNI grid: sform diag(-0.7, 0.7, 0.7), origin (90, -126, -72).
     # Reading that header must put the grid's corners where that sform puts them.
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        stem = Path(folder) / "T1w_acpc_dc"
-        stem.with_name("T1w_acpc_dc.4dfp.ifh").write_text(
-            _ifh(2, (260, 311, 260), (0.7, -0.7, -0.7), (92.0, -91.7, -110.0)))
-        affine = read_fourdfp_header(stem.with_name("T1w_acpc_dc.4dfp.img")).affine
+    (tmp_path / "T1w_acpc_dc.4dfp.ifh").write_text(
+        _ifh(2, (260, 311, 260), (0.7, -0.7, -0.7), (92.0, -91.7, -110.0)))
+    affine = read_fourdfp_header(tmp_path / "T1w_acpc_dc.4dfp.img").affine
     fsl = np.array([[-0.7, 0, 0, 90], [0, 0.7, 0, -126], [0, 0, 0.7, -72], [0, 0, 0, 1]])
     # the two files hold the same voxels y-flipped ("4dfp and NIfTI are y-flipped to each other")
     y_flip = np.array([[1, 0, 0, 0], [0, -1, 0, 310], [0, 0, 1, 0], [0, 0, 0, 1.0]])

@@ -182,16 +182,19 @@ def test_temperature_and_margin_follow_their_config():
 
 # --- bad input ------------------------------------------------------------------------------------
 
-def test_bad_options_and_shapes_raise_clear_errors():
-    with pytest.raises(ConfigError, match="mean, sum, none"):
-        soft_triplet_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), 1.0, reduction="avg")
-    with pytest.raises(InputError, match=r"anchor \[2, 3\].*negative \[2, 4\]"):
-        soft_triplet_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
-    with pytest.raises(ConfigError, match="alpha"):
-        margin_focal_loss(torch.zeros(2), torch.zeros(2), alpha=1.5)
-    with pytest.raises(ConfigError, match="temperature"):
-        logit_distillation_loss(torch.zeros(2), torch.zeros(2), temperature=0.0)
-    with pytest.raises(ConfigError, match="linear, cosine, constant"):
-        LossScheduleConfig(shape="exp")
-    with pytest.raises(ConfigError, match="warmup"):
-        LossScheduleConfig.from_dict({"warmup": 3})
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: soft_triplet_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), 1.0,
+                               reduction="avg"), ConfigError, "mean, sum, none"),
+    (lambda: soft_triplet_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), 1.0),
+     InputError, r"anchor \[2, 3\].*negative \[2, 4\]"),
+    (lambda: margin_focal_loss(torch.zeros(2), torch.zeros(2), alpha=1.5), ConfigError, "alpha"),
+    (lambda: logit_distillation_loss(torch.zeros(2), torch.zeros(2), temperature=0.0),
+     ConfigError, "temperature"),
+    (lambda: LossScheduleConfig(shape="exp"), ConfigError, "linear, cosine, constant"),
+    (lambda: LossScheduleConfig.from_dict({"warmup": 3}), ConfigError, "warmup"),
+    (lambda: LossScheduleConfig.from_dict({"ramp_epochs": "ten"}), ConfigError,
+     "ramp_epochs must be a number"),
+], ids=["reduction", "shapes", "alpha", "temperature", "shape", "unknown key", "typed value"])
+def test_bad_options_and_shapes_raise_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

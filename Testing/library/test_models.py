@@ -120,17 +120,17 @@ def test_hub_weights_offline_give_a_clear_error_with_the_local_alternative(monke
         build_model(ModelConfig.preset("paper", "student"))
 
 
-def test_unknown_encoder_and_impossible_sizes_are_config_errors():
-    with pytest.raises(ConfigError, match="Did you mean 'biomedclip'"):
-        ModelConfig(encoder="biomedclp")
-    with pytest.raises(ConfigError, match="multiple of the patch size 16"):
-        create_encoder("vit_tiny", image_size=100)
-    with pytest.raises(ConfigError, match="needs a CNN encoder"):
-        ModelConfig.preset("cpu", "light_student", encoder="vit_tiny")
-    with pytest.raises(ConfigError, match="lora_rank=0"):
-        ModelConfig(kind="student", encoder="efficientnet_b0", weights="none")
-    with pytest.raises(ConfigError, match=r"unknown ModelConfig key\(s\): depth"):
-        ModelConfig.from_dict({"depth": 3})
+@pytest.mark.parametrize("make, message", [
+    (lambda: ModelConfig(encoder="biomedclp"), "Did you mean 'biomedclip'"),
+    (lambda: create_encoder("vit_tiny", image_size=100), "multiple of the patch size 16"),
+    (lambda: ModelConfig.preset("cpu", "light_student", encoder="vit_tiny"), "needs a CNN encoder"),
+    (lambda: ModelConfig(kind="student", encoder="efficientnet_b0", weights="none"), "lora_rank=0"),
+    (lambda: ModelConfig.from_dict({"depth": 3}), r"unknown ModelConfig key\(s\): depth"),
+    (lambda: ModelConfig.preset("paper", "critic"), "model kind must be one of"),
+], ids=["encoder typo", "patch size", "light needs cnn", "cnn lora", "unknown key", "kind"])
+def test_unknown_encoder_and_impossible_sizes_are_config_errors(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
 
 
 def test_model_config_round_trips_through_json(tmp_path):

@@ -210,11 +210,20 @@ def test_skull_shell_surrounds_the_brain(tmp_path, maps):
     assert np.median(bone) < 0.25 * np.median(white)   # dark skull
 
 
-def test_bad_settings_raise_config_errors_that_name_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="unknown PhantomConfig key.*prevalance"):
-        PhantomConfig.from_dict({"prevalance": 0.3})
-    with pytest.raises(ConfigError, match="unreachable"):
-        PhantomConfig(prevalence=0.99)
+@pytest.mark.parametrize("make, message", [
+    (lambda: PhantomConfig.from_dict({"prevalance": 0.3}), "unknown PhantomConfig key.*prevalance"),
+    (lambda: PhantomConfig(prevalence=0.99), "unreachable"),
+    (lambda: PhantomConfig(mri_spacing_mm=3.0), "1.0 or 2.0"),
+    (lambda: PhantomConfig(contrasts=("T2w",)), "must include T1w"),
+    (lambda: PhantomConfig(orientations=("RAS",)), "not a non-RAS axis code"),
+    (lambda: PhantomConfig.from_dict({"session_gap_days": [100, "x"]}), r"session_gap_days\[1\] must be a number"),
+], ids=["unknown key", "prevalence", "spacing", "contrasts", "orientation", "typed value"])
+def test_bad_settings_raise_config_errors_that_name_the_fix(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_bad_layout_or_a_used_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="layout"):
         generate_cohort(tmp_path / "x", 1, 0, layout="bids")
     (tmp_path / "full").mkdir()

@@ -1,4 +1,4 @@
-"""Sagittal slicing: informative range, anatomical order, aspect ratio, CLIP normalisation,
+"""Sagittal slicing: informative range, anatomical order, aspect ratio, the encoder's normalisation,
 and putting 2-D maps back on the right planes."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from AmyloidKDLib.errors import ConfigError, InputError
-from AmyloidKDLib.slicing import CLIP_MEAN, CLIP_STD, SliceConfig, informative_range, sagittal_slices
+from AmyloidKDLib.models.encoders import CLIP_MEAN, CLIP_STD, list_encoders
+from AmyloidKDLib.slicing import SliceConfig, informative_range, sagittal_slices
 from AmyloidKDLib.template import load_template
 from AmyloidKDLib.volume import Volume
 
@@ -28,6 +29,30 @@ def test_clip_normalisation_constants_are_openai_clip():
     assert config.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert config.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
     assert (config.n_slices, config.image_size) == (15, 224)
+
+
+@pytest.mark.parametrize("encoder", list_encoders())
+def test_normalisation_is_the_encoders_pretrained_one(encoder):
+    from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    config = SliceConfig(encoder=encoder)
+    assert config.mean == tuple(OPENAI_DATASET_MEAN) and config.std == tuple(OPENAI_DATASET_STD)
+    assert "mean" not in config.to_dict()
+
+
+@pytest.mark.parametrize("stored, error", [
+    ({"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}, None),  # checkpoints before the encoder field
+    ({"mean": [0.5, 0.5, 0.5]}, "normalisation mean"),
+    ({"std": "wide"}, "normalisation std"),
+    ({"encoder": "biomedclp"}, "Did you mean 'biomedclip'"),
+])
+def test_stored_slice_configs_load_or_say_why_not(stored, error):
+    values = {"n_slices": 8, "image_size": 112, "min_brain_fraction": 0.2, **stored}
+    if error is None:
+        assert SliceConfig.from_dict(values) == SliceConfig(n_slices=8, image_size=112)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            SliceConfig.from_dict(values)
 
 
 def test_slices_follow_anatomical_order_left_to_right(template):

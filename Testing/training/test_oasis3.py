@@ -139,7 +139,11 @@ def test_each_download_layout_yields_the_expected_cases_pairs_and_labels(
 
 def test_pairing_nearest_window_and_label_options(tmp_path, template):
     root = build_tree(tmp_path / "oasis3", "bids", "pup-id", "nifti", template)
+    stale = root / "A_old" / "copy" / "OASIS3_amyloid_centiloid.csv"      # deeper copy, walked first
+    stale.parent.mkdir(parents=True)
+    stale.write_text(CENTILOID.replace("35.0", "1.0"))
     nearest = read_oasis3(root, pairing="nearest")
+    assert nearest[0].centiloid == 35.0                                    # the shallowest copy wins
     assert nearest[0].mri["T1w"].name == "sub-OAS30001_ses-d2400_T1w.nii.gz"   # 30 days away
     assert nearest[0].selection["pairing"] == "nearest (OAS30001_MR_d2400, 30 days)"
     # the authors' clinical filter: OAS30001's only UDSb4 visit is 430 days from its PET
@@ -153,7 +157,7 @@ def test_pairing_nearest_window_and_label_options(tmp_path, template):
         read_oasis3(root, pairing="pup-mrid")
 
 
-def test_nothing_found_reports_each_step_and_where_it_emptied(tmp_path, template, caplog):
+def test_nothing_found_reports_each_step_and_where_it_emptied(tmp_path, template):
     root = build_tree(tmp_path / "oasis3", "native", "partial", "nifti", template)
     for image in root.glob("PET/**/*n_msum_SUVR.nii"):
         image.unlink()                                          # only smoothed copies left

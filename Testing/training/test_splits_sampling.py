@@ -134,3 +134,26 @@ def test_class_balanced_batches_hold_both_classes_equally(longitudinal_cohort):
     assert list(sampler) == batches  # deterministic per epoch (resume draws the same batches)
     sampler.set_epoch(3)
     assert list(sampler) != batches
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_teacher_hard_negatives_picks_the_closest_valid_negative_or_a_random_one(hard):
+    from Training.config import load_config
+    from Training.phases import TeacherObjective
+
+    # Six subjects 10 Centiloid apart: everyone else is a valid negative of everyone.
+    sampler = CentiloidNegativeSampler([f"s{i}" for i in range(6)], [10.0 * i for i in range(6)],
+                                       range(6), min_gap=5.0, seed=1)
+    config = load_config("cpu", [f"teacher.hard_negatives={str(hard).lower()}"])
+    objective = TeacherObjective(config, sampler, augment=False)
+    # Embeddings on a line: the closest other PET embedding of anchor a is a neighbour.
+    anchor = torch.tensor([[float(i), 0.0] for i in range(6)])
+    positive = anchor.clone()
+    closest = torch.cdist(anchor, positive).fill_diagonal_(float("inf")).argmin(dim=1)
+    draws = torch.stack([objective.choose_negatives(list(range(6)), anchor, positive) for _ in range(20)])
+    assert bool((draws != torch.arange(6)).all())  # never the anchor's own subject
+    if hard:
+        assert bool((draws == closest).all())  # always the closest, every time
+    else:
+        assert float((draws == closest).float().mean()) < 0.6  # random among 5 valid: ~1/5 closest
+        assert len({tuple(d.tolist()) for d in draws}) > 1

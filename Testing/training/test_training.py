@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from AmyloidKDLib.errors import ConfigError
+from AmyloidKDLib.errors import CheckpointError, ConfigError
 from Training.augment import AugmentConfig, augment_pair
 from Training.config import RunConfig, list_presets, load_config
 from Training.engine import EngineConfig, FitSettings, fit
@@ -156,6 +156,9 @@ def test_resume_continues_from_the_last_completed_epoch(tmp_path):
         _fit_linear(tmp_path / "broken", epochs=5, resume=False, interrupt_after=2)
     saved = json.loads((tmp_path / "broken" / "state" / "trainer.json").read_text())
     assert saved["completed_epochs"] == 2
+    # The rest of the folder is Accelerate's save_state output (weights in safetensors).
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= {
+        p.name for p in (tmp_path / "broken" / "state").iterdir()}
     resumed, resumed_model = _fit_linear(tmp_path / "broken", epochs=5, resume=True)
     assert resumed.resumed_from_epoch == 2
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
@@ -165,6 +168,18 @@ def test_resume_continues_from_the_last_completed_epoch(tmp_path):
         assert a["lr"] == pytest.approx(b["lr"])
     for p, q in zip(straight_model.parameters(), resumed_model.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
+    _fit_linear(tmp_path, epochs=1, resume=False)
+    x, y, items = _linear_problem()
+    other = nn.Linear(6, 1)  # not the network that wrote the state
+    optimizer = torch.optim.AdamW(other.parameters(), lr=0.02)
+    loader = torch.utils.data.DataLoader(items, batch_size=16)
+    with pytest.raises(CheckpointError, match="Start without --resume"):
+        fit(other, optimizer, loader, lambda m, b, e: (m(b["x"]).mean(), {}),
+            lambda m, e: {"val_loss": 0.0}, FitSettings(epochs=2, patience=2), tmp_path,
+            EngineConfig(progress=False, device="cpu"), resume=True)
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):

@@ -487,3 +487,24 @@ def test_rendered_views_put_the_left_hemisphere_on_the_screen_right(app, phantom
         assert (columns > hot.shape[1] // 2).mean() > 0.97, f"{name}: hot pixels not on the screen's right"
     figure = slicer_views.write_figure(images, tmp_path / "views.png", "test")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_changes_of_the_case_re_layer_the_views(app, phantom, outputs):
+    """Entering the module, or changing the device/checkpoint/skull stripping, leaves the views;
+    the opacity only sets the opacity; a new MRI or a new result re-layers."""
+    from AmyloidKDModuleLib.panel import SelectionFollower
+
+    first, second = load_mri(app, phantom, "ras", 0), load_mri(app, phantom, "ras", 1)
+    follower = SelectionFollower()
+    follower.remember(first, None, False, 0.5)  # the module is entered: nothing happens
+    assert follower.change(first, None, False, 0.5) == follower.change(first, None, False, 0.5)
+    assert not follower.change(first, None, False, 0.5).relayout  # e.g. the device changed
+    change = follower.change(first, None, False, 0.8)
+    assert not change.relayout and change.opacity == 0.8
+    change = follower.change(second, None, False, 0.8)
+    assert change.relayout and change.previous == (first.GetID(),)
+    scene.load_outputs(app.scene, app.volumes_logic, second, outputs.outputs.saliency, outputs.outputs.top_regions)
+    change = follower.change(second, None, False, 0.8)  # a new result for the selected MRI
+    assert change.relayout and second.GetID() in change.previous
+    assert not follower.change(second, None, False, 0.8).relayout
+    assert follower.change(second, first, True, 0.8).relayout  # PET underneath

@@ -66,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skull-strip", default=None, choices=SKULL_STRIP_CHOICES,
                         help="override the checkpoint's skull stripping (none: input is already "
                              "skull-stripped)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
+                             "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
+                             "see docs/inference.md")
     parser.add_argument("--progress", default=None, choices=("lines",),
                         help="'lines': print 'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout")
     parser.set_defaults(func=run)
@@ -207,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
                          "give a folder you can write to with --out") from None
     progress = Progress(args.progress == "lines", len(cases))
     progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
-    predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip)
+    predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
+                          precision=args.precision)
     rows = predict_cases(cases, predictor, out_dir, progress=progress)
     failed = [row["case"] for row in rows if row["status"] != "ok"]
     progress.line(1.0, f"done: {len(rows) - len(failed)} ok, {len(failed)} failed")

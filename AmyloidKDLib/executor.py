@@ -19,6 +19,7 @@ Dask (the ``[cluster]`` extra) is only imported when a cluster is used; see docs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -118,9 +119,10 @@ def pin_threads(threads: int) -> None:
             torch.set_num_threads(threads)
 
 
-def _pinned_call(function: Callable[[Any], Any], threads: int, item: Any) -> Any:
-    """One task: pin the thread pools, then run ``function(item)``."""
-    pin_threads(threads)
+def _pinned_call(function: Callable[[Any], Any], threads: int | None, item: Any) -> Any:
+    """One task: pin the thread pools (unless ``threads`` is None), then run ``function(item)``."""
+    if threads is not None:
+        pin_threads(threads)
     return function(item)
 
 
@@ -193,7 +195,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler: str = "local",
-              jobs: int = 1, threads: int = 1, cluster_config: str | os.PathLike | None = None,
+              jobs: int = 1, threads: int | None = 1, cluster_config: str | os.PathLike | None = None,
               retries: int = 2, progress: bool = True, desc: str = "cases",
               on_client: Callable[[Any], None] | None = None
               ) -> Iterator[tuple[int, Any, str | None]]:
@@ -204,6 +206,8 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
     the workers (a module-level function) and should record its own per-case errors in its result.
     A full disk is raised, not yielded: every later case would fail the same way.
     ``on_client`` (tests, tools) is called with the Dask client once the cluster is up.
+    ``threads`` None leaves this process's thread pools as they are when the cases run here
+    (workers then get one thread each).
 
     Raises:
         ConfigError: bad ``scheduler``, ``jobs``, ``threads`` or cluster config.
@@ -212,7 +216,7 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
     from tqdm import tqdm
 
     check_scheduler(scheduler)
-    if jobs < 1 or threads < 1:
+    if jobs < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"--jobs and --threads must be >= 1, got {jobs} and {threads}")
     settings = read_cluster_config(cluster_config)
     bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
@@ -229,8 +233,8 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
                     yield index, result, None
                 bar.update()
             return
-        yield from _map_on_dask(function, items, scheduler, jobs, threads, settings, retries, bar,
-                                on_client)
+        yield from _map_on_dask(function, items, scheduler, jobs, threads or 1, settings, retries,
+                                bar, on_client)
     finally:
         bar.close()
 
@@ -260,4 +264,12 @@ def _map_on_dask(function, items, scheduler, jobs, threads, settings, retries, b
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            # Workers whose ITK/torch threads outlive a few seconds of closing are killed by
+            # their nanny; the cases are done by then, so that warning is noise here.
+            nanny_log = logging.getLogger("distributed.nanny")
+            level = nanny_log.level
+            nanny_log.setLevel(logging.ERROR)
+            try:
+                cluster.close()
+            finally:
+                nanny_log.setLevel(level)

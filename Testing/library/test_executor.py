@@ -30,10 +30,11 @@ def phantom_manifest(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("phantom")
     config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",), prevalence=0.5)
-    source = generate_cohort(root / "cohort", N_CASES, seed=11, layout="manifest", config=config,
+    source = generate_cohort(root / "cohort", N_CASES + 3, seed=11, layout="manifest", config=config,
                              progress=False)
     with open(source, newline="") as handle:
-        rows = list(csv.DictReader(handle))[:N_CASES]
+        rows = list(csv.DictReader(handle))[:N_CASES]  # (some subjects have no usable MRI row)
+    assert len(rows) == N_CASES
     manifest = root / "cases.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)

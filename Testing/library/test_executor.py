@@ -163,3 +163,44 @@ def test_bad_scheduler_and_cluster_config_are_one_line_usage_errors(phantom_mani
         read_cluster_config(json_config)
     with pytest.raises(ConfigError, match="coers"):
         read_cluster_config(bad)
+
+
+@pytest.mark.slow
+def test_predict_on_two_local_workers_matches_the_serial_run_and_reports_a_broken_case(
+        phantom_manifest, tmp_path):
+    """``predict --jobs 2``: each worker loads the checkpoint once; probabilities equal the
+    serial run's, the corrupt case is a failed row of results.csv (exit 1), and a re-run into the
+    same folder keeps the finished cases."""
+    import gzip
+
+    from AmyloidKDLib.cli import EXIT_SOME_FAILED
+    from AmyloidKDLib.cli import run as cli_run
+    from test_inference import write_test_checkpoint
+
+    checkpoint = write_test_checkpoint(tmp_path / "ckpt" / "student", threshold=0.4)
+    folder = tmp_path / "mris"
+    folder.mkdir()
+    rows = list(csv.DictReader(open(phantom_manifest)))[:2]
+    for row in rows:
+        (folder / f"{row['case']}.nii.gz").write_bytes(Path(row["t1w"]).read_bytes())
+    raw = gzip.decompress(Path(rows[0]["t1w"]).read_bytes())
+    (folder / "broken.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 3]))
+
+    def predict(out: Path, *extra: str) -> dict[str, dict]:
+        code = cli_run(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out),
+                        "--device", "cpu", "--progress", "none", *extra])
+        assert code == EXIT_SOME_FAILED
+        return {r["case"]: r for r in csv.DictReader(open(out / "results.csv"))}
+
+    serial = predict(tmp_path / "serial")
+    parallel = predict(tmp_path / "parallel", "--jobs", "2")
+    assert list(parallel) == list(serial) == sorted(serial)  # input order
+    assert parallel["broken"]["status"] == "failed" and parallel["broken"]["error"]
+    for row in rows:
+        assert parallel[row["case"]]["status"] == "ok"
+        assert float(parallel[row["case"]]["probability"]) == pytest.approx(
+            float(serial[row["case"]]["probability"]), abs=1e-5)
+        assert (tmp_path / "parallel" / f"{row['case']}_saliency.nii.gz").is_file()
+    again = predict(tmp_path / "parallel", "--jobs", "2")
+    for row in rows:  # kept from the first run, not recomputed
+        assert again[row["case"]]["seconds_total"] == parallel[row["case"]]["seconds_total"]

@@ -219,6 +219,8 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
     if jobs < 1 or (threads is not None and threads < 1):
         raise ConfigError(f"--jobs and --threads must be >= 1, got {jobs} and {threads}")
     settings = read_cluster_config(cluster_config)
+    if not items:  # nothing left to do (e.g. a re-run): no cluster to start
+        return
     bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
     try:
         if scheduler == "local" and jobs == 1:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def _map_on_dask(function, items, scheduler, jobs, threads, settings, retries, b
     try:
         if on_client is not None:
             on_client(client)
-        futures = [client.submit(_pinned_call, function, threads, item, key=f"case-{index}-{os.getpid()}",
+        batch = uuid.uuid4().hex[:12]  # task names unique on a scheduler shared by several runs
+        futures = [client.submit(_pinned_call, function, threads, item, key=f"case-{index}-{batch}",
                                  retries=retries, pure=False, resources=resources)
                    for index, item in enumerate(items)]
         index_of = {future.key: index for index, future in enumerate(futures)}
@@ -256,7 +258,10 @@ def _map_on_dask(function, items, scheduler, jobs, threads, settings, retries, b
             if future.status == "finished":
                 result, error = future.result(), None
             else:
-                exc = future.exception()
+                try:
+                    exc = future.exception()
+                except Exception as cancelled:  # e.g. CancelledError: the scheduler dropped it
+                    exc = cancelled
                 if is_disk_full(exc):
                     raise exc
                 result, error = None, _one_line(exc)

@@ -31,7 +31,7 @@ SALIENCY_TARGETS = ("predicted", "positive")
 
 
 @dataclass
-class SaliencyConfig:
+class SaliencyConfig(configs.DictConfig):
     """How the saliency volume and its top-region label map are made."""
 
     target: str = "predicted"     # explain the predicted class, or always amyloid positivity
@@ -46,15 +46,6 @@ class SaliencyConfig:
             raise ConfigError(f"top_percentile must be in [0, 100), got {self.top_percentile}")
         if not 1 <= self.max_regions <= 255:
             raise ConfigError(f"max_regions must be in 1..255 (uint8 labels), got {self.max_regions}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SaliencyConfig":
-        """Build from a dict, naming any unknown key; values are typed."""
-        return configs.from_dict(cls, values)
 
 
 @dataclass
@@ -124,8 +115,8 @@ def _unscaled_gradcam_class():
         """GradCAM that resizes each slice's map without rescaling it to [0, 1] on its own."""
 
         def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):  # noqa: D102
-            activations = [a.cpu().numpy() for a in self.activations_and_grads.activations]
-            gradients = [g.cpu().numpy() for g in self.activations_and_grads.gradients]
+            activations = [a.float().cpu().numpy() for a in self.activations_and_grads.activations]
+            gradients = [g.float().cpu().numpy() for g in self.activations_and_grads.gradients]
             if len(gradients) != len(self.target_layers):
                 raise RuntimeError(
                     "Grad-CAM received no gradient at the target layer; the layer is not on the "

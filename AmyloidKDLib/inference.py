@@ -28,6 +28,8 @@ from AmyloidKDLib.volume import Volume, load_volume
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Numeric precision of the student's forward pass (see :func:`resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 STUDENT_KINDS = ("student", "light_student")
 #: Seed set before every prediction so that dropout-free eval runs repeat bit for bit.
 PREDICTION_SEED = 0
@@ -84,6 +86,54 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it.
+
+    Without either, PyTorch emulates bf16 matmuls on the CPU, which is many times slower
+    than fp32 (0.7 vs 35-69 GFLOP/s measured on an AVX2-only machine).
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision the student will run in, from the user's choice and the hardware.
+
+    ``auto``: on a GPU bf16 where supported, else fp16; on a CPU bf16 where the CPU has
+    AVX512_BF16 or AMX (:func:`cpu_has_native_bf16`), else fp32. int8 (dynamic quantisation
+    of the encoder's Linear layers) is CPU-only and never chosen automatically: on the ViT
+    student it is slower than native bf16 and not faster than fp32 on AVX2 (docs/benchmarks.md).
+    fp16 is GPU-only. Explicit choices are honoured even where they are emulated (slow).
+
+    Raises:
+        ConfigError: an unknown name, fp16 on the CPU, or int8 on a GPU.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type == "cuda":
+        if precision == "int8":
+            raise ConfigError("precision 'int8' (dynamic quantisation) runs on the CPU only; use "
+                              "bf16, fp16 or auto on a GPU, or --device cpu")
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise ConfigError("precision 'fp16' is for GPUs; on the CPU use bf16 (native on "
+                          "AVX512_BF16/AMX CPUs), int8, fp32 or auto")
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision (a no-op for fp32 and int8)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def make_deterministic(device: torch.device) -> None:
     """Ask for repeatable results in this process: single-threaded ITK (ANTs), fixed seeds,
     and on the CPU deterministic PyTorch algorithms.
@@ -132,6 +182,12 @@ class Predictor:
             :func:`make_deterministic`): single-threaded ITK for registration, and on the CPU
             deterministic PyTorch algorithms.
         cache_dir: optional cache for preparation (passed to ``prepare_case``).
+        precision: ``auto`` (default; bf16 on CPUs with AVX512_BF16/AMX and on GPUs, else
+            fp32), ``fp32``, ``bf16``, ``fp16`` (GPU) or ``int8`` (CPU: dynamic quantisation
+            of the encoder's Linear layers below the Grad-CAM layer); see
+            :func:`resolve_precision`. Reduced precision stays within 0.01 of fp32 in
+            probability and 0.98 in saliency correlation on the test cases
+            (``Testing/library/test_precision.py``).
 
     Raises:
         CheckpointError: missing/damaged checkpoint, or one that is not a student.
@@ -141,10 +197,12 @@ class Predictor:
     def __init__(self, checkpoint: str | os.PathLike, *, device: str = "auto",
                  skull_strip: str | None = None, saliency: bool = True,
                  saliency_config: SaliencyConfig | None = None, deterministic: bool = True,
-                 cache_dir: str | os.PathLike | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, precision: str = "auto") -> None:
         from AmyloidKDLib.checkpoint import load_checkpoint
+        from AmyloidKDLib.models.precision import prepare_for_inference
 
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.checkpoint = Path(checkpoint)
         # Refuse a teacher or an inconsistent checkpoint before building its (large) model.
         described = _read_description(self.checkpoint)
@@ -168,7 +226,7 @@ class Predictor:
         self.deterministic = deterministic and self.device.type == "cpu"
         if deterministic:
             make_deterministic(self.device)
-        self.model = model.to(self.device).eval()
+        self.model = prepare_for_inference(model.to(self.device).eval(), self.precision)
 
     def predict_file(self, path: str | os.PathLike,
                      on_step: Callable[[str], None] | None = None) -> PredictionResult:
@@ -193,7 +251,7 @@ class Predictor:
         timings["prepare"] = time.perf_counter() - start
         _notify(on_step, "prepare")
 
-        with deterministic_torch(self.deterministic):
+        with deterministic_torch(self.deterministic), autocast_for(self.precision, self.device):
             return self._predict_prepared(mri, prepared, timings, start, on_step)
 
     def _predict_prepared(self, mri: Volume, prepared: Any, timings: dict[str, float],

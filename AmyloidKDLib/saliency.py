@@ -115,8 +115,8 @@ def _unscaled_gradcam_class():
         """GradCAM that resizes each slice's map without rescaling it to [0, 1] on its own."""
 
         def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):  # noqa: D102
-            activations = [a.cpu().numpy() for a in self.activations_and_grads.activations]
-            gradients = [g.cpu().numpy() for g in self.activations_and_grads.gradients]
+            activations = [a.float().cpu().numpy() for a in self.activations_and_grads.activations]
+            gradients = [g.float().cpu().numpy() for g in self.activations_and_grads.gradients]
             if len(gradients) != len(self.target_layers):
                 raise RuntimeError(
                     "Grad-CAM received no gradient at the target layer; the layer is not on the "

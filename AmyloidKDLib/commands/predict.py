@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-missing-orientation", action="store_true",
                         help="accept NIfTI headers without orientation (qform/sform codes 0); "
                              "left/right may then be mirrored")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
+                             "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
+                             "see docs/inference.md")
     parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
@@ -270,9 +274,11 @@ def run(args: argparse.Namespace) -> int:
                          "give a folder you can write to with --out") from None
     progress = Progress(args.progress == "lines", len(cases))
     progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
-    predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip)
+    predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
+                          precision=args.precision)
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
-               "allow_missing_orientation": args.allow_missing_orientation}
+               "allow_missing_orientation": args.allow_missing_orientation,
+               "precision": args.precision}
     record = run_record(args.checkpoint, **options)
     finished = finished_rows(out_dir, record)
     if finished:

@@ -8,10 +8,16 @@ input, coarse registration at 2 mm). Inputs are phantom subjects at 1 mm: with a
 RSS and its cold start are its own.
 
     python Testing/benchmarks/bench_inference.py [--threads 2] [--cases 1]
-           [--preps paper fast] [--students biomedclip light] [--work DIR]
+           [--preps paper fast] [--students biomedclip light] [--precision auto] [--work DIR]
 
-Targets (issue 7), on 2 cores: <= 40 s per case with the BiomedCLIP-size student, <= 30 s with
-the light student, peak RSS <= 4 GB.
+Every configuration also reports how close its model step is to the machine's limit: the CPU
+capability PyTorch reports, a GEMM FLOP/s floor measured in the same process on the same
+thread count (fp32, and bf16 where the CPU has AVX512_BF16 or AMX), the student's FLOPs for one
+forward pass of its slices (``torch.utils.flop_counter``) and the ratio of the measured model
+step to ``FLOPs / floor`` for the dtype the Predictor chose.
+
+Targets (issue 20), on an idle 2-core machine: fast preparation <= 5 s, light student <= 6 s
+per case, paper preparation <= 60 s, peak RSS <= 3 GB, model step <= 1.5x the floor.
 """
 
 from __future__ import annotations
@@ -32,9 +38,55 @@ REPO = HERE.parent.parent
 sys.path[:0] = [str(REPO)]
 
 STUDENTS = {"biomedclip": ("paper", "student"), "light": ("paper", "light_student")}
-TARGET_SECONDS = {"biomedclip": 40.0, "light": 30.0}
-TARGET_RSS_GB = 4.0
+#: Issue 20's per-case targets (seconds): preparation per preset, total for the light student.
+TARGET_PREPARE = {"fast": 5.0, "paper": 60.0}
+TARGET_LIGHT_TOTAL = 6.0
+TARGET_RSS_GB = 3.0
+TARGET_FLOOR_RATIO = 1.5
 PHANTOM_SEED = 7
+#: GEMM shape of the floor: a ViT-B/16 MLP matmul over 15 slices of 197 tokens.
+FLOOR_GEMM = (15 * 197, 768, 3072)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul on this CPU (AVX512_BF16 or AMX), as PyTorch detects it."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def gemm_floor(dtype_name: str, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of one (M, K) x (K, N) matmul in ``dtype_name`` on the torch
+    threads of this process: the throughput a dense model step cannot beat."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    m, k, n = FLOOR_GEMM
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=generator).to(dtype)
+    b = torch.randn(k, n, generator=generator).to(dtype)
+    torch.matmul(a, b)  # warm-up (packing, thread pool)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * m * k * n / best
+
+
+def model_flops(model, n_slices: int, image_size: int) -> float:
+    """FLOPs of one forward pass of ``model`` over one case (``n_slices`` slices), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    slices = torch.zeros(1, n_slices, 3, image_size, image_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(slices)
+    return float(counter.get_total_flops())
 
 
 def make_inputs(work: Path, n_cases: int) -> dict[str, list[str]]:
@@ -59,7 +111,7 @@ def make_inputs(work: Path, n_cases: int) -> dict[str, list[str]]:
 
 
 def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int,
-            deterministic: bool) -> dict:
+            deterministic: bool, precision: str = "auto") -> dict:
     """One configuration, in this (fresh) process: build, save, load, predict, write outputs."""
     import torch
 
@@ -84,8 +136,13 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
                                                  image_size=config.image_size).to_dict(),
                         threshold=0.5, provenance={"note": "random weights, benchmark only"})
     start = time.perf_counter()
-    predictor = Predictor(checkpoint, device="cpu", deterministic=deterministic)
+    predictor = Predictor(checkpoint, device="cpu", deterministic=deterministic,
+                          precision=precision)
     load_seconds = time.perf_counter() - start
+    floors = {"fp32": gemm_floor("fp32")}
+    if cpu_has_bf16():
+        floors["bf16"] = gemm_floor("bf16")
+    flops = model_flops(predictor.model, config.n_slices, config.image_size)
 
     cases = []
     out = work / f"out_{prep}_{student}"
@@ -104,12 +161,62 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     return {"prep": prep, "student": student, "encoder": config.encoder,
             "parameters": sum(p.numel() for p in predictor.model.parameters()),
             "load_checkpoint": load_seconds, "cases": cases, "peak_rss_gb": peak_kb / 2**20,
-            "threads": threads, "deterministic": deterministic}
+            "threads": threads, "deterministic": deterministic,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "precision": predictor.precision, "floor_flops": floors, "model_flops": flops}
 
 
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def print_floor(results: list[dict]) -> None:
+    """CPU capability, GEMM floors, model FLOPs, and the model step against its floor."""
+    done = [r for r in results if "error" not in r]
+    if not done:
+        return
+    first = done[0]
+    floors = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in first["floor_flops"].items())
+    print(f"CPU capability {first['cpu_capability']}; GEMM floor {FLOOR_GEMM} on "
+          f"{first['threads']} threads: {floors} (bf16 only where AVX512_BF16/AMX)")
+    header = (f"{'prep':6} {'student':10} {'precision':9} {'GFLOP':>7} {'floor s':>8} "
+              f"{'model s':>8} {'ratio':>6}  target")
+    print(header)
+    print("-" * len(header))
+    for r in done:
+        dtype = "bf16" if r["precision"] == "bf16" else "fp32"
+        floor = r["floor_flops"].get(dtype, r["floor_flops"]["fp32"])
+        floor_seconds = r["model_flops"] / floor
+        model = _median([c.get("model", 0.0) for c in r["cases"]])
+        ratio = model / floor_seconds if floor_seconds > 0 else float("nan")
+        verdict = f"<= {TARGET_FLOOR_RATIO}x {'met' if ratio <= TARGET_FLOOR_RATIO else 'MISSED'}"
+        print(f"{r['prep']:6} {r['student']:10} {r['precision']:9} {r['model_flops'] / 1e9:7.1f} "
+              f"{floor_seconds:8.2f} {model:8.2f} {ratio:6.2f}  {verdict}")
+    print("(floor s = model FLOPs / GEMM FLOP/s of the chosen dtype; model s = slicing + forward "
+          "pass with Grad-CAM hooks; int8 is compared with the fp32 floor)")
+    print()
+
+
+def _verdicts(r: dict, m: dict) -> list[str]:
+    """Issue 20's Done-when for one configuration, as 'target met/MISSED' strings."""
+    def check(label: str, ok: bool) -> str:
+        return f"{label} {'met' if ok else 'MISSED'}"
+
+    out = []
+    if r["prep"] == "fast":
+        out.append(check(f"prepare <= {TARGET_PREPARE['fast']:.0f} s", m["prepare"] <= TARGET_PREPARE["fast"]))
+        if r["student"] == "light":
+            out.append(check(f"total <= {TARGET_LIGHT_TOTAL:.0f} s", m["total"] <= TARGET_LIGHT_TOTAL))
+    else:
+        out.append(check(f"total <= {TARGET_PREPARE['paper']:.0f} s", m["total"] <= TARGET_PREPARE["paper"]))
+    if r["student"] == "biomedclip" and "model_flops" in r:
+        dtype = "bf16" if r["precision"] == "bf16" else "fp32"
+        floor = r["model_flops"] / r["floor_flops"].get(dtype, r["floor_flops"]["fp32"])
+        allowed = m["prepare"] + TARGET_FLOOR_RATIO * floor + 1.0
+        out.append(check(f"total <= prep + 1.5 floor + 1 ({allowed:.1f} s)", m["total"] <= allowed))
+    out.append(check(f"RSS <= {TARGET_RSS_GB:.0f} GB", r["peak_rss_gb"] <= TARGET_RSS_GB))
+    return out
 
 
 def print_table(results: list[dict]) -> None:
@@ -126,10 +233,7 @@ def print_table(results: list[dict]) -> None:
         m = {key: _median([c.get(key, 0.0) for c in r["cases"]])
              for key in ("read", "prepare", "model", "saliency", "write", "total", "cpu",
                          "load_average")}
-        ok_time = m["total"] <= TARGET_SECONDS[r["student"]]
-        ok_rss = r["peak_rss_gb"] <= TARGET_RSS_GB
-        verdict = (f"<= {TARGET_SECONDS[r['student']]:.0f} s {'met' if ok_time else 'MISSED'}, "
-                   f"<= {TARGET_RSS_GB:.0f} GB {'met' if ok_rss else 'MISSED'}")
+        verdict = ", ".join(_verdicts(r, m))
         print(f"{r['prep']:6} {r['student']:10} {r['encoder']:22} {r['load_checkpoint']:6.1f} "
               f"{m['read']:6.1f} {m['prepare']:8.1f} {m['model']:6.1f} {m['saliency']:8.1f} "
               f"{m['write']:6.1f} {m['total']:7.1f} {m['cpu']:6.1f} {r['peak_rss_gb']:7.2f} "
@@ -157,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multithreaded-itk", action="store_true",
                         help="let ANTs use --threads threads (faster, not bit-for-bit repeatable); "
                              "default: the Predictor's deterministic single-threaded ITK")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                        help="the Predictor's precision (auto: chosen from the CPU's capability)")
     parser.add_argument("--work", type=Path, default=None, help="keep inputs/outputs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--table", type=Path, default=None,
@@ -166,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.table:
+        print_floor(json.loads(args.table.read_text()))
         print_table(json.loads(args.table.read_text()))
         return 0
     if args.one:
         prep, student, spec = args.one
         spec = json.loads(Path(spec).read_text())
         result = run_one(prep, student, spec["inputs"], Path(spec["work"]), args.threads,
-                         not args.multithreaded_itk)
+                         not args.multithreaded_itk, args.precision)
         print("BENCH_RESULT " + json.dumps(result))
         return 0
 
@@ -192,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = work / f"spec_{prep}_{student}.json"
             spec.write_text(json.dumps({"inputs": inputs[prep], "work": str(work)}))
             command = [sys.executable, __file__, "--threads", str(args.threads),
-                       "--one", prep, student, str(spec)]
+                       "--precision", args.precision, "--one", prep, student, str(spec)]
             if args.multithreaded_itk:
                 command.append("--multithreaded-itk")
             print(f"running {prep} / {student} ...", file=sys.stderr, flush=True)
@@ -206,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     itk = "multi-threaded" if args.multithreaded_itk else "single-threaded (deterministic)"
     print(f"\nAmyloidKD prediction, {args.cases} phantom case(s) at 1 mm, {args.threads} torch "
           f"threads, ITK {itk}, CPU\n")
+    print_floor(results)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -28,14 +28,25 @@ def white_matter_cv(data: np.ndarray, wm: np.ndarray) -> float:
 
 
 def test_n4_reduces_white_matter_variation_of_a_bias_corrupted_template():
+    """The default (paper) N4 removes the field down to the template's own white-matter CV.
+
+    Measured (docs/benchmarks.md): clean 0.026, corrupted 0.128, corrected 0.023 with the
+    default 3 fitting levels; ANTs' 4 levels gave 0.033 and would fail the second bound.
+    """
     template = load_template(1)
     corrupted = template.t1.with_data(template.t1.data * bias_field(template.shape))
+    corrupted.data[0, 0, 0] = 123.0  # background outside the brain's bounding box
     wm = (template.wm.data > 0.9) & (template.mask.data > 0.5)
+    clean = white_matter_cv(template.t1.data, wm)
     before = white_matter_cv(corrupted.data, wm)
-    corrected = n4_bias_correction(corrupted, template.mask, N4Config(shrink_factor=4, iterations=(50, 50, 30)))
+    corrected = n4_bias_correction(corrupted, template.mask, N4Config())
     after = white_matter_cv(corrected.data, wm)
-    assert before > 2 * white_matter_cv(template.t1.data, wm)  # the field really dominates
-    assert after <= (2 / 3) * before
+    assert before > 2 * clean  # the field really dominates
+    assert after <= 0.25 * before
+    assert after <= 1.1 * clean
+    assert corrected.shape == corrupted.shape
+    np.testing.assert_array_equal(corrected.affine, corrupted.affine)
+    assert corrected.data[0, 0, 0] == 123.0  # outside the mask's box: left as it was
 
 
 def test_normalisation_matches_the_paper_formula_inside_the_mask():

@@ -1,0 +1,75 @@
+"""Students made ready for inference at a chosen numeric precision.
+
+Training keeps LoRA adapters separate from the frozen base weights; for prediction they are
+merged into the base Linear layers (peft's own ``merge``), which removes two small matmuls and
+a dropout call per adapted layer. ``int8`` additionally replaces the Linear layers of the ViT
+blocks below the Grad-CAM target layer with PyTorch's dynamically quantised Linear
+(``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch).
+Grad-CAM needs gradients only from its target layer (the last block) upward, and those layers
+stay in floating point, so saliency works unchanged. bf16 and fp16 need no change of the model:
+they are autocast contexts (:func:`AmyloidKDLib.inference.autocast_for`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def merge_lora_adapters(model: nn.Module) -> int:
+    """Merge every peft LoRA adapter of ``model`` into its base layer, in place; returns how many.
+
+    The merged layer computes ``W x + (alpha / r) B A x`` as one matmul; ``unmerge()`` on the
+    layer restores the separate weights. Without peft installed (or adapters) nothing changes.
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return 0
+    merged = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+            merged += 1
+    return merged
+
+
+def quantize_below_gradcam_layer(model: nn.Module) -> int:
+    """int8 dynamic quantisation of the Linear layers in the ViT blocks below the last one.
+
+    Returns how many Linear layers were replaced (0 for CNN encoders, whose convolutions
+    dynamic quantisation does not cover). The last block, whose first norm is Grad-CAM's
+    target, and everything above it stay in floating point so that gradients can flow there.
+    """
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or not getattr(encoder, "is_vit", False):
+        log.info("int8: the encoder is not a ViT; dynamic quantisation leaves it in fp32")
+        return 0
+    blocks = encoder.trunk.blocks
+    replaced = 0
+    for index in range(len(blocks) - 1):
+        before = sum(isinstance(m, nn.Linear) for m in blocks[index].modules())
+        blocks[index] = torch.ao.quantization.quantize_dynamic(blocks[index], {nn.Linear},
+                                                              dtype=torch.qint8)
+        replaced += before
+    return replaced
+
+
+def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` (in eval mode) with LoRA merged and, for ``int8``, its lower blocks quantised.
+
+    ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16`` or ``int8``); the model is
+    changed in place and returned. Call it once, after loading and before the first forward pass.
+    """
+    model.eval()
+    merge_lora_adapters(model)
+    if precision == "int8":
+        quantize_below_gradcam_layer(model)
+    return model
+
+
+__all__ = ["merge_lora_adapters", "prepare_for_inference", "quantize_below_gradcam_layer"]

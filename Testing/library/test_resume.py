@@ -73,10 +73,12 @@ def test_a_rerun_after_kill_finishes_the_missing_cases_without_redoing_the_other
     assert len({row["probability"] for row in rows}) == 1
 
     # a different checkpoint, or other options, into the same folder would redo everything
-    from AmyloidKDLib.commands.predict import finished_rows, run_record
+    import json
 
-    same = {"skull_strip": None, "allow_coarse": False, "allow_missing_orientation": False}
-    assert len(finished_rows(out, run_record(checkpoint, **same))) == 3
+    from AmyloidKDLib.commands.predict import RUN_RECORD, finished_rows, run_record
+
+    options = json.loads((out / RUN_RECORD).read_text())["options"]
+    assert len(finished_rows(out, run_record(checkpoint, **options))) == 3
     other = write_test_checkpoint(tmp_path / "ckpt2", seed=1)
-    assert finished_rows(out, run_record(other, **same)) == {}
-    assert finished_rows(out, run_record(checkpoint, **{**same, "allow_coarse": True})) == {}
+    assert finished_rows(out, run_record(other, **options)) == {}
+    assert finished_rows(out, run_record(checkpoint, **{**options, "allow_coarse": True})) == {}

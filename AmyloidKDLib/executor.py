@@ -163,7 +163,7 @@ def jobqueue_cluster(scheduler: str, settings: Mapping[str, Any], threads: int =
     kwargs["job_script_prologue"] = list(kwargs.get("job_script_prologue") or []) + exports
     kwargs["worker_extra_args"] = (list(kwargs.get("worker_extra_args") or [])
                                    + ["--resources", f"{CASE_RESOURCE}=1"])
-    kwargs.setdefault("scheduler_options", {"dashboard_address": None})
+    kwargs.setdefault("scheduler_options", {"dashboard_address": ":0"})  # no fixed port to clash
     try:
         return getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[scheduler])(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -120,3 +120,18 @@ def test_predict_command_takes_a_precision_and_explains_a_wrong_one(tmp_path, ca
         cli_run(["predict", str(mni_t1_path), "--checkpoint", str(checkpoint), "--out",
                  str(tmp_path / "out"), "--precision", "fp64"])
     assert stop.value.code == 2
+
+
+def test_auto_keeps_the_light_cnn_in_fp32_on_one_thread_and_restores_threads(tmp_path):
+    from AmyloidKDLib.inference import torch_threads
+
+    light = Predictor(write_test_checkpoint(tmp_path / "light", kind="light_student"),
+                      device="cpu", precision="auto")
+    vit = Predictor(write_test_checkpoint(tmp_path / "vit"), device="cpu", precision="auto")
+    assert light.precision == "fp32" and light.model_threads == 1
+    assert vit.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert vit.model_threads is None
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

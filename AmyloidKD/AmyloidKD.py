@@ -42,7 +42,7 @@ from AmyloidKDModuleLib.dependencies import (
     satisfies_minimum,
 )
 from AmyloidKDModuleLib.errors import ModuleError
-from AmyloidKDModuleLib.panel import Outcome, PredictionController
+from AmyloidKDModuleLib.panel import Outcome, PredictionController, SelectionFollower
 from AmyloidKDModuleLib.runner import (
     DEVICE_CHOICES,
     SKULL_STRIP_CHOICES,
@@ -146,8 +146,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._controller = None
         self._timer = None
-        self._shownCase = None  # (MRI id, PET id, PET underneath, saliency id) last laid out in the views
-        self._shownOpacity = None
+        self._follower = SelectionFollower()  # which parameter changes concern the slice views
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
@@ -199,7 +198,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
-        self._shownCase = None
+        self._follower.forget()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -223,19 +222,11 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            if self._shownCase is None:  # first connection: remember what is shown, re-layer nothing
-                self._shownCase = self._caseKey()
-                self._shownOpacity = self._parameterNode.saliencyOpacity
+            if self._follower.shown is None:  # first connection: remember what is shown, re-layer nothing
+                parameters = self._parameterNode
+                self._follower.remember(parameters.mriVolume, parameters.petVolume, parameters.petAsBackground,
+                                        parameters.saliencyOpacity)
             self._onParameterNodeModified()
-
-    def _caseKey(self) -> tuple:
-        parameters = self._parameterNode
-        mriNode: "vtkMRMLScalarVolumeNode" = parameters.mriVolume
-        petNode: "vtkMRMLScalarVolumeNode" = parameters.petVolume
-        overlay = scene.case_overlay(mriNode)
-        saliencyNode: "vtkMRMLScalarVolumeNode" = overlay.saliency if overlay else None
-        return (mriNode.GetID() if mriNode else None, petNode.GetID() if petNode else None,
-                bool(parameters.petAsBackground), saliencyNode.GetID() if saliencyNode else None)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._checkCanApply()
@@ -247,17 +238,16 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if not parameters or self._controller.running:
             return
-        key = self._caseKey()
         mriNode: "vtkMRMLScalarVolumeNode" = parameters.mriVolume
-        if key != self._shownCase and mriNode is not None:
-            previous = [slicer.mrmlScene.GetNodeByID(nodeID) for nodeID in (self._shownCase or ()) if isinstance(nodeID, str)]
-            self._shownCase = key
+        change = self._follower.change(mriNode, parameters.petVolume, parameters.petAsBackground,
+                                       parameters.saliencyOpacity)
+        if change.relayout:
+            previous = [slicer.mrmlScene.GetNodeByID(nodeID) for nodeID in change.previous]
             self.logic.showCase(mriNode, parameters.petVolume, parameters.petAsBackground,
                                 parameters.saliencyOpacity, previous=[n for n in previous if n is not None])
             self._showStoredResult(mriNode)
-        elif parameters.saliencyOpacity != self._shownOpacity and mriNode is not None:
-            self.logic.setOpacity(mriNode, parameters.saliencyOpacity)
-        self._shownOpacity = parameters.saliencyOpacity
+        elif change.opacity is not None:
+            self.logic.setOpacity(mriNode, change.opacity)
 
     def _showStoredResult(self, mriNode: "vtkMRMLScalarVolumeNode") -> None:
         """Result labels and output selectors for the selected MRI (empty when it has none)."""

@@ -12,6 +12,18 @@ from AmyloidKDLib.errors import (  # noqa: F401
     DependencyError,
     InputError,
 )
-from AmyloidKDLib.volume import Volume, load_volume, save_volume  # noqa: F401
 
 __version__ = "0.1.0"
+
+# Volume I/O needs numpy and nibabel; it is imported on first use so that the standard-library
+# parts (errors, layouts, atomic) import without them, e.g. in the Slicer module before its
+# first package install.
+_LAZY = {"Volume", "load_volume", "save_volume"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from AmyloidKDLib import volume
+
+        return getattr(volume, name)
+    raise AttributeError(f"module 'AmyloidKDLib' has no attribute {name!r}")

@@ -8,6 +8,7 @@ and an existing target is left untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,7 +17,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "is_disk_full"]
+
+#: errno values of "no room to write": a full disk, a quota, or a file-size limit (ulimit -f).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the error of a full disk, an exhausted quota or a file-size limit.
+
+    An OSError with one of ``DISK_FULL_ERRNOS``, or a writer written in Rust (safetensors)
+    that reports the same errno only in its message ("... (os error 28)").
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    return any(f"(os error {number})" in str(exc) for number in DISK_FULL_ERRNOS)
 
 
 def _suffix(target: Path) -> str:

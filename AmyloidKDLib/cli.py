@@ -5,8 +5,17 @@ Each subcommand lives in ``AmyloidKDLib/commands/<name>.py`` and exposes
 arguments, returning an exit code). The training pipeline adds its own subcommands on top
 (``Training/cli.py``), so the library never imports the pipeline.
 
-Errors a user can cause are :class:`AmyloidKDError`: they become one line on stderr and
-exit code 2, never a traceback.
+Conventions shared by every subcommand (added here, so no command can forget them):
+``--version``; ``-v``/``-q`` and ``--progress {bar,lines,none}`` before *or* after the
+subcommand; help text on every option (checked by a test); and these exit codes:
+
+====  ==========================================================================
+0     success
+1     some cases failed (batch commands only; the other cases were processed)
+2     bad usage or input, or no room to write: one line on stderr saying what to change
+3     internal error (a bug): one line on stderr and the file the traceback went to
+130   interrupted (Ctrl-C)
+====  ==========================================================================
 """
 
 from __future__ import annotations
@@ -14,26 +23,68 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from AmyloidKDLib.atomic import is_disk_full
 from AmyloidKDLib.errors import AmyloidKDError, DependencyError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
 LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom")
 
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 #: Top-level modules of the ``[train]`` extra (accelerate, scikit-learn, pyyaml): without them
 #: the pipeline's subcommands are listed but say how to install them.
 TRAIN_EXTRA = ("accelerate", "sklearn", "yaml")
+
+#: ``--progress`` choices: tqdm bars on stderr; machine-readable ``AMYLOIDKD_PROGRESS
+#: <fraction> <text>`` lines on stdout (``predict``; elsewhere no bars); nothing.
+PROGRESS_CHOICES = ("bar", "lines", "none")
+
+
+def _add_shared_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
+    """``-v``/``-q``/``--progress``. On subcommands they default to "not given", so the value
+    given before the subcommand stays in force unless repeated after it."""
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", dest="log_level", action="store_const",
+                           const=logging.INFO, default=default(logging.WARNING),
+                           help="log progress details (INFO)")
+    verbosity.add_argument("-q", "--quiet", dest="log_level", action="store_const",
+                           const=logging.ERROR, default=default(logging.WARNING),
+                           help="log errors only")
+    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default=default("bar"),
+                        help="progress display: 'bar' tqdm bars on stderr (default), 'lines' "
+                             "'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout (predict; "
+                             "other commands show no bars), 'none' nothing")
+
+
+def version_text() -> str:
+    """What ``--version`` prints: the package version and the Python it runs on."""
+    from AmyloidKDLib import __version__
+
+    return f"amyloidkd {__version__} (Python {sys.version.split()[0]})"
 
 
 def build_parser(command_modules: Iterable[str] = ()) -> argparse.ArgumentParser:
     """The ``amyloidkd`` parser with the library's subcommands plus ``command_modules``."""
     parser = argparse.ArgumentParser(
         prog="amyloidkd",
-        description="PET-free amyloid-beta positivity from structural MRI (AmyloidKD).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+        description="PET-free amyloid-beta positivity from structural MRI (AmyloidKD).",
+        epilog="Exit codes: 0 ok, 1 some cases failed, 2 bad usage or input, 3 internal error, "
+               "130 interrupted.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and exit")
+    _add_shared_options(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [f"AmyloidKDLib.commands.{name}" for name in LIBRARY_COMMANDS] + list(command_modules)
     for module_name in modules:
@@ -46,6 +97,9 @@ def build_parser(command_modules: Iterable[str] = ()) -> argparse.ArgumentParser
             _register_unavailable(subparsers, module_name.rsplit(".", 1)[-1], missing)
             continue
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        if subparser.prefix_chars == "-":  # not the placeholders of uninstalled commands
+            _add_shared_options(subparser, top_level=False)
     return parser
 
 
@@ -65,20 +119,54 @@ def _register_unavailable(subparsers, name: str, missing: str) -> None:
     command.set_defaults(func=unavailable)
 
 
+def _log_internal_error(command: str) -> Path | None:
+    """Write the current exception's traceback to a log file; its path (None if unwritable)."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=f"amyloidkd-{command}-error-", suffix=".log")
+        with os.fdopen(handle, "w", encoding="utf-8") as log:
+            log.write(f"{version_text()}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                      f"argv: {sys.argv}\n\n{traceback.format_exc()}")
+        return Path(name)
+    except OSError:
+        return None
+
+
 def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
-    """Parse ``argv``, run the chosen subcommand and return its exit code."""
+    """Parse ``argv``, run the chosen subcommand and return its exit code (see the table above)."""
     parser = build_parser(command_modules)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level)
+    previous = os.environ.get("TQDM_DISABLE")
+    if args.progress != "bar":
+        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, here and in worker processes
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except AmyloidKDError as exc:
         print(f"amyloidkd {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"amyloidkd {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+        if is_disk_full(exc):  # not a bug: the user frees space and runs the command again
+            filename = getattr(exc, "filename", None)
+            reason = getattr(exc, "strerror", None) or exc
+            where = f" while writing {filename}" if filename else ""
+            print(f"amyloidkd {args.command}: error: no room to write{where} ({reason}: the disk "
+                  "is full or a file-size limit was reached); nothing half-written was kept - "
+                  "free space and run the same command again", file=sys.stderr)
+            return EXIT_USAGE
+        where = _log_internal_error(args.command)
+        logged = f"traceback in {where}" if where else "no traceback log could be written"
+        print(f"amyloidkd {args.command}: internal error: {type(exc).__name__}: {exc} ({logged}; "
+              f"please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -27,11 +27,24 @@ from typing import Any, TypeVar
 
 from AmyloidKDLib.errors import ConfigError
 
-__all__ = ["from_dict", "to_dict", "merge", "load_preset", "preset_names"]
+__all__ = ["DictConfig", "from_dict", "to_dict", "merge", "load_preset", "preset_names"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "resources" / "presets"
 
 T = TypeVar("T")
+
+
+class DictConfig:
+    """Base of the dataclass configs: ``to_dict()`` and ``from_dict(values)`` through this module."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready nested dict (tuples become lists)."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+        """Build from a nested dict: unknown keys are errors naming them, values are typed."""
+        return from_dict(cls, values)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

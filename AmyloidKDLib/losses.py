@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +216,7 @@ SHAPES = ("linear", "cosine", "constant")
 
 
 @dataclass
-class LossScheduleConfig:
+class LossScheduleConfig(configs.DictConfig):
     """Epoch schedules of the loss weights, temperature and margin (start -> end over
     ``ramp_epochs``, then held). Defaults follow the paper: classification weight 0.5 -> 0.8."""
 
@@ -242,15 +241,6 @@ class LossScheduleConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
         if min(self.temperature_start, self.temperature_end) <= 0:
             raise ConfigError("temperatures must be > 0.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable)."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LossScheduleConfig:
-        """Build from a dict; unknown keys raise ConfigError naming them, values are typed."""
-        return configs.from_dict(cls, data)
 
 
 def _ramp(start: float, end: float, epoch: int, config: LossScheduleConfig) -> float:

@@ -3,13 +3,20 @@
 Training and inference both go through here, so the student sees at inference exactly
 what it saw in training. Results are cached on disk under a key made of the input bytes,
 the configuration and the pipeline version: preparing the same case again costs a read.
+
+The cache is safe for several processes at once (batch jobs, parallel workers): an entry is
+written once, complete, by an atomic folder rename, and never replaced or deleted. When two
+processes prepare the same case, the first to finish stores its result and every process
+(the other one too) returns the stored entry, so all users of one cache see one preparation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from AmyloidKDLib import configs
-from AmyloidKDLib.errors import ConfigError, InputError
+from AmyloidKDLib.atomic import write_json_atomic
+from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
 from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, n4_bias_correction,
                                      normalize_intensity, suvr_window)
 from AmyloidKDLib.registration import RegistrationConfig, Transform, register_to_mni, rigid_pet_to_mri
@@ -30,6 +38,8 @@ from AmyloidKDLib.volume import MRI_MODALITIES, Volume, load_volume, save_volume
 
 #: Bump when a change to the image path alters its output (invalidates the cache).
 PIPELINE_VERSION = "1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class PETConfig:
 
 
 @dataclass
-class PrepConfig:
+class PrepConfig(configs.DictConfig):
     """Every setting of the image path; the defaults are the paper's (``preset("paper")``)."""
 
     skull_strip: SkullStripConfig = field(default_factory=SkullStripConfig)
@@ -65,15 +75,6 @@ class PrepConfig:
         2 mm, coarse).
         """
         return cls.from_dict(configs.load_preset("prep", name))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (tuples become lists)."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PrepConfig":
-        """Inverse of :meth:`to_dict`; missing keys keep defaults, unknown keys are an error."""
-        return configs.from_dict(cls, values)
 
 
 @dataclass
@@ -174,7 +175,8 @@ def _save(case: PreparedCase, folder: Path) -> None:
     case.mri_to_mni.save(folder / "mri_to_mni")
     if case.pet_to_mri is not None:
         case.pet_to_mri.save(folder / "pet_to_mri")
-    (folder / "steps.json").write_text(json.dumps({"key": case.cache_key, "steps": case.steps}, indent=1))
+    # Written last: a folder with steps.json is complete.
+    write_json_atomic(folder / "steps.json", {"key": case.cache_key, "steps": case.steps})
 
 
 def load_prepared(folder: str | os.PathLike) -> PreparedCase:
@@ -193,20 +195,64 @@ def load_prepared(folder: str | os.PathLike) -> PreparedCase:
         steps=record["steps"], cache_key=record.get("key", ""))
 
 
-def save_prepared(case: PreparedCase, folder: str | os.PathLike) -> Path:
-    """Write a prepared case to ``folder`` atomically (temporary folder, then rename)."""
-    folder = Path(folder)
+def _write_folder(case: PreparedCase, folder: Path) -> Path:
+    # The case, complete, in a new hidden folder beside ``folder`` (removed again on failure).
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         _save(case, tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return tmp
+
+
+def save_prepared(case: PreparedCase, folder: str | os.PathLike) -> Path:
+    """Write a prepared case to ``folder`` atomically, replacing what was there.
+
+    The case is written to a temporary folder that is then renamed onto ``folder``; an older
+    folder is first renamed aside and removed afterwards, so ``folder`` is never half-written.
+    For cache entries, which other processes may be reading, see :func:`store_prepared`.
+    """
+    folder = Path(folder)
+    tmp = _write_folder(case, folder)
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+    moved_aside = False
+    try:
+        if folder.exists():
+            os.rename(folder, old)
+            moved_aside = True
+        os.rename(tmp, folder)
+    except BaseException:
+        if moved_aside and not folder.exists():
+            os.rename(old, folder)  # put the previous result back
+            moved_aside = False
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if moved_aside:
+        shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def store_prepared(case: PreparedCase, entry: str | os.PathLike) -> bool:
+    """Store ``case`` as the write-once cache entry ``entry``; False if one was there first.
+
+    The entry appears complete in one atomic rename or not at all; an existing entry is never
+    replaced or deleted (another process may be reading it), so readers never see a partial one.
+    """
+    entry = Path(entry)
+    if (entry / "steps.json").is_file():
+        return False
+    tmp = _write_folder(case, entry)
+    try:
+        os.rename(tmp, entry)  # fails if another writer's (non-empty) entry is already there
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (entry / "steps.json").is_file():
+            raise
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare_case(mri: Volume, pet: Volume | None = None, config: PrepConfig | None = None,
@@ -217,7 +263,8 @@ def prepare_case(mri: Volume, pet: Volume | None = None, config: PrepConfig | No
     brain, [0, 1], gamma) -> register to MNI152 -> resample. The skull is removed before N4
     so the field is estimated on brain only (HD-BET does not need bias-corrected input).
     PET path: rigid to the subject's MRI, into MNI through the MRI's transform, fixed SUVR
-    window. With ``cache_dir`` the result is stored under :func:`cache_key` and re-used.
+    window. With ``cache_dir`` the result is stored under :func:`cache_key` and re-used; the
+    returned case is always the stored entry (first writer wins, see :func:`store_prepared`).
     """
     config = config or PrepConfig()
     if mri.modality not in MRI_MODALITIES:
@@ -226,10 +273,15 @@ def prepare_case(mri: Volume, pet: Volume | None = None, config: PrepConfig | No
     key = cache_key(mri, pet, config)
     entry = Path(cache_dir) / key if cache_dir is not None else None
     if entry is not None and (entry / "steps.json").is_file():
-        return load_prepared(entry)
+        try:
+            return load_prepared(entry)
+        except AmyloidKDError as exc:  # damaged entry: never deleted here (others may read it)
+            log.warning("cache entry %s cannot be read (%s); preparing the case again without "
+                        "caching it; remove the entry to re-cache", entry, exc)
+            entry = None
     case = _prepare(mri, pet, config)
     case.cache_key = key
     if entry is not None:
-        save_prepared(case, entry)
-        return load_prepared(entry)  # transforms then live in the cache, not a temp folder
+        store_prepared(case, entry)
+        return load_prepared(entry)  # ours or the first writer's; transforms live in the cache
     return case

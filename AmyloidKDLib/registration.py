@@ -4,12 +4,19 @@ A :class:`Transform` keeps the ANTs transform files it needs in a folder it owns
 when the object is garbage-collected), so nothing accumulates in /tmp, and it maps images
 both ways: forward onto the fixed (template) grid, inverse back onto the moving (native)
 grid - how a saliency map made in MNI space lands on the user's own MRI.
+
+Repeatability: the metric's random sampling is seeded (``RegistrationConfig.random_seed``),
+and with one ITK thread two registrations of the same images are bit-identical. With more
+threads they are not, even with a fixed thread count: ITK sums the metric over threads in
+a varying order (measured with Testing/benchmarks/bench_repeatability.py). ITK fixes its
+thread count at its first use in a process; :func:`set_registration_threads` asks for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,11 +32,49 @@ from AmyloidKDLib.preprocess import ants_to_volume, import_ants, volume_to_ants
 from AmyloidKDLib.template import load_template
 from AmyloidKDLib.volume import Volume
 
+log = logging.getLogger(__name__)
+
 TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
 INTERPOLATIONS = {"linear": "linear", "nearest": "nearestNeighbor", "label": "genericLabel",
                   "bspline": "bSpline"}
 DIRECTIONS = ("forward", "inverse")
 TRANSFORM_FILE = "transform.json"
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+#: ITK's thread count in this process once a registration has run (ITK reads it only then).
+_threads_at_first_use: int | None = None
+
+
+def _threads_from_environment() -> int:
+    try:
+        return max(1, int(os.environ[ITK_THREADS_ENV]))
+    except (KeyError, ValueError):
+        return os.cpu_count() or 1  # ITK's own default: one thread per CPU
+
+
+def registration_threads() -> int:
+    """The number of ITK threads ANTs uses in this process (fixed after the first registration)."""
+    return _threads_at_first_use or _threads_from_environment()
+
+
+def set_registration_threads(threads: int) -> int:
+    """Ask for ``threads`` ITK threads in this process; return the number actually in force.
+
+    One thread makes repeated registrations identical; more are faster on an idle machine but
+    differ slightly from run to run. ITK reads the setting once per process, so after the
+    first registration the request cannot take effect: a warning says so, and the count in
+    force is returned (run the work in a new process, or set the environment variable
+    ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` before starting Python).
+    """
+    if threads < 1:
+        raise ConfigError(f"registration threads must be >= 1, got {threads}")
+    if _threads_at_first_use is not None:
+        if threads != _threads_at_first_use:
+            log.warning("ITK already runs %d thread(s) in this process; %d cannot take effect "
+                        "until a new process starts", _threads_at_first_use, threads)
+        return _threads_at_first_use
+    os.environ[ITK_THREADS_ENV] = str(threads)
+    return threads
 
 
 @dataclass
@@ -219,8 +264,11 @@ def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = 
 
     ANTs' output files are written into a folder owned by the Transform (not loose in /tmp).
     """
+    global _threads_at_first_use
     config = config or RegistrationConfig()
     ants = import_ants()
+    if _threads_at_first_use is None:
+        _threads_at_first_use = _threads_from_environment()
     owner = _OwnedFolder()
     kwargs = {}
     if config.use_mask and fixed_mask is not None:

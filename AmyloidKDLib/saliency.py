@@ -31,7 +31,7 @@ SALIENCY_TARGETS = ("predicted", "positive")
 
 
 @dataclass
-class SaliencyConfig:
+class SaliencyConfig(configs.DictConfig):
     """How the saliency volume and its top-region label map are made."""
 
     target: str = "predicted"     # explain the predicted class, or always amyloid positivity
@@ -46,15 +46,6 @@ class SaliencyConfig:
             raise ConfigError(f"top_percentile must be in [0, 100), got {self.top_percentile}")
         if not 1 <= self.max_regions <= 255:
             raise ConfigError(f"max_regions must be in 1..255 (uint8 labels), got {self.max_regions}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SaliencyConfig":
-        """Build from a dict, naming any unknown key; values are typed."""
-        return configs.from_dict(cls, values)
 
 
 @dataclass

@@ -21,8 +21,9 @@ from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.models.encoders import get_encoder_spec
 from AmyloidKDLib.volume import Volume
 
+
 @dataclass
-class SliceConfig:
+class SliceConfig(configs.DictConfig):
     """Which sagittal slices the encoder sees, and how they are turned into images.
 
     The intensity normalisation is not a setting: it is the ``mean``/``std`` of ``encoder``'s
@@ -54,10 +55,6 @@ class SliceConfig:
     def std(self) -> tuple[float, float, float]:
         """Per-channel standard deviation the slices are divided by (the encoder's)."""
         return get_encoder_spec(self.encoder).std
-
-    def to_dict(self) -> dict:
-        """JSON-ready copy of the settings."""
-        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SliceConfig":

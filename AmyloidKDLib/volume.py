@@ -110,6 +110,15 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def _orientation_codes(img) -> tuple[int, int] | None:
+    # (qform_code, sform_code) of a NIfTI header; None for formats without them.
+    header = img.header
+    try:
+        return int(header["qform_code"]), int(header["sform_code"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _max_bytes(max_megabytes: float | None) -> float:
     if max_megabytes is None:
         max_megabytes = float(os.environ.get("AMYLOIDKD_MAX_VOLUME_MB", DEFAULT_MAX_VOLUME_MB))
@@ -174,6 +183,7 @@ def load_volume(
     *,
     replace_nonfinite: bool = False,
     max_megabytes: float | None = None,
+    allow_missing_orientation: bool = False,
 ) -> Volume:
     """Read a NIfTI file, validate it and return it reoriented to RAS+.
 
@@ -184,10 +194,14 @@ def load_volume(
             refusing the file.
         max_megabytes: memory guard for the float32 array; default 2048 MiB or the
             environment variable ``AMYLOIDKD_MAX_VOLUME_MB``.
+        allow_missing_orientation: accept a header whose qform and sform codes are both 0
+            (no orientation; left/right then rests on the NIfTI default and may be mirrored),
+            reported as a warning, instead of refusing the file.
 
     Raises:
-        InputError: missing, unreadable, truncated or non-image file; not 3-D; empty or
-            constant; NaN/Inf voxels (unless ``replace_nonfinite``); too large.
+        InputError: missing, unreadable, truncated or non-image file; not 3-D; complex
+            values; no orientation in the header (unless ``allow_missing_orientation``);
+            empty or constant; NaN/Inf voxels (unless ``replace_nonfinite``); too large.
     """
     path = Path(path)
     if modality not in MODALITIES:
@@ -209,6 +223,21 @@ def load_volume(
                              "the file is damaged or not an image") from None
 
     shape = _squeeze_to_3d(tuple(img.shape), path)
+    found: list[str] = []
+    if np.dtype(img.get_data_dtype()).kind == "c":
+        raise InputError(f"{path}: voxels are complex numbers ({img.get_data_dtype()}); give a "
+                         "magnitude image (e.g. the scanner's magnitude reconstruction, or "
+                         "numpy.abs of the data saved as float32)")
+    if _orientation_codes(img) == (0, 0):
+        if not allow_missing_orientation:
+            raise InputError(
+                f"{path}: the header has no orientation (qform_code and sform_code are both 0), "
+                "so left and right cannot be trusted; convert the scan again with the scanner's "
+                "converter (e.g. dcm2niix) or set the sform/qform (e.g. nibabel set_sform(affine, "
+                "code=1)); to accept it anyway use allow_missing_orientation=True / "
+                "--allow-missing-orientation")
+        found.append("header has no orientation (qform/sform codes 0): loaded with the NIfTI "
+                     "default axes, left/right may be mirrored")
     needed = float(np.prod(shape)) * 4
     if needed > _max_bytes(max_megabytes):
         raise InputError(
@@ -226,7 +255,6 @@ def load_volume(
         raise InputError(f"{path}: the header's voxel-to-world matrix is invalid (singular or "
                          "non-finite); fix the NIfTI header (sform/qform)")
 
-    found: list[str] = []
     bad = ~np.isfinite(data)
     if bad.any():
         n_bad = int(bad.sum())

@@ -1,4 +1,8 @@
-"""The ``amyloidkd`` console script: the library's subcommands plus the training pipeline's."""
+"""The ``amyloidkd`` console script: the library's subcommands plus the training pipeline's.
+
+Also runnable as a module, which is what ``accelerate launch`` needs for multi-GPU training:
+``accelerate launch -m Training.cli train all ...`` (or ``python -m Training.cli ...``).
+"""
 
 from __future__ import annotations
 
@@ -15,3 +19,7 @@ TRAINING_COMMANDS: tuple[str, ...] = tuple(
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``amyloidkd`` command."""
     sys.exit(run(argv, TRAINING_COMMANDS))
+
+
+if __name__ == "__main__":
+    main()

@@ -249,9 +249,17 @@ def load_config(preset_or_path: str = "cpu", overrides: list[str] | None = None)
     return RunConfig.from_dict(data)
 
 
+# Keys older run folders hold that this version dropped; ignored when a run is read back.
+RETIRED_KEYS = (("engine", "seed"),)
+
+
 def config_from_json(path: str | Path) -> RunConfig:
     """Read a run directory's ``config.json`` back."""
     try:
-        return RunConfig.from_dict(json.loads(Path(path).read_text()))
+        data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read run config {path}: {exc}") from exc
+    for section, key in RETIRED_KEYS:  # written by older versions, no longer meaningful
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
+    return RunConfig.from_dict(data)

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from AmyloidKDModuleLib.errors import ModuleError
-from AmyloidKDModuleLib.runner import DEVICE_CHOICES, NIFTI_SUFFIXES, SKULL_STRIP_CHOICES, case_name
+from AmyloidKDLib.atomic import atomic_open
+from AmyloidKDLib.errors import InputError
+from AmyloidKDLib.layouts import collect_image_cases
+from AmyloidKDModuleLib.runner import DEVICE_CHOICES, SKULL_STRIP_CHOICES
 
-MANIFEST_COLUMNS = ("t1w", "mri_path")
 SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds")
 #: Exit codes of the batch script, the same meaning as the predict CLI's.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,55 +49,24 @@ def parse_batch_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return build_batch_parser().parse_args(args)
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def list_cases(input_path: str | os.PathLike) -> list[Path]:
     """The MRI files named by ``input_path`` (file, folder or manifest CSV), in a stable order.
 
-    Relative paths in a manifest are taken relative to the manifest's folder. Raises
-    ModuleError when nothing usable is found or two inputs would share a case name.
+    The same reading as the library's commands (``AmyloidKDLib.layouts``): relative paths in a
+    manifest are taken relative to the manifest's folder, cases are named the same way. Raises
+    ModuleError when nothing usable is found, a manifest row names no file or a missing one,
+    or two inputs would share a case name.
     """
-    path = Path(input_path)
-    if not path.exists():
-        raise ModuleError(f"{path} does not exist; pass a NIfTI file, a folder of NIfTI files or a manifest CSV.")
-    if path.is_dir():
-        cases = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
-    elif path.suffix.lower() == ".csv":
-        cases = _manifest_cases(path)
-    elif _is_nifti(path):
-        cases = [path]
-    else:
-        raise ModuleError(f"{path} is neither a NIfTI file (.nii, .nii.gz), a folder nor a manifest CSV.")
-    if not cases:
-        raise ModuleError(f"no NIfTI files (.nii, .nii.gz) found in {path}.")
-    names = [case_name(c) for c in cases]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ModuleError(f"several inputs share the case name(s) {', '.join(duplicates)}; "
-                          "rename the files so that each case name is unique.")
-    return cases
-
-
-def _manifest_cases(manifest: Path) -> list[Path]:
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        column = next((c for c in MANIFEST_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise ModuleError(f"{manifest} has no column {' or '.join(MANIFEST_COLUMNS)}; "
-                              f"its columns are {', '.join(reader.fieldnames or [])}.")
-        cases = []
-        for row in reader:
-            value = (row[column] or "").strip()
-            if value:
-                case = Path(value)
-                cases.append(case if case.is_absolute() else manifest.parent / case)
-    missing = [str(c) for c in cases if not c.is_file()]
-    if missing:
-        raise ModuleError(f"{manifest} names files that do not exist: {', '.join(missing[:5])}"
-                          + (" ..." if len(missing) > 5 else ""))
-    return cases
+    try:
+        cases = collect_image_cases(input_path)
+    except InputError as exc:
+        raise ModuleError(str(exc)) from None
+    unusable = [c.problem or f"{c.mri} does not exist" for c in cases
+                if c.mri is None or not c.mri.is_file()]
+    if unusable:
+        raise ModuleError(f"{input_path}: {'; '.join(unusable[:5])}"
+                          + (" ..." if len(unusable) > 5 else ""))
+    return [c.mri for c in cases]
 
 
 @dataclass
@@ -115,13 +86,11 @@ class BatchRow:
 def write_batch_summary(rows: Iterable[BatchRow], path: str | os.PathLike) -> Path:
     """Write the summary CSV atomically (temporary name, then rename)."""
     target = Path(path)
-    temporary = target.with_name(target.name + ".part")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(target) as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-    os.replace(temporary, target)
     return target
 
 

@@ -4,7 +4,8 @@
 failed, cancelled, or failing to start - leaves it idle (so Apply works again) and gives an
 :class:`Outcome` whose ``status`` is the line the panel shows. The widget in
 ``AmyloidKD.py`` only forwards button clicks and timer ticks to it and copies the outcome
-into its labels.
+into its labels. :class:`SelectionFollower` decides which parameter changes concern the
+slice views at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from AmyloidKDModuleLib.scene import (
     PredictionJob,
     PredictionResult,
     cancel_prediction,
+    case_overlay,
     finish_prediction,
 )
 
@@ -109,3 +111,56 @@ class PredictionController:
         except Exception as error:
             return Outcome(f"Cancelled, but stopping it failed: {failure_text(error)}", error=failure_text(error))
         return Outcome("Cancelled")
+
+
+@dataclass
+class ViewChange:
+    """What the slice views need after a parameter change: a new layout, an opacity, or nothing."""
+
+    relayout: bool = False
+    previous: tuple = ()  # node IDs shown before (their views are the ones to re-layer)
+    opacity: float | None = None
+
+
+class SelectionFollower:
+    """Decides when a parameter change concerns the slice views.
+
+    Only a different MRI, PET, background choice or result re-layers the views; an opacity
+    change only sets the opacity; anything else (device, checkpoint, skull stripping, entering
+    the module) leaves the views alone. The first state seen is taken as what is shown.
+    """
+
+    def __init__(self) -> None:
+        self.shown: tuple | None = None
+        self.opacity: float | None = None
+
+    @staticmethod
+    def case_key(mri_node, pet_node, pet_as_background: bool) -> tuple:
+        """(MRI id, PET id, PET underneath, saliency id): what the views should show."""
+        overlay = case_overlay(mri_node)
+        saliency = overlay.saliency if overlay is not None else None
+        return (mri_node.GetID() if mri_node is not None else None,
+                pet_node.GetID() if pet_node is not None else None, bool(pet_as_background),
+                saliency.GetID() if saliency is not None else None)
+
+    def remember(self, mri_node, pet_node, pet_as_background: bool, opacity: float) -> None:
+        """Take the current state as shown (module entered, scene loaded): nothing is re-layered."""
+        self.shown = self.case_key(mri_node, pet_node, pet_as_background)
+        self.opacity = opacity
+
+    def forget(self) -> None:
+        """The next change re-layers (a new result, a closed scene)."""
+        self.shown = None
+
+    def change(self, mri_node, pet_node, pet_as_background: bool, opacity: float) -> ViewChange:
+        """What to do for the parameters now; updates what is remembered as shown."""
+        key = self.case_key(mri_node, pet_node, pet_as_background)
+        if mri_node is not None and key != self.shown:
+            previous = tuple(v for v in (self.shown or ()) if isinstance(v, str))
+            self.shown, self.opacity = key, opacity
+            return ViewChange(relayout=True, previous=previous)
+        if mri_node is not None and opacity != self.opacity:
+            self.opacity = opacity
+            return ViewChange(opacity=opacity)
+        self.opacity = opacity
+        return ViewChange()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from AmyloidKDLib.layouts import case_name  # noqa: F401  (standard library only)
 from AmyloidKDModuleLib.errors import ModuleError
 
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
@@ -359,15 +360,6 @@ def _read_lines(stream, name: str, events: queue.Queue) -> None:
     for line in iter(stream.readline, ""):
         events.put((name, line.rstrip("\r\n")))
     stream.close()
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """The CLI's case name for an input file: its name without ``.nii``/``.nii.gz``."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 @dataclass(frozen=True)

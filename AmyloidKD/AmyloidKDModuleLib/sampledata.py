@@ -31,9 +31,9 @@ class SampleFile:
 #: The phantom generator's subject (seed and index in build_sample_data.py), T1w then PET.
 SAMPLE_FILES = (
     SampleFile("AmyloidKD-synthetic-T1w.nii.gz", "AmyloidKD synthetic T1w",
-               "90b19c22fc835b3d7ea68fe80d72f1e4cf88af7dd21815691f2576f4d25fd339"),
+               "ebd1f2a1e54ca6fdb7f6f3063e4df2a611a719c2648a5c155062c3325af0bf9d"),
     SampleFile("AmyloidKD-synthetic-PET-SUVR.nii.gz", "AmyloidKD synthetic PET SUVR",
-               "b499009fc14a74ad88589cf66fa3e7c681112f8fcf0dcf42434c836229766836"),
+               "71de1427efe1f8cf6f35df9a8e227e5ef9ab58d4674d6b30155c3221edf834ca"),
 )
 
 

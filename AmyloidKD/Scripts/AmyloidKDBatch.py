@@ -93,6 +93,19 @@ def run_batch(argv: list) -> int:
     return batch_exit_code(rows)
 
 
+def _slicer_exit():
+    """``slicer.util.exit`` inside the Slicer application, else ``sys.exit`` (plain Python, Slicer's core)."""
+    try:
+        import slicer
+
+        application = getattr(slicer, "app", None)
+        if hasattr(slicer, "modules") and callable(getattr(application, "commandOptions", None)):
+            return slicer.util.exit
+    except BaseException:  # noqa: BLE001 - no usable Slicer: end this Python instead
+        pass
+    return sys.exit
+
+
 def main(argv: list, exit_function=None) -> int:
     """Run the batch and always end Slicer: ``exit_function(code)`` (default ``slicer.util.exit``)
     is called in a ``finally``, with a non-zero code for any error, whatever escapes."""
@@ -108,12 +121,7 @@ def main(argv: list, exit_function=None) -> int:
         status = EXIT_BATCH_ERROR
     finally:
         if exit_function is None:
-            try:
-                import slicer
-
-                exit_function = slicer.util.exit
-            except BaseException:  # no Slicer at all: end this Python
-                exit_function = sys.exit
+            exit_function = _slicer_exit()
         exit_function(status)
     return status
 

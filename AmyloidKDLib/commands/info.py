@@ -19,19 +19,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print, per file, the shape, voxel spacing, orientation code (as stored "
                     "and after reorientation to RAS+), intensity range and validation warnings.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI files (.nii, .nii.gz)")
-    parser.add_argument("--modality", default="T1w", choices=MODALITIES)
+    parser.add_argument("--modality", default="T1w", choices=MODALITIES,
+                        help="what the files hold, which sets the checks applied (default T1w)")
     parser.add_argument("--replace-nonfinite", action="store_true",
                         help="replace NaN/Inf voxels with 0 instead of refusing the file")
+    parser.add_argument("--allow-missing-orientation", action="store_true",
+                        help="accept NIfTI headers without orientation (qform/sform codes 0); "
+                             "left/right may then be mirrored")
     parser.set_defaults(func=run)
 
 
-def describe(path: str, modality: str = "T1w", replace_nonfinite: bool = False) -> str:
+def describe(path: str, modality: str = "T1w", replace_nonfinite: bool = False,
+             allow_missing_orientation: bool = False) -> str:
     """A multi-line, human-readable summary of one file (raises AmyloidKDError if unusable)."""
     import nibabel as nib
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        volume = load_volume(path, modality, replace_nonfinite=replace_nonfinite)
+        volume = load_volume(path, modality, replace_nonfinite=replace_nonfinite,
+                             allow_missing_orientation=allow_missing_orientation)
     stored = "".join(nib.aff2axcodes(nib.load(path).affine))
     lo, p50, hi = np.percentile(volume.data, [0, 50, 100])
     spacing = " x ".join(f"{s:.3g}" for s in volume.spacing)
@@ -50,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     """Describe each path; stop with the library's error at the first unusable one."""
     for path in args.paths:
         try:
-            print(describe(path, args.modality, args.replace_nonfinite))
+            print(describe(path, args.modality, args.replace_nonfinite,
+                           args.allow_missing_orientation))
         except AmyloidKDError:
             sys.stdout.flush()
             raise

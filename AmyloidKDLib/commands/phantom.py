@@ -25,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="MRI voxel size in mm (default 1; 2 is 8x faster)")
     parser.add_argument("--skull", action="store_true",
                         help="add a scalp/skull shell so skull stripping has work to do")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="JSON file with PhantomConfig values (see docs/data_layouts.md)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="the generator's settings: a JSON file of PhantomConfig values (see "
+                             "docs/data_layouts.md; there are no presets); the options above "
+                             "override it")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a cohort previously written to --out")
     parser.set_defaults(func=run)
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         values["skull"] = True
     config = PhantomConfig.from_dict(values)
     result = generate_cohort(args.out, args.subjects, args.seed, layout=args.layout,
-                             config=config, overwrite=args.overwrite)
+                             config=config, overwrite=args.overwrite,
+                             progress=args.progress == "bar")
     print(result)
     return 0

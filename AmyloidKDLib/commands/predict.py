@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
-from AmyloidKDLib.volume import save_volume
+from AmyloidKDLib.volume import check_volume, save_volume
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,12 @@ SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
 CASE_STEPS = ("load", "prepare", "model", "saliency", "write")
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED  # noqa: E402  (the shared exit codes)
+
+#: Extra results.csv column written when inputs with validation warnings may run.
+WARNINGS_COLUMN = "warnings"
+#: What a batch in DIR was run with; a re-run with the same record skips finished cases.
+RUN_RECORD = "predict_run.json"
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skull-strip", default=None, choices=SKULL_STRIP_CHOICES,
                         help="override the checkpoint's skull stripping (none: input is already "
                              "skull-stripped)")
+    parser.add_argument("--allow-coarse", action="store_true",
+                        help="predict inputs that get a validation warning (voxels > 5 mm, "
+                             "anisotropy > 4:1) instead of failing them; adds a warnings column")
+    parser.add_argument("--allow-missing-orientation", action="store_true",
+                        help="accept NIfTI headers without orientation (qform/sform codes 0); "
+                             "left/right may then be mirrored")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
                         help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
                              "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
                              "see docs/inference.md")
-    parser.add_argument("--progress", default=None, choices=("lines",),
-                        help="'lines': print 'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
 def collect_inputs(input_path: str | os.PathLike) -> list[CaseInput]:
@@ -115,19 +126,43 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def _write_results(rows: list[dict], path: Path) -> None:
+def _write_results(rows: list[dict], path: Path, columns: tuple[str, ...] = RESULT_COLUMNS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".csv.tmp", dir=path.parent)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def run_record(checkpoint: str | os.PathLike, **options: object) -> dict:
+    """What a batch's results depend on: the checkpoint (path and content) and the options."""
+    folder = Path(checkpoint).resolve()
+    digest = hashlib.sha256()
+    for name in ("checkpoint.json", "model.safetensors"):
+        file = folder / name
+        if name.endswith(".json") and file.is_file():
+            digest.update(file.read_bytes())
+        elif file.is_file():  # size and time stand for the weights (hashing them is slow)
+            digest.update(f"{file.stat().st_size} {file.stat().st_mtime_ns}".encode())
+    return {"checkpoint": str(folder), "checkpoint_digest": digest.hexdigest(),
+            "options": {k: options[k] for k in sorted(options)}}
+
+
+def finished_rows(out_dir: Path, record: dict) -> dict[tuple[str, str], dict]:
+    """Rows of an earlier run into ``out_dir`` that a re-run can keep, keyed by (case, input).
+
+    Kept: status ``ok`` with the case's overview PNG (its last output) on disk, and only when
+    the earlier run used the same checkpoint and options (``predict_run.json``).
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if json.loads((out_dir / RUN_RECORD).read_text()) != record:
+            return {}
+        with open(out_dir / "results.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, ValueError, csv.Error):
+        return {}
+    return {(row.get("case", ""), row.get("input", "")): row for row in rows
+            if row.get("status") == "ok" and (out_dir / f"{row.get('case')}_overview.png").is_file()}
 
 
 def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
@@ -155,28 +190,54 @@ def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
 
 def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
                   progress: Progress | None = None,
-                  tqdm_factory: Callable | None = None) -> list[dict]:
+                  tqdm_factory: Callable | None = None, allow_coarse: bool = False,
+                  allow_missing_orientation: bool = False,
+                  finished: dict[tuple[str, str], dict] | None = None) -> list[dict]:
     """Predict every case, writing outputs and ``results.csv`` after each; return the rows.
 
-    A case that raises is recorded (``status`` failed, ``error`` one line) and the batch goes on.
+    A case that raises is recorded (``status`` failed, ``error`` one line) and the batch goes on;
+    a full disk stops the batch (``OSError``). An input with a validation warning (see
+    :func:`AmyloidKDLib.volume.check_volume`) fails unless ``allow_coarse``; with either
+    ``allow_*`` option ``results.csv`` gets a ``warnings`` column. Cases in ``finished`` (rows of
+    an interrupted earlier run, see :func:`finished_rows`) are kept as they are, not redone.
     """
+    import warnings
+
     from tqdm import tqdm
 
+    from AmyloidKDLib.volume import load_volume
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    columns = RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation
+                                else ())
+    finished = finished or {}
     progress = progress or Progress(False, len(cases))
     rows: list[dict] = []
     bar = (tqdm_factory or tqdm)(cases, desc="predict", unit="case", file=sys.stderr)
     for index, item in enumerate(bar):
         started = time.perf_counter()
-        row = {column: "" for column in RESULT_COLUMNS}
+        row = {column: "" for column in columns}
         row.update(case=item.case, input="" if item.path is None else str(item.path),
                    threshold=f"{predictor.threshold:.6g}")
+        earlier = finished.get((row["case"], row["input"]))
+        if earlier is not None:
+            row.update({k: v for k, v in earlier.items() if k in row})
+            rows.append(row)
+            progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: done in an earlier run")
+            continue
         try:
             if item.problem is not None:
                 raise InputError(item.problem)
-            from AmyloidKDLib.volume import load_volume
-
-            mri = load_volume(item.path, "T1w")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # reported in the row instead
+                mri = load_volume(item.path, "T1w",
+                                  allow_missing_orientation=allow_missing_orientation)
+            coarse = check_volume(mri)
+            if coarse and not allow_coarse:
+                raise InputError(f"{item.path}: {'; '.join(coarse)}; predict it anyway with "
+                                 "--allow-coarse (the result is then less reliable)")
+            if WARNINGS_COLUMN in row:
+                row[WARNINGS_COLUMN] = "; ".join(mri.warnings)
             progress.report(index, 0, f"{item.case}: loaded")
             step_index = {name: i + 1 for i, name in enumerate(("prepare", "model", "saliency"))}
             result = predictor.predict(
@@ -188,12 +249,14 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
                        seconds_model=f"{result.timings.get('model', 0.0):.3f}",
                        seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
         except Exception as exc:  # a failing case is recorded, the batch continues
+            if is_disk_full(exc):
+                raise  # ... except on a full disk, where every later case would fail too
             log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
             row.update(status="failed", error=_one_line(exc))
             print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)
         row["seconds_total"] = f"{time.perf_counter() - started:.3f}"
         rows.append(row)
-        _write_results(rows, out_dir / "results.csv")
+        _write_results(rows, out_dir / "results.csv", columns)
         progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: {row['status']}")
     return rows
 
@@ -213,7 +276,18 @@ def run(args: argparse.Namespace) -> int:
     progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
                           precision=args.precision)
-    rows = predict_cases(cases, predictor, out_dir, progress=progress)
+    options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
+               "allow_missing_orientation": args.allow_missing_orientation,
+               "precision": args.precision}
+    record = run_record(args.checkpoint, **options)
+    finished = finished_rows(out_dir, record)
+    if finished:
+        print(f"amyloidkd predict: {len(finished)} case(s) already done in {out_dir}, kept",
+              file=sys.stderr)
+    write_json_atomic(out_dir / RUN_RECORD, record)
+    rows = predict_cases(cases, predictor, out_dir, progress=progress, finished=finished,
+                         allow_coarse=args.allow_coarse,
+                         allow_missing_orientation=args.allow_missing_orientation)
     failed = [row["case"] for row in rows if row["status"] != "ok"]
     progress.line(1.0, f"done: {len(rows) - len(failed)} ok, {len(failed)} failed")
     if failed:

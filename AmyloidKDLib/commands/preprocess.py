@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
+from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
 from AmyloidKDLib.layouts import case_name, read_image_manifest
 from AmyloidKDLib.skullstrip import BACKENDS
 
+PREP_PRESETS = ("paper", "fast")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,18 +34,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz MRI or a manifest .csv")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case)")
     parser.add_argument("--pet", help="SUVR PET for a single INPUT file")
-    parser.add_argument("--preset", default="paper", choices=("paper", "fast"))
-    parser.add_argument("--config", help="JSON file with PrepConfig settings (overrides --preset)")
+    parser.add_argument("--preset", default="paper", choices=PREP_PRESETS,
+                        help="preparation preset (default paper; fast: skull-free input, coarse "
+                             "registration, 2 mm grid); same as --config NAME")
+    parser.add_argument("--config", metavar="NAME_OR_FILE",
+                        help="the preparation settings: a preset name (paper, fast) or a JSON "
+                             "file of PrepConfig values; replaces --preset")
     parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
     parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
     parser.add_argument("--jobs", type=int, default=1, help="cases prepared in parallel (processes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="ITK threads per case for N4 and registration; 1 (default) makes "
+                             "repeated runs identical, more may be faster but differ slightly")
+    parser.add_argument("--allow-missing-orientation", action="store_true",
+                        help="accept NIfTI headers without orientation (qform/sform codes 0); "
+                             "left/right may then be mirrored")
     parser.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace):
     from AmyloidKDLib.pipeline import PrepConfig
 
-    if args.config:
+    if args.config in PREP_PRESETS:
+        config = PrepConfig.preset(args.config)
+    elif args.config:
         try:
             config = PrepConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError) as exc:
@@ -73,16 +89,23 @@ def read_cases(input_path: str, pet: str | None = None) -> list[dict[str, str | 
     return [{"case": c.case, "mri": str(c.mri), "pet": str(c.pet) if c.pet else None} for c in cases]
 
 
-def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None) -> dict:
-    """Prepare and save one case; returns a result row (status ``ok`` or ``failed``)."""
+def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None,
+                allow_missing_orientation: bool = False) -> dict:
+    """Prepare and save one case; returns a result row (status ``ok`` or ``failed``).
+
+    A full disk is raised, not recorded: every later case would fail the same way.
+    """
     from AmyloidKDLib.pipeline import PrepConfig, prepare_case, save_prepared
     from AmyloidKDLib.volume import load_volume
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mri = load_volume(case["mri"], "T1w")
-            pet = load_volume(case["pet"], "PET") if case["pet"] else None
+            mri = load_volume(case["mri"], "T1w",
+                              allow_missing_orientation=allow_missing_orientation)
+            pet = (load_volume(case["pet"], "PET",
+                               allow_missing_orientation=allow_missing_orientation)
+                   if case["pet"] else None)
         prepared = prepare_case(mri, pet, PrepConfig.from_dict(config_dict), cache_dir=cache_dir)
         save_prepared(prepared, Path(out) / case["case"])
         seconds = sum(step["seconds"] for step in prepared.steps)
@@ -90,6 +113,8 @@ def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None) 
     except AmyloidKDError as exc:
         return {**case, "status": "failed", "error": str(exc), "seconds": ""}
     except Exception as exc:  # a broken case must not stop the batch; its error is reported
+        if is_disk_full(exc):
+            raise
         return {**case, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": ""}
 
 
@@ -97,37 +122,42 @@ def run(args: argparse.Namespace) -> int:
     """Prepare every case; write ``cases.csv`` and ``errors.csv``; exit 1 if any case failed."""
     from tqdm import tqdm
 
+    from AmyloidKDLib.registration import set_registration_threads
+
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    set_registration_threads(args.threads)  # before any ITK use here or in the workers
     config = _config(args)
     cases = read_cases(args.input, args.pet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
-    (out / "prep_config.json").write_text(json.dumps(config_dict, indent=1))
+    write_json_atomic(out / "prep_config.json", config_dict)
     results = []
-    progress = tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr)
-    if args.jobs == 1:
-        for case in cases:
-            results.append(prepare_one(case, config_dict, str(out), args.cache_dir))
-            progress.update()
-    else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir)
-                       for case in cases]
-            for future in as_completed(futures):
-                results.append(future.result())
+    # closed on errors too, so an error message starts on its own line
+    with tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr) as progress:
+        if args.jobs == 1:
+            for case in cases:
+                results.append(prepare_one(case, config_dict, str(out), args.cache_dir,
+                                           args.allow_missing_orientation))
                 progress.update()
-    progress.close()
+        else:
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir,
+                                       args.allow_missing_orientation) for case in cases]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    progress.update()
     order = {case["case"]: i for i, case in enumerate(cases)}
     results.sort(key=lambda row: order[row["case"]])
     columns = ["case", "mri", "pet", "status", "error", "seconds"]
     for name, rows in (("cases.csv", results), ("errors.csv", [r for r in results if r["status"] != "ok"])):
-        with (out / name).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(out / name, buffer.getvalue())
     failed = sum(r["status"] != "ok" for r in results)
     print(f"prepared {len(results) - failed} of {len(results)} cases into {out}"
           + (f"; {failed} failed, see {out / 'errors.csv'}" if failed else ""))
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -24,7 +24,7 @@ KINDS = ("teacher", "student", "light_student")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(configs.DictConfig):
     """Architecture and initialisation of one model (teacher, student or light student).
 
     The MRI-only baseline is a ``student`` trained without a teacher.
@@ -72,15 +72,6 @@ class ModelConfig:
         if self.embed_dim % self.attention_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by attention_heads "
                               f"{self.attention_heads}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-serialisable)."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict; unknown keys raise ConfigError naming them, values are typed."""
-        return configs.from_dict(cls, data)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """JSON text of the config; also written to ``path`` (atomically) when given."""

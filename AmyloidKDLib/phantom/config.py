@@ -11,10 +11,8 @@ TRACERS = ("AV45", "PIB")
 PHANTOM_CONTRASTS = ("T1w", "T2w", "FLAIR")
 
 
-
-
 @dataclass
-class PhantomConfig:
+class PhantomConfig(configs.DictConfig):
     """Every knob of the synthetic cohort (JSON-serialisable; defaults are the demo's).
 
     Amyloid: a two-component Gaussian mixture of baseline Centiloid whose mixing weight is
@@ -112,15 +110,6 @@ class PhantomConfig:
             raise ConfigError("PhantomConfig.session_gap_days must exceed 2*mr_pet_gap_days + 365 "
                               "so that each PET pairs with its own MR session")
         mixture_weight(self)  # raises when the prevalence is unreachable
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serialisable values (tuples become lists)."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PhantomConfig":
-        """Build from a dict; an unknown key raises ConfigError naming it and the valid keys."""
-        return configs.from_dict(cls, values)
 
 
 def _valid_axcodes(code: str) -> bool:

@@ -141,9 +141,17 @@ def _montage(path: Path, shown: list[tuple[SessionTruth, Volume, Volume]]) -> No
         fig.savefig(temporary, metadata={"Software": None})
 
 
+#: Present while a cohort is being written: a folder holding it is an interrupted run (a full
+#: disk, a kill) and is replaced by the next run without asking.
+UNFINISHED_MARKER = ".phantom-unfinished"
+
+
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; choose a folder for the cohort")
+    if (out_dir / UNFINISHED_MARKER).exists():
+        shutil.rmtree(out_dir)
+        return
     if out_dir.exists() and any(out_dir.iterdir()):
         marker = out_dir / "ground_truth" / "cohort.json"
         if not overwrite or not marker.exists():
@@ -221,6 +229,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / UNFINISHED_MARKER).touch()
 
     subjects = [sample_subject(i, seed, config) for i in range(int(n_subjects))]
     sessions = {s.subject_id: sample_sessions(s, seed, config) for s in subjects}
@@ -265,6 +274,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
         _write_manifest(manifest, all_sessions, config)
     if layout in ("oasis3", "both"):
         _write_oasis_csvs(out_dir, all_sessions, subjects)
+    (out_dir / UNFINISHED_MARKER).unlink()
     return out_dir if layout == "oasis3" else manifest
 
 

@@ -77,3 +77,14 @@ def test_lock_file_satisfies_the_core_and_every_extra():
         assert name in pinned, f"{name} is not in requirements/lock.txt"
         assert requirement.specifier.contains(pinned[name], prereleases=True), \
             f"lock.txt pins {name}=={pinned[name]}, outside {requirement}"
+
+
+@pytest.mark.parametrize("module", ["AmyloidKDLib.layouts", "AmyloidKDLib.atomic", "AmyloidKDLib.errors",
+                                    "AmyloidKDModuleLib.batch"])
+def test_standard_library_parts_import_before_any_package_is_installed(module):
+    """The Slicer module reads inputs and writes its summary with the library before its first
+    pip install: these modules must not pull numpy, nibabel or torch in."""
+    done = _run(f"import sys; sys.path.insert(0, 'AmyloidKD'); import {module}; "
+                "import AmyloidKDLib; print('ok')",
+                blocked=("numpy", "nibabel", "torch", "scipy"))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-1500:]

@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python Testing/slicer/build_sample_data.py
 
 Generates a small phantom cohort with a fixed seed (2 mm T1w, 4 mm PET, from the MNI152
-template), keeps its first amyloid-positive subject's T1w and PET SUVR map under the names
+template), keeps the T1w of its subject with the highest Centiloid (amyloid-positive) and PET SUVR map under the names
 ``AmyloidKDModuleLib.sampledata`` expects, and prints their SHA-256 checksums (paste them into
 ``SAMPLE_FILES`` there; the tests check that they match).
 """
@@ -35,7 +35,7 @@ def main() -> int:
         manifest = Path(generate_cohort(Path(work) / "cohort", 6, SEED, "manifest", config=config,
                                         overwrite=True, progress=False))
         rows = list(csv.DictReader(manifest.open(newline="", encoding="utf-8")))
-        row = next((r for r in rows if r["label"] == "1"), rows[0])
+        row = max(rows, key=lambda r: float(r["centiloid"]))  # the clearest amyloid-positive subject
         TARGET.mkdir(parents=True, exist_ok=True)
         for sample, column in zip(SAMPLE_FILES, ("t1w", "pet_path")):
             staging = TARGET / (sample.file_name + ".part")

@@ -56,7 +56,7 @@ def grab(view, point_ras=None) -> np.ndarray:
 
     view.fit_view_to_content()
     if point_ras is not None:
-        view._view_node.JumpSliceByCentering(*point_ras)  # slice through the given point
+        view._view_node.JumpSliceByOffsetting(*point_ras)  # slice through the given point, no panning
     view.render_window().Render()
     window_to_image = vtk.vtkWindowToImageFilter()
     window_to_image.SetInput(view.render_window())
@@ -108,6 +108,16 @@ def write_figure(images: dict, path: str | os.PathLike, title: str) -> Path:
         figure.savefig(temporary, dpi=100, facecolor="black", format="png")
     plt.close(figure)
     return target
+
+
+def _peak_ras(saliency_path: Path) -> tuple[float, float, float]:
+    """RAS of the centre of the saliency's top 10 % (the node has no parent transform here)."""
+    import nibabel as nib
+
+    image = nib.load(str(saliency_path))
+    values = np.asanyarray(image.dataobj)
+    top = np.argwhere(values >= np.quantile(values[values > 0], 0.90))
+    return tuple(float(v) for v in (image.affine @ np.r_[top.mean(axis=0), 1.0])[:3])
 
 
 def _tiny_checkpoint(folder: Path) -> Path:
@@ -168,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         if job.process.wait(timeout=600) != 0:
             print(job.process.tail(), file=sys.stderr)
             return 1
+        (row,) = runner.read_results(job.request.out_dir)
+        peak = _peak_ras(row.outputs.saliency)  # the views cross at the strongest saliency
         result = scene.finish_prediction(app.scene, app.volumes_logic, job)
-        images = render_case(app, scene.case_overlay(mri), args.size)
+        images = render_case(app, scene.case_overlay(mri), args.size, point_ras=peak)
         title = (f"AmyloidKD in Slicer's slice views: synthetic phantom, {model} "
                  f"(synthetic data only), p = {result.probability:.2f}")
         print(write_figure(images, args.out, title))

@@ -137,3 +137,17 @@ def test_sample_case_files_match_their_checksums_through_file_uris(tmp_path):
         assert image.ndim == 3 and max(image.header.get_zooms()) <= 4.0
     if "thumbnailFileName" in arguments:
         assert Path(arguments["thumbnailFileName"]).read_bytes()[:4] == b"\x89PNG"
+
+
+#: ``SampleData.SampleDataLogic.registerCustomSampleDataSource``'s parameters in Slicer 5.4
+#: (Modules/Scripted/SampleData/SampleData.py; later releases only add ``loadFileTypes``).
+REGISTER_SAMPLE_PARAMETERS_5_4 = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
+                                  "thumbnailFileName", "loadFileType", "loadFiles", "loadFileProperties", "checksums"}
+
+
+def test_sample_registration_uses_only_parameters_slicer_5_4_has():
+    from AmyloidKDModuleLib import sampledata
+
+    arguments = sampledata.sample_data_arguments(REPO / "AmyloidKD" / "Resources" / "SampleData")
+    assert set(arguments) <= REGISTER_SAMPLE_PARAMETERS_5_4
+    assert {"category", "sampleName", "uris", "fileNames", "nodeNames", "checksums"} <= set(arguments)

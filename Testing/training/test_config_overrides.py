@@ -24,3 +24,19 @@ def test_override_arrives_as_a_number(override, read, expected):
     value = read(load_config("cpu", [override]))
     assert value == pytest.approx(expected)
     assert type(value) is type(expected)
+
+
+def test_a_run_config_of_an_older_version_still_loads(tmp_path):
+    """Run folders written before `engine.seed` was retired can still be evaluated."""
+    import json
+
+    from Training.config import config_from_json, load_config
+
+    data = load_config("cpu").to_dict()
+    data["engine"]["seed"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert config_from_json(tmp_path / "config.json").to_dict() == load_config("cpu").to_dict()
+    data["engine"]["typo"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(Exception, match="typo"):
+        config_from_json(tmp_path / "config.json")

@@ -101,10 +101,17 @@ def test_delong_standard_error_agrees_with_the_paired_bootstrap():
     assert boot["difference"] == pytest.approx(delong["difference"])
 
 
-def test_bad_inputs_raise_errors_that_say_what_was_wrong():
-    with pytest.raises(InputError, match="differ in length"):
-        tm.threshold_metrics([0, 1], [0.5])
-    with pytest.raises(InputError, match="0 or 1"):
-        tm.threshold_metrics([0, 2], [0.5, 0.5])
-    with pytest.raises(ConfigError, match="n_bootstrap"):
-        tm.EvalConfig(n_bootstrap=1)
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: tm.threshold_metrics([0, 1], [0.5]), InputError, "differ in length"),
+    (lambda: tm.threshold_metrics([0, 2], [0.5, 0.5]), InputError, "0 or 1"),
+    (lambda: tm.threshold_metrics([0, 1], [0.5, float("nan")]), InputError, "NaN or infinite"),
+    (lambda: tm.roc_auc([], []), InputError, "no cases to evaluate"),
+    (lambda: tm.delong_test([0, 1, 1], [0.1, 0.8, 0.9], [0.2, 0.7, 0.6]), InputError, ">= 2 positive"),
+    (lambda: tm.EvalConfig(n_bootstrap=1), ConfigError, "n_bootstrap"),
+    (lambda: tm.EvalConfig(confidence=0.3), ConfigError, "confidence"),
+    (lambda: tm.EvalConfig(default_threshold=1.0), ConfigError, "default_threshold"),
+    (lambda: tm.EvalConfig(calibration="isotonic"), ConfigError, "'platt' or 'none'"),
+])
+def test_bad_inputs_raise_errors_that_say_what_was_wrong(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

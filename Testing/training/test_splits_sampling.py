@@ -62,12 +62,13 @@ def test_holdout_split_is_subject_disjoint_with_the_requested_sizes(longitudinal
     assert labels[list(split.test)].sum() > 0 and labels[list(split.val)].sum() > 0
 
 
-def test_leakage_check_raises_on_a_shared_subject():
-    subjects = ["a", "a", "b", "c"]
-    with pytest.raises(LeakageError, match="'a' is in both train and test"):
-        assert_no_subject_leakage(Split(0, (0, 2), (3,), (1,)), subjects)
-    with pytest.raises(LeakageError, match="two sets"):
-        assert_no_subject_leakage(Split(0, (0, 2), (2,), (3,)), subjects)
+@pytest.mark.parametrize("split, message", [
+    (Split(0, (0, 2), (3,), (1,)), "'a' is in both train and test"),  # two sessions of a
+    (Split(0, (0, 2), (2,), (3,)), "two sets"),                       # one case twice
+])
+def test_leakage_check_raises_on_a_shared_subject(split, message):
+    with pytest.raises(LeakageError, match=message):
+        assert_no_subject_leakage(split, ["a", "a", "b", "c"])
 
 
 def test_too_few_subjects_for_the_folds_is_a_clear_error():

@@ -36,28 +36,29 @@ def test_presets_load_and_round_trip_through_json(tmp_path):
     assert again == cpu
 
 
-def test_config_typos_and_bad_values_are_named():
-    with pytest.raises(ConfigError, match="teacher.epochz"):
-        load_config("cpu", ["teacher.epochz=3"])
-    with pytest.raises(ConfigError, match="unknown preset 'gpu'"):
-        load_config("gpu")
-    with pytest.raises(ConfigError, match="data.contrast"):
-        load_config("cpu", ["data.contrast=DWI"])
+@pytest.mark.parametrize("preset, overrides, message", [
+    ("cpu", ["teacher.epochz=3"], "teacher.epochz"),
+    ("gpu", [], "unknown preset 'gpu'"),
+    ("cpu", ["data.contrast=DWI"], "data.contrast"),
+    # Values YAML cannot make into the field's type are named with the type expected.
+    ("cpu", ["teacher.lr_heads=fast"], "teacher.lr_heads must be a number"),
+    ("cpu", ["teacher.epochs=2.5"], "teacher.epochs must be a whole number"),
+    ("cpu", ["teacher.augment=maybe"], "teacher.augment must be true or false"),
+])
+def test_config_typos_and_bad_values_are_named(preset, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset, overrides)
 
 
-def test_override_numbers_are_typed_whatever_yaml_makes_of_them():
-    # PyYAML reads 1e-3 (no dot) as a string; AdamW would then fail deep inside a step
-    config = load_config("cpu", ["teacher.lr_encoder=1e-3", "teacher.epochs=4", "student.lr_classifier=2"])
-    assert config.teacher.lr_encoder == pytest.approx(1e-3)
-    assert isinstance(config.teacher.lr_encoder, float)
-    assert config.teacher.epochs == 4 and isinstance(config.teacher.epochs, int)
-    assert config.student.lr_classifier == 2.0 and isinstance(config.student.lr_classifier, float)
-    with pytest.raises(ConfigError, match="teacher.lr_heads must be a number"):
-        load_config("cpu", ["teacher.lr_heads=fast"])
-    with pytest.raises(ConfigError, match="teacher.epochs must be a whole number"):
-        load_config("cpu", ["teacher.epochs=2.5"])
-    with pytest.raises(ConfigError, match="teacher.augment must be true or false"):
-        load_config("cpu", ["teacher.augment=maybe"])
+@pytest.mark.parametrize("override, section, key, value, kind", [
+    ("teacher.lr_encoder=1e-3", "teacher", "lr_encoder", 1e-3, float),  # PyYAML: the string '1e-3'
+    ("teacher.epochs=4", "teacher", "epochs", 4, int),
+    ("student.lr_classifier=2", "student", "lr_classifier", 2.0, float),  # an int where a float goes
+])
+def test_override_numbers_are_typed_whatever_yaml_makes_of_them(override, section, key, value, kind):
+    # A string learning rate would make AdamW fail deep inside a step.
+    got = getattr(getattr(load_config("cpu", [override]), section), key)
+    assert got == pytest.approx(value) and type(got) is kind
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -9,15 +9,14 @@ from Training.workflow import CohortSource
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
-    """``--config``, ``--set``, ``--device`` and ``--no-progress``."""
-    parser.add_argument("--config", default=default_preset, metavar="PRESET_OR_FILE",
-                        help=f"preset name ({', '.join(list_presets())}) or a YAML/JSON file "
-                             f"(default: {default_preset})")
+    """``--config``, ``--set`` and ``--device`` (``--progress`` is shared by every command)."""
+    parser.add_argument("--config", default=default_preset, metavar="NAME_OR_FILE",
+                        help=f"the run's settings: a preset name ({', '.join(list_presets())}) "
+                             f"or a YAML/JSON file of RunConfig values (default: {default_preset})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set teacher.epochs=3 (repeatable)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to train (default: the config's engine.device)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -32,11 +31,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run config: preset or file, then ``--set`` overrides, then the dedicated flags."""
     overrides = list(args.overrides)
-    if getattr(args, "device", None):
+    if args.device:
         overrides.append(f"engine.device={args.device}")
-    if getattr(args, "no_progress", False):
+    if args.progress != "bar":
         overrides.append("engine.progress=false")
-    if getattr(args, "contrast", None):
+    if getattr(args, "contrast", None):  # demo has no --contrast
         overrides.append(f"data.contrast={args.contrast}")
     return load_config(args.config, overrides)
 

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("cv", help="k-fold subject-level cross-validation of all models",
                                    description=__doc__.split("\n\n")[1] if __doc__ else None)
     add_data_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: report.md, metrics, the shared cache and one "
+                             "run folder per fold")
     parser.add_argument("--folds", type=int, default=None, help="number of folds (default: split.n_folds)")
     parser.add_argument("--run-folds", type=int, default=None,
                         help="train only the first K folds (a quicker, partial estimate)")

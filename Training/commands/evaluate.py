@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="metrics with 95%% CIs, paired comparison, ROC and curves for a run",
         description="Score every checkpoint in RUN/checkpoints on the run's test cases (the split "
-                    "in RUN/split.json), at theta = 0.5 and at the validation-F1-optimal theta, "
-                    "compare the students with the baseline on identical cases, and write "
+                    "in RUN/split.json), at evaluation.default_threshold (0.5 unless set) and at "
+                    "the validation-F1-optimal theta, compare the students with the baseline on "
+                    "identical cases, and write "
                     "RUN/evaluation/ (report.md, metrics.json/.csv, predictions, PNGs).")
     parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run made by 'amyloidkd train'")
     parser.set_defaults(func=run)

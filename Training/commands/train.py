@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the split is subject-level and stored in OUT/split.json so that later "
                     "phases and 'amyloidkd evaluate' use the same one. The student and the "
                     "light student need the teacher of the same OUT (or --teacher).")
-    parser.add_argument("phase", choices=PHASES + ("all",))
+    parser.add_argument("phase", choices=PHASES + ("all",),
+                        help="the phase to train; 'all' trains every phase in order "
+                             f"({', '.join(PHASES)})")
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     add_config_arguments(parser)

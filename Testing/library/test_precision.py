@@ -52,13 +52,18 @@ def test_reduced_precision_matches_fp32_within_tolerance(tmp_path_factory, nativ
     reference = _predict(checkpoint, native_t1, prep_cache, "fp32")
     reduced = _predict(checkpoint, native_t1, prep_cache, precision)
 
-    assert abs(reduced.probability - reference.probability) <= PROBABILITY_TOLERANCE
+    difference = abs(reduced.probability - reference.probability)
+    assert difference <= PROBABILITY_TOLERANCE
     assert reference.saliency.data.max() > 0.5  # a real map, not an empty one
     head = reference.saliency.data > 0
+    correlations = []
     for ours, theirs in ((reduced.saliency, reference.saliency),
                          (reduced.saliency_mni, reference.saliency_mni)):
         inside = (theirs.data > 0) | (ours.data > 0)
-        assert _correlation(ours.data, theirs.data, inside) >= SALIENCY_MIN_CORRELATION
+        correlations.append(_correlation(ours.data, theirs.data, inside))
+    print(f"{kind} {precision}: |dp| {difference:.5f}, saliency correlation native/MNI "
+          f"{correlations[0]:.4f}/{correlations[1]:.4f}")
+    assert min(correlations) >= SALIENCY_MIN_CORRELATION
     assert head.sum() > 1000
     assert reduced.saliency_target == reference.saliency_target
 

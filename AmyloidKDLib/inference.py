@@ -97,11 +97,13 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, matmul_bound: bool = True) -> str:
     """The precision the student will run in, from the user's choice and the hardware.
 
     ``auto``: on a GPU bf16 where supported, else fp16; on a CPU bf16 where the CPU has
-    AVX512_BF16 or AMX (:func:`cpu_has_native_bf16`), else fp32. int8 (dynamic quantisation
+    AVX512_BF16 or AMX (:func:`cpu_has_native_bf16`) and the model's time is in large
+    matmuls (``matmul_bound``: the ViT students), else fp32. The light CNN student (under
+    2 GFLOP per case) gains nothing from bf16 and pays oneDNN's bf16 set-up on its first call. int8 (dynamic quantisation
     of the encoder's Linear layers) is CPU-only and never chosen automatically: on the ViT
     student it is slower than native bf16 and not faster than fp32 on AVX2 (docs/benchmarks.md).
     fp16 is GPU-only. Explicit choices are honoured even where they are emulated (slow).
@@ -122,8 +124,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ConfigError("precision 'fp16' is for GPUs; on the CPU use bf16 (native on "
                           "AVX512_BF16/AMX CPUs), int8, fp32 or auto")
     if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if matmul_bound and cpu_has_native_bf16() else "fp32"
     return precision
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op torch threads (None: leave them), then restore.
+
+    A small CNN's many tiny kernels gain nothing from a second thread, and when another
+    process holds a core its OpenMP barriers make a 0.07 s forward pass take over 1 s
+    (measured on the 2-core build machine); the light student therefore runs on one thread.
+    """
+    previous = torch.get_num_threads()
+    if count is None or count >= previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -202,7 +223,6 @@ class Predictor:
         from AmyloidKDLib.models.precision import prepare_for_inference
 
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
         self.checkpoint = Path(checkpoint)
         # Refuse a teacher or an inconsistent checkpoint before building its (large) model.
         described = _read_description(self.checkpoint)
@@ -226,6 +246,11 @@ class Predictor:
         self.deterministic = deterministic and self.device.type == "cpu"
         if deterministic:
             make_deterministic(self.device)
+        encoder = getattr(model, "encoder", None)
+        matmul_bound = bool(getattr(encoder, "is_vit", True))
+        self.precision = resolve_precision(precision, self.device, matmul_bound)
+        #: torch threads for the model step: one for the small CNN student on the CPU
+        self.model_threads = None if matmul_bound or self.device.type != "cpu" else 1
         self.model = prepare_for_inference(model.to(self.device).eval(), self.precision)
 
     def predict_file(self, path: str | os.PathLike,
@@ -251,7 +276,8 @@ class Predictor:
         timings["prepare"] = time.perf_counter() - start
         _notify(on_step, "prepare")
 
-        with deterministic_torch(self.deterministic), autocast_for(self.precision, self.device):
+        with deterministic_torch(self.deterministic), autocast_for(self.precision, self.device), \
+                torch_threads(self.model_threads):
             return self._predict_prepared(mri, prepared, timings, start, on_step)
 
     def _predict_prepared(self, mri: Volume, prepared: Any, timings: dict[str, float],

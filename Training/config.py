@@ -38,7 +38,9 @@ class DataConfig:
     n_slices: int = 15             # sagittal slices per case
     image_size: int = 224          # slice side in pixels
     cache_dir: str = ""            # prepared cases and slice tensors; "" = <run>/cache
-    jobs: int = 1                  # cases prepared in parallel
+    jobs: int = 1                  # cases prepared in parallel (worker processes with scheduler local)
+    scheduler: str = "local"       # local | tcp://HOST:PORT | slurm | pbs | sge | lsf (docs/cluster.md)
+    cluster_config: str = ""       # YAML/JSON batch-job settings for slurm/pbs/sge/lsf
     max_days: int = 365            # OASIS-3: largest PET-MRI gap when pairing sessions
     pairing: str = "auto"          # OASIS-3: "pup-mrid" (OASIS3_PUP.csv's MRId), "nearest" (within
                                    # max_days) or "auto" (pup-mrid when OASIS3_PUP.csv is present)
@@ -55,6 +57,9 @@ class DataConfig:
             raise ConfigError(f"data.pairing must be auto, pup-mrid or nearest, got {self.pairing!r}.")
         if self.n_slices < 1 or self.image_size < 32 or self.jobs < 1:
             raise ConfigError("data.n_slices must be >= 1, data.image_size >= 32 and data.jobs >= 1.")
+        from AmyloidKDLib.executor import check_scheduler
+
+        check_scheduler(self.scheduler)
 
 
 @dataclass

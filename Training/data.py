@@ -16,7 +16,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +124,6 @@ def prepare_case_slices(record: Any, contrast: str, prep_config: Any, slice_conf
     return target
 
 
-def _worker_init() -> None:
-    # Parallel cases each get one thread: two jobs on two cores beat two oversubscribed ones.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-
-
 def _prepare_one(args: tuple) -> tuple[int, str | None, str | None]:
     index, record, contrast, prep_config, slice_config, cache_dir, with_pet = args
     try:
@@ -143,33 +135,35 @@ def _prepare_one(args: tuple) -> tuple[int, str | None, str | None]:
 
 def prepare_cohort(records: Sequence[Any], contrast: str, prep_config: Any, slice_config: Any,
                    cache_dir: str | Path, jobs: int = 1, with_pet: bool = True,
-                   progress: bool = True) -> list[Path]:
-    """Slice files of every record, preparing those not cached yet (``jobs`` in parallel).
+                   progress: bool = True, scheduler: str = "local",
+                   cluster_config: str | None = None) -> list[Path]:
+    """Slice files of every record, preparing those not cached yet.
+
+    One case is one task of :func:`AmyloidKDLib.executor.map_cases`: in this process
+    (``jobs`` 1, scheduler ``local``), on ``jobs`` local worker processes with one thread each,
+    or on a Dask cluster (``scheduler``, ``cluster_config``; see docs/cluster.md).
 
     Raises:
         InputError: listing every case that could not be prepared (all others are cached,
             so a rerun after fixing them only prepares those).
     """
-    from tqdm.auto import tqdm
+    from AmyloidKDLib.executor import map_cases
 
     tasks = [(i, r, contrast, prep_config, slice_config, str(cache_dir), with_pet)
              for i, r in enumerate(records)]
     paths: list[str | None] = [None] * len(records)
     errors = []
-    bar = tqdm(total=len(tasks), desc=f"prepare {contrast}", disable=not progress)
-    if jobs <= 1 or len(tasks) <= 1:
-        results = map(_prepare_one, tasks)
-        for index, path, error in results:
-            paths[index] = path
-            errors += [error] if error else []
-            bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
-            for index, path, error in pool.map(_prepare_one, tasks):
-                paths[index] = path
-                errors += [error] if error else []
-                bar.update(1)
-    bar.close()
+    # In this process the thread pools stay as the run set them; worker processes get 1 thread.
+    threads = None if jobs <= 1 and scheduler == "local" else 1
+    for position, result, lost in map_cases(
+            _prepare_one, tasks, scheduler=scheduler, jobs=jobs, threads=threads,
+            cluster_config=cluster_config or None, progress=progress, desc=f"prepare {contrast}"):
+        if lost is not None:  # the task itself failed (e.g. its worker was lost repeatedly)
+            errors.append(f"{case_id(records[position])}: {lost}")
+            continue
+        index, path, error = result
+        paths[index] = path
+        errors += [error] if error else []
     if errors:
         raise InputError(f"{len(errors)} case(s) could not be prepared: " + "; ".join(errors[:5]))
     return [Path(p) for p in paths if p is not None]

@@ -38,6 +38,46 @@ BEST_WEIGHTS = "best_weights.safetensors"
 TRAINER_FILE = "trainer.json"
 STATE_VERSION = 2  # 2: the state folder is Accelerate's save_state output plus trainer.json
 
+#: The accelerator of the fit in progress (validation shards its cases over its processes).
+_active_accelerator: Any = None
+
+
+def world_size() -> int:
+    """Processes training together (``accelerate launch --num_processes``; 1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the one process that writes run files (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the launched processes (nothing when training in one process)."""
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def main_process_first(cpu: bool):
+    """Context in which the main process runs first and the others after it (e.g. preparing the
+    cohort into the shared cache once, then reading it); a no-op in one process.
+
+    ``cpu`` must be what the fit's accelerator will use (``EngineConfig.use_cpu()``): this starts
+    Accelerate's process group, gloo on CPU, which the accelerator then joins.
+    """
+    import contextlib
+
+    if world_size() <= 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu).main_process_first()
+
+
+def active_accelerator() -> Any:
+    """The accelerator of the :func:`fit` in progress, or None outside a fit."""
+    return _active_accelerator
+
 
 @dataclass
 class EngineConfig:
@@ -272,7 +312,12 @@ def _train_epoch(accelerator: Any, model: nn.Module, optimizer: Any, loader: Any
         for key, value in logs.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{sums['train_loss'] / n_batches:.4f}")
-    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+    if n_batches == 0:  # e.g. one full batch shared by two processes: Accelerate drops it
+        raise ConfigError(f"{description}: process {accelerator.process_index} of "
+                          f"{accelerator.num_processes} got no training batch in epoch {epoch}; "
+                          f"the training fold has fewer full batches than processes. Lower the "
+                          f"phase's batch_size or launch fewer processes.")
+    return {k: v / n_batches for k, v in sums.items()}
 
 
 def _end_epoch(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, validate: Validate,
@@ -291,12 +336,15 @@ def _end_epoch(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: An
     row.update({k: float(v) for k, v in metrics.items()})
     row["lr"] = float(optimizer.param_groups[0]["lr"])
     value = float(metrics[settings.monitor])
+    # Every process holds the same weights and gathered metrics; only the main one writes.
     if _improved(value, trainer.best_value, settings.mode):
         trainer.best_value, trainer.best_epoch, trainer.bad_epochs = value, epoch, 0
-        _save_weights(unwrapped, run_dir / BEST_WEIGHTS)
+        if accelerator.is_main_process:
+            _save_weights(unwrapped, run_dir / BEST_WEIGHTS)
     else:
         trainer.bad_epochs += 1
-        if trainer.best_epoch == 0 and not (run_dir / BEST_WEIGHTS).exists():
+        if (trainer.best_epoch == 0 and accelerator.is_main_process
+                and not (run_dir / BEST_WEIGHTS).exists()):
             _save_weights(unwrapped, run_dir / BEST_WEIGHTS)  # a first epoch with NaN metric
     if scheduler is not None:
         if settings.scheduler_step == "plateau":
@@ -340,9 +388,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
     if engine.torch_threads > 0:
         torch.set_num_threads(engine.torch_threads)
     accelerator = make_accelerator(engine, settings.grad_accum_steps)
-    if not resume:
+    if not resume and accelerator.is_main_process:
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
         (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        logger.info("%s: process %d of %d", description, accelerator.process_index,
+                    accelerator.num_processes)
     prepared = accelerator.prepare(model, optimizer, train_loader,
                                    *([scheduler] if scheduler is not None else []))
     model, optimizer, loader = prepared[:3]
@@ -356,24 +408,31 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
     # the epoch on, so the original is told directly.
     epoch_sampler = train_loader.batch_sampler if isinstance(train_loader.batch_sampler, EpochSampler) else None
     start = time.perf_counter()
-    for epoch in range(resumed_from + 1, settings.epochs + 1):
-        if trainer.stopped_early:
-            break
-        loader.set_epoch(epoch)
-        if epoch_sampler is not None:
-            epoch_sampler.set_epoch(epoch)
-        train_logs = _train_epoch(accelerator, model, optimizer, loader, train_step, epoch, settings,
-                                  engine, description)
-        row = _end_epoch(accelerator, model, optimizer, scheduler, validate, epoch, train_logs, trainer,
-                         settings, run_dir, description)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+    global _active_accelerator
+    _active_accelerator = accelerator
+    try:
+        for epoch in range(resumed_from + 1, settings.epochs + 1):
+            if trainer.stopped_early:
+                break
+            loader.set_epoch(epoch)
+            if epoch_sampler is not None:
+                epoch_sampler.set_epoch(epoch)
+            train_logs = _train_epoch(accelerator, model, optimizer, loader, train_step, epoch,
+                                      settings, engine, description)
+            row = _end_epoch(accelerator, model, optimizer, scheduler, validate, epoch, train_logs,
+                             trainer, settings, run_dir, description)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    finally:
+        _active_accelerator = None
 
+    accelerator.wait_for_everyone()
     load_best_weights(accelerator.unwrap_model(model), run_dir)
     accelerator.free_memory()
     return FitResult(history=list(trainer.history), best_epoch=trainer.best_epoch,
                      best_value=trainer.best_value, stopped_early=trainer.stopped_early,
-                     resumed_from_epoch=resumed_from, seconds=time.perf_counter() - start)
+                     resumed_from_epoch=resumed_from, seconds=time.perf_counter() - start,
+                     extra={"processes": accelerator.num_processes})
 
 
 def _json_ready(trainer: dict[str, Any]) -> dict[str, Any]:

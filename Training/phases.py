@@ -38,7 +38,8 @@ from AmyloidKDLib.errors import ConfigError, InputError
 from Training.augment import augment_pair
 from Training.config import RunConfig
 from Training.data import SliceDataset
-from Training.engine import FitResult, FitSettings, fit
+from Training.engine import (FitResult, FitSettings, active_accelerator, fit, is_main_process,
+                             wait_for_everyone)
 from Training.metrics import f1_optimal_threshold, roc_auc, threshold_metrics
 from Training.report import write_json
 from Training.sampling import CentiloidNegativeSampler, ClassBalancedBatchSampler
@@ -104,13 +105,41 @@ def _eval_batches(dataset: SliceDataset, indices: Sequence[int], batch_size: int
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: SliceDataset, indices: Sequence[int],
                    batch_size: int = 8, with_pet: bool = False) -> torch.Tensor:
-    """Logits of ``model`` for ``dataset[indices]`` in that order (eval mode, no augmentation)."""
+    """Logits of ``model`` for ``dataset[indices]`` in that order (eval mode, no augmentation).
+
+    Inside a fit launched on several processes each process predicts its share of the cases and
+    the logits of all of them are gathered (every process gets the whole set, in order).
+    """
+    accelerator = active_accelerator()
+    if accelerator is not None and accelerator.num_processes > 1:
+        return _gathered_logits(accelerator, model, dataset, indices, batch_size, with_pet)
     was_training = model.training
     model.eval()
     out = []
     for _, mri, pet, tracer in _eval_batches(dataset, indices, batch_size, _device_of(model), with_pet):
         output = model(mri, pet, tracer) if with_pet else model(mri)
         out.append(output.logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _gathered_logits(accelerator, model: nn.Module, dataset: SliceDataset, indices: Sequence[int],
+                     batch_size: int, with_pet: bool) -> torch.Tensor:
+    """:func:`predict_logits` sharded over the launched processes: Accelerate deals the batches
+    out in turn and ``gather_for_metrics`` puts them back in order, without its padding cases."""
+    from accelerate.data_loader import prepare_data_loader
+
+    was_training = model.training
+    model.eval()
+    subset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
+    loader = prepare_data_loader(torch.utils.data.DataLoader(subset, batch_size=batch_size),
+                                 device=accelerator.device, num_processes=accelerator.num_processes,
+                                 process_index=accelerator.process_index, put_on_device=True)
+    out = []
+    for batch in loader:
+        output = (model(batch["mri"], batch["pet"], batch["tracer"]) if with_pet
+                  else model(batch["mri"]))
+        out.append(accelerator.gather_for_metrics(output.logits.float().contiguous()).cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -219,7 +248,12 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
     except InputError:
         logger.warning("%s: validation has no positive case; keeping theta = 0.5", name)
         threshold = 0.5
+    checkpoint = checkpoint_dir
+    if not is_main_process():  # the other launched processes hold the same model; one writes
+        wait_for_everyone()
+        return PhaseResult(name, model, threshold, val_probs, fit_result, checkpoint)
     write_json(phase_dir / "history.json", {"history": fit_result.history,
+                                            "processes": fit_result.extra.get("processes", 1),
                                             "best_epoch": fit_result.best_epoch,
                                             "best_value": fit_result.best_value,
                                             "stopped_early": fit_result.stopped_early,
@@ -227,13 +261,13 @@ def _finish(name: str, config: RunConfig, model: nn.Module, dataset: SliceDatase
                                             "seconds": fit_result.seconds, "threshold": threshold,
                                             "calibration": calibration, **(history_extra or {})})
     plot_training_curves(fit_result.history, phase_dir / "training_curves.png", title=name)
-    checkpoint = None
     if checkpoint_dir is not None:
         val_metrics = classification_metrics(val_labels, val_probs)
         checkpoint = _checkpoint(config, checkpoint_dir, model, kind, threshold, val_metrics,
                                  {"phase": name, "best_epoch": fit_result.best_epoch,
                                   "train_cases": len(split.train), "val_cases": len(split.val),
                                   "fold": split.fold, "contrast": config.data.contrast})
+    wait_for_everyone()
     return PhaseResult(name, model, threshold, val_probs, fit_result, checkpoint)
 
 
@@ -545,6 +579,7 @@ def _student_validate(dataset: SliceDataset, split: Split, batch_size: int):
         probs = predict_probabilities(m, dataset, split.val, batch_size)
         metrics = classification_metrics(val_labels, probs)
         metrics["val_loss"] = metrics["val_bce"]
+        metrics["val_cases"] = float(len(probs))  # all processes' cases, gathered
         return metrics
 
     return validate

@@ -13,6 +13,8 @@ Run directory layout::
 
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from torch import nn
 from AmyloidKDLib.errors import CheckpointError, ConfigError, InputError
 from Training.config import RunConfig
 from Training.data import SliceDataset, case_id, prepare_cohort
+from Training.engine import is_main_process, main_process_first
 from Training.metrics import compare_paired, evaluate_model
 from Training.report import (CasePrediction, format_table, plot_roc, plot_training_curves, write_json,
                              write_predictions, write_report)
@@ -84,7 +87,8 @@ def build_dataset(config: RunConfig, records: Sequence[Any], run_dir: str | Path
     """Prepare (or reuse from the cache) every case and load the slice stacks."""
     cache = Path(config.data.cache_dir) if config.data.cache_dir else Path(run_dir) / "cache"
     files = prepare_cohort(records, config.data.contrast, config.prep_config(), config.slice_config(),
-                           cache, jobs=config.data.jobs, with_pet=with_pet, progress=config.engine.progress)
+                           cache, jobs=config.data.jobs, with_pet=with_pet, progress=config.engine.progress,
+                           scheduler=config.data.scheduler, cluster_config=config.data.cluster_config)
     return SliceDataset(records, files)
 
 
@@ -136,15 +140,24 @@ def prepare_run(config: RunConfig, source: CohortSource, run_dir: str | Path, fo
                 with_pet: bool = True) -> tuple[SliceDataset, Split]:
     """Records, prepared dataset and split of a run; writes ``config.json`` and ``cohort.json``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
-    records = load_records(source, config)
-    write_json(run_dir / "cohort.json", {**source.to_dict(), "contrast": config.data.contrast,
-                                         "cases": [case_id(r) for r in records],
-                                         "selection": {case_id(r): r.selection for r in records
-                                                       if getattr(r, "selection", None)}})
-    dataset = build_dataset(config, records, run_dir, with_pet=with_pet)
-    return dataset, run_split(config, dataset, run_dir, fold)
+    # Launched on several processes (accelerate launch), the main one prepares the cohort into
+    # the cache and writes the run files; the others then read them.
+    with main_process_first(cpu=config.engine.use_cpu()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records = load_records(source, config)
+        prep = config
+        if not is_main_process():  # every case is in the cache now: read it in this process
+            prep = copy.deepcopy(config)
+            prep.data.jobs, prep.data.scheduler = 1, "local"
+        if is_main_process():
+            config.save(run_dir / "config.json")
+            write_json(run_dir / "cohort.json", {**source.to_dict(), "contrast": config.data.contrast,
+                                                 "cases": [case_id(r) for r in records],
+                                                 "selection": {case_id(r): r.selection for r in records
+                                                               if getattr(r, "selection", None)}})
+        dataset = build_dataset(prep, records, run_dir, with_pet=with_pet)
+        split = run_split(config, dataset, run_dir, fold)
+    return dataset, split
 
 
 def load_teacher(run_dir: str | Path, device: str = "cpu") -> nn.Module:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from AmyloidKDLib import executor
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
@@ -83,6 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
                              "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
                              "see docs/inference.md")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cases predicted in parallel: worker processes with --scheduler local "
+                             "(each loads the checkpoint once)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per case (ITK, torch) when cases run in worker processes")
+    parser.add_argument("--scheduler", default="local", help=executor.HELP)
+    parser.add_argument("--cluster-config", metavar="FILE",
+                        help="YAML/JSON settings of the batch jobs for --scheduler slurm/pbs/sge/lsf "
+                             "(queue, cores, memory, walltime, jobs, job_script_prologue, ...)")
     parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
@@ -201,11 +211,7 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
     ``allow_*`` option ``results.csv`` gets a ``warnings`` column. Cases in ``finished`` (rows of
     an interrupted earlier run, see :func:`finished_rows`) are kept as they are, not redone.
     """
-    import warnings
-
     from tqdm import tqdm
-
-    from AmyloidKDLib.volume import load_volume
 
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation
@@ -225,40 +231,116 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
             rows.append(row)
             progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: done in an earlier run")
             continue
-        try:
-            if item.problem is not None:
-                raise InputError(item.problem)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # reported in the row instead
-                mri = load_volume(item.path, "T1w",
-                                  allow_missing_orientation=allow_missing_orientation)
-            coarse = check_volume(mri)
-            if coarse and not allow_coarse:
-                raise InputError(f"{item.path}: {'; '.join(coarse)}; predict it anyway with "
-                                 "--allow-coarse (the result is then less reliable)")
-            if WARNINGS_COLUMN in row:
-                row[WARNINGS_COLUMN] = "; ".join(mri.warnings)
-            progress.report(index, 0, f"{item.case}: loaded")
-            step_index = {name: i + 1 for i, name in enumerate(("prepare", "model", "saliency"))}
-            result = predictor.predict(
-                mri, on_step=lambda name: progress.report(index, step_index[name],
-                                                          f"{item.case}: {name} done"))
-            write_case_outputs(result, out_dir, item.case)
-            row.update(probability=repr(result.probability), label=str(result.label),
-                       status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
-                       seconds_model=f"{result.timings.get('model', 0.0):.3f}",
-                       seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
-        except Exception as exc:  # a failing case is recorded, the batch continues
-            if is_disk_full(exc):
-                raise  # ... except on a full disk, where every later case would fail too
-            log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
-            row.update(status="failed", error=_one_line(exc))
-            print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)
+        predict_one(item, predictor, out_dir, row, allow_coarse=allow_coarse,
+                    allow_missing_orientation=allow_missing_orientation,
+                    report=lambda step, text, index=index: progress.report(index, step, text))
         row["seconds_total"] = f"{time.perf_counter() - started:.3f}"
         rows.append(row)
         _write_results(rows, out_dir / "results.csv", columns)
         progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: {row['status']}")
     return rows
+
+
+def predict_one(item: CaseInput, predictor, out_dir: Path, row: dict, *, allow_coarse: bool = False,
+                allow_missing_orientation: bool = False,
+                report: Callable[[int, str], None] | None = None) -> dict:
+    """Predict one case and write its outputs; fill ``row`` (``status`` ok or failed) and return it.
+
+    A case that raises is recorded (``status`` failed, ``error`` one line); a full disk is raised.
+    ``report(step_index, text)`` is told each finished step (see :data:`CASE_STEPS`).
+    """
+    import warnings
+
+    from AmyloidKDLib.volume import load_volume
+
+    report = report or (lambda step, text: None)
+    try:
+        if item.problem is not None:
+            raise InputError(item.problem)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported in the row instead
+            mri = load_volume(item.path, "T1w",
+                              allow_missing_orientation=allow_missing_orientation)
+        coarse = check_volume(mri)
+        if coarse and not allow_coarse:
+            raise InputError(f"{item.path}: {'; '.join(coarse)}; predict it anyway with "
+                             "--allow-coarse (the result is then less reliable)")
+        if WARNINGS_COLUMN in row:
+            row[WARNINGS_COLUMN] = "; ".join(mri.warnings)
+        report(0, f"{item.case}: loaded")
+        step_index = {name: i + 1 for i, name in enumerate(("prepare", "model", "saliency"))}
+        result = predictor.predict(
+            mri, on_step=lambda name: report(step_index[name], f"{item.case}: {name} done"))
+        write_case_outputs(result, out_dir, item.case)
+        row.update(probability=repr(result.probability), label=str(result.label),
+                   status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
+                   seconds_model=f"{result.timings.get('model', 0.0):.3f}",
+                   seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
+    except Exception as exc:  # a failing case is recorded, the batch continues
+        if is_disk_full(exc):
+            raise  # ... except on a full disk, where every later case would fail too
+        log.debug("case %s failed:\n%s", item.case, traceback.format_exc())
+        row.update(status="failed", error=_one_line(exc))
+        print(f"amyloidkd predict: {item.case}: failed: {row['error']}", file=sys.stderr)
+    return row
+
+
+#: Predictors loaded in this (worker) process, by their options: one checkpoint load per worker.
+_PREDICTORS: dict[tuple, object] = {}
+
+
+def _predict_task(work: tuple) -> dict:
+    """One case on a Dask worker: ``(item, row, out_dir, predictor options, allow_coarse,
+    allow_missing_orientation)`` -> the filled row."""
+    from AmyloidKDLib.inference import Predictor
+
+    item, row, out_dir, options, allow_coarse, allow_missing_orientation = work
+    key = tuple(sorted(options.items()))
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = Predictor(**options)
+    started = time.perf_counter()
+    predict_one(item, _PREDICTORS[key], Path(out_dir), row, allow_coarse=allow_coarse,
+                allow_missing_orientation=allow_missing_orientation)
+    row["seconds_total"] = f"{time.perf_counter() - started:.3f}"
+    return row
+
+
+def predict_on_workers(cases: list[CaseInput], options: dict, out_dir: Path, *, threshold: float,
+                       scheduler: str, jobs: int, threads: int, cluster_config: str | None,
+                       progress: Progress, allow_coarse: bool = False,
+                       allow_missing_orientation: bool = False,
+                       finished: dict[tuple[str, str], dict] | None = None) -> list[dict]:
+    """:func:`predict_cases` with one task per case on Dask workers (see
+    :mod:`AmyloidKDLib.executor`); ``results.csv`` is rewritten, in input order, as cases finish."""
+    columns = RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation
+                                else ())
+    finished = finished or {}
+    rows: list[dict | None] = [None] * len(cases)
+    work = []
+    for index, item in enumerate(cases):
+        row = {column: "" for column in columns}
+        row.update(case=item.case, input="" if item.path is None else str(item.path),
+                   threshold=f"{threshold:.6g}")
+        earlier = finished.get((row["case"], row["input"]))
+        if earlier is not None:
+            row.update({k: v for k, v in earlier.items() if k in row})
+            rows[index] = row
+        else:
+            work.append((index, (item, row, str(out_dir), options, allow_coarse,
+                                 allow_missing_orientation)))
+    done = len(cases) - len(work)
+    for position, result, error in executor.map_cases(
+            _predict_task, [w for _, w in work], scheduler=scheduler, jobs=jobs, threads=threads,
+            cluster_config=cluster_config, progress=True, desc="predict"):
+        index, (item, row, *_) = work[position]
+        if error is not None:  # the task itself failed (e.g. its worker was lost repeatedly)
+            row.update(status="failed", error=error)
+            result = row
+        rows[index] = result
+        done += 1
+        _write_results([r for r in rows if r is not None], out_dir / "results.csv", columns)
+        progress.line(done / max(len(cases), 1), f"{item.case}: {result['status']}")
+    return [r for r in rows if r is not None]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
                          "give a folder you can write to with --out") from None
     progress = Progress(args.progress == "lines", len(cases))
     progress.line(0.0, f"loading checkpoint for {len(cases)} case(s)")
+    distributed = not (args.scheduler == "local" and args.jobs == 1)
+    if distributed:
+        executor.check_scheduler(args.scheduler)
+        executor.read_cluster_config(args.cluster_config)  # a bad file stops before any work
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
                           precision=args.precision)
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
@@ -285,9 +371,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"amyloidkd predict: {len(finished)} case(s) already done in {out_dir}, kept",
               file=sys.stderr)
     write_json_atomic(out_dir / RUN_RECORD, record)
-    rows = predict_cases(cases, predictor, out_dir, progress=progress, finished=finished,
-                         allow_coarse=args.allow_coarse,
-                         allow_missing_orientation=args.allow_missing_orientation)
+    if distributed:  # the workers load the checkpoint themselves; this one gave the threshold
+        options = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device,
+                   "skull_strip": args.skull_strip, "precision": args.precision}
+        rows = predict_on_workers(cases, options, out_dir, threshold=predictor.threshold,
+                                  scheduler=args.scheduler, jobs=args.jobs, threads=args.threads,
+                                  cluster_config=args.cluster_config, progress=progress,
+                                  finished=finished, allow_coarse=args.allow_coarse,
+                                  allow_missing_orientation=args.allow_missing_orientation)
+    else:
+        rows = predict_cases(cases, predictor, out_dir, progress=progress, finished=finished,
+                             allow_coarse=args.allow_coarse,
+                             allow_missing_orientation=args.allow_missing_orientation)
     failed = [row["case"] for row in rows if row["status"] != "ok"]
     progress.line(1.0, f"done: {len(rows) - len(failed)} ok, {len(failed)} failed")
     if failed:

@@ -1,8 +1,9 @@
 """``amyloidkd preprocess INPUT --out DIR``: prepare one MRI or a manifest of cases into MNI space.
 
 Per case the output folder holds ``mri.nii.gz``, ``mask.nii.gz`` (and ``pet.nii.gz``), the
-transforms and ``steps.json``. Cases run in parallel (``--jobs``); a failing case is listed
-in ``DIR/errors.csv`` and does not stop the batch (exit code 1 if any case failed).
+transforms and ``steps.json``. Cases run in parallel (``--jobs`` worker processes, or a cluster
+with ``--scheduler``, see :mod:`AmyloidKDLib.executor`); a failing case is listed in
+``DIR/errors.csv`` and does not stop the batch (exit code 1 if any case failed).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import io
 import json
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import functools
 from pathlib import Path
 
+from AmyloidKDLib import executor
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.cli import EXIT_OK, EXIT_SOME_FAILED
 from AmyloidKDLib.errors import AmyloidKDError, ConfigError, InputError
@@ -42,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "file of PrepConfig values; replaces --preset")
     parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
     parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
-    parser.add_argument("--jobs", type=int, default=1, help="cases prepared in parallel (processes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cases prepared in parallel: worker processes with --scheduler local")
+    parser.add_argument("--scheduler", default="local", help=executor.HELP)
+    parser.add_argument("--cluster-config", metavar="FILE",
+                        help="YAML/JSON settings of the batch jobs for --scheduler slurm/pbs/sge/lsf "
+                             "(queue, cores, memory, walltime, jobs, job_script_prologue, ...)")
     parser.add_argument("--threads", type=int, default=1,
                         help="ITK threads per case for N4 and registration; 1 (default) makes "
                              "repeated runs identical, more may be faster but differ slightly")
@@ -120,12 +127,12 @@ def prepare_one(case: dict, config_dict: dict, out: str, cache_dir: str | None,
 
 def run(args: argparse.Namespace) -> int:
     """Prepare every case; write ``cases.csv`` and ``errors.csv``; exit 1 if any case failed."""
-    from tqdm import tqdm
-
     from AmyloidKDLib.registration import set_registration_threads
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    executor.check_scheduler(args.scheduler)
+    executor.read_cluster_config(args.cluster_config)  # a bad file stops before any work
     set_registration_threads(args.threads)  # before any ITK use here or in the workers
     config = _config(args)
     cases = read_cases(args.input, args.pet)
@@ -133,21 +140,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
     write_json_atomic(out / "prep_config.json", config_dict)
+    task = functools.partial(prepare_one, config_dict=config_dict, out=str(out),
+                             cache_dir=args.cache_dir,
+                             allow_missing_orientation=args.allow_missing_orientation)
     results = []
-    # closed on errors too, so an error message starts on its own line
-    with tqdm(total=len(cases), desc="preprocess", unit="case", file=sys.stderr) as progress:
-        if args.jobs == 1:
-            for case in cases:
-                results.append(prepare_one(case, config_dict, str(out), args.cache_dir,
-                                           args.allow_missing_orientation))
-                progress.update()
-        else:
-            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-                futures = [pool.submit(prepare_one, case, config_dict, str(out), args.cache_dir,
-                                       args.allow_missing_orientation) for case in cases]
-                for future in as_completed(futures):
-                    results.append(future.result())
-                    progress.update()
+    for index, row, error in executor.map_cases(
+            task, cases, scheduler=args.scheduler, jobs=args.jobs, threads=args.threads,
+            cluster_config=args.cluster_config, progress=True, desc="preprocess"):
+        results.append(row if error is None else
+                       {**cases[index], "status": "failed", "error": error, "seconds": ""})
     order = {case["case"]: i for i, case in enumerate(cases)}
     results.sort(key=lambda row: order[row["case"]])
     columns = ["case", "mri", "pet", "status", "error", "seconds"]

@@ -38,7 +38,10 @@ def make_package_venv(folder: Path) -> Path:
     site = subprocess.run([str(folder / "bin" / "python"), "-c",
                            "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "test_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # addsitedir, not a bare path: when the tests themselves run from a per-clone venv, its
+    # site-packages reaches the real packages only through a .pth file of its own.
+    (Path(site) / "test_packages.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
     (folder / ".lock-complete").touch()
     return folder
 

@@ -39,6 +39,8 @@ EXIT_CODE_MEANINGS = {
     0: "all cases were processed",
     1: "some cases failed (the others were processed)",
     2: "bad usage or input",
+    3: "internal error (the command printed where its traceback was logged)",
+    130: "interrupted",
 }
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: Seconds to keep reading output after the child exited (a lingering grandchild may hold the pipe).

@@ -9,12 +9,11 @@ seconds, not the model's accuracy. Needs the library's dependencies (torch, niba
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from AmyloidKDModuleLib.batch import MANIFEST_COLUMNS
+from AmyloidKDLib.layouts import read_csv_table, read_image_manifest
 
 
 @dataclass(frozen=True)
@@ -39,12 +38,8 @@ def prepare_selftest_case(work_dir: str | os.PathLike, seed: int = 0) -> SelfTes
                             longitudinal_share=0.0, montage_subjects=0)  # one small T1w, fast
     manifest = generate_cohort(work / "cohort", n_subjects=1, seed=seed, layout="manifest",
                                config=phantom, overwrite=True, progress=False)
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        row = next(csv.DictReader(handle))
-    column = next(c for c in MANIFEST_COLUMNS if row.get(c))
-    mri_path = Path(row[column])
-    if not mri_path.is_absolute():
-        mri_path = Path(manifest).parent / mri_path
+    mri_path = read_image_manifest(manifest)[0].mri  # the library's manifest reading
+    row = read_csv_table(manifest, "manifest").rows[0]
 
     model_config = ModelConfig.preset("cpu", "student", weights="none")
     model = build_model(model_config, load_pretrained=False)

@@ -540,3 +540,11 @@ def test_batch_exit_code_for_each_way_run_batch_ends(outcome, code):
     script.run_batch = run_batch  # the Slicer-bound part; main's own logic is what is tested
     codes = []
     assert script.main([], exit_function=codes.append) == code and codes == [code]
+
+
+def test_the_panel_knows_every_exit_code_the_command_documents():
+    """The panel explains each exit code AmyloidKDLib's CLI can return (no 'unexpected' for 3)."""
+    from AmyloidKDLib import cli
+
+    documented = {value for name, value in vars(cli).items() if name.startswith("EXIT_")}
+    assert documented == set(runner.EXIT_CODE_MEANINGS)

@@ -52,6 +52,17 @@ HELP = ("where cases run: local (worker processes on this machine, --jobs of the
         "through dask-jobqueue, described by --cluster-config); see docs/cluster.md")
 
 
+def add_arguments(parser, *, jobs_help: str, threads_help: str) -> None:
+    """The per-case execution options every batch command shares: ``--jobs``, ``--threads``,
+    ``--scheduler`` and ``--cluster-config`` (``parser`` is an ``argparse`` (sub)parser)."""
+    parser.add_argument("--jobs", type=int, default=1, help=jobs_help)
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    parser.add_argument("--scheduler", default="local", help=HELP)
+    parser.add_argument("--cluster-config", metavar="FILE",
+                        help="YAML/JSON settings of the batch jobs for --scheduler slurm/pbs/sge/lsf "
+                             "(queue, cores, memory, walltime, jobs, job_script_prologue, ...)")
+
+
 def check_scheduler(scheduler: str) -> str:
     """Return ``scheduler`` if it is one this module can use.
 

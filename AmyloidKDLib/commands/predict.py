@@ -84,15 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
                              "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
                              "see docs/inference.md")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="cases predicted in parallel: worker processes with --scheduler local "
-                             "(each loads the checkpoint once)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads per case (ITK, torch) when cases run in worker processes")
-    parser.add_argument("--scheduler", default="local", help=executor.HELP)
-    parser.add_argument("--cluster-config", metavar="FILE",
-                        help="YAML/JSON settings of the batch jobs for --scheduler slurm/pbs/sge/lsf "
-                             "(queue, cores, memory, walltime, jobs, job_script_prologue, ...)")
+    executor.add_arguments(
+        parser, jobs_help="cases predicted in parallel: worker processes with --scheduler local "
+                          "(each loads the checkpoint once)",
+        threads_help="threads per case (ITK, torch) when cases run in worker processes")
     parser.set_defaults(func=run)  # --progress bar|lines|none: shared by every command (cli.py)
 
 
@@ -198,6 +193,27 @@ def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
     return written
 
 
+def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:
+    """``results.csv``'s columns: the contract's, plus ``warnings`` when an ``allow_*`` option is on."""
+    return RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation else ())
+
+
+def _first_rows(cases: list[CaseInput], columns: tuple[str, ...], threshold: float,
+                finished: dict[tuple[str, str], dict] | None) -> list[tuple[dict, bool]]:
+    """One results row per case, with ``True`` where an earlier run's row (``finished``) is kept."""
+    finished = finished or {}
+    rows = []
+    for item in cases:
+        row = {column: "" for column in columns}
+        row.update(case=item.case, input="" if item.path is None else str(item.path),
+                   threshold=f"{threshold:.6g}")
+        earlier = finished.get((row["case"], row["input"]))
+        if earlier is not None:
+            row.update({k: v for k, v in earlier.items() if k in row})
+        rows.append((row, earlier is not None))
+    return rows
+
+
 def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
                   progress: Progress | None = None,
                   tqdm_factory: Callable | None = None, allow_coarse: bool = False,
@@ -214,20 +230,15 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation
-                                else ())
-    finished = finished or {}
     progress = progress or Progress(False, len(cases))
+    columns = _result_columns(allow_coarse, allow_missing_orientation)
+    first = _first_rows(cases, columns, predictor.threshold, finished)
     rows: list[dict] = []
     bar = (tqdm_factory or tqdm)(cases, desc="predict", unit="case", file=sys.stderr)
     for index, item in enumerate(bar):
         started = time.perf_counter()
-        row = {column: "" for column in columns}
-        row.update(case=item.case, input="" if item.path is None else str(item.path),
-                   threshold=f"{predictor.threshold:.6g}")
-        earlier = finished.get((row["case"], row["input"]))
-        if earlier is not None:
-            row.update({k: v for k, v in earlier.items() if k in row})
+        row, kept = first[index]
+        if kept:
             rows.append(row)
             progress.report(index, len(CASE_STEPS) - 1, f"{item.case}: done in an earlier run")
             continue
@@ -312,18 +323,12 @@ def predict_on_workers(cases: list[CaseInput], options: dict, out_dir: Path, *, 
                        finished: dict[tuple[str, str], dict] | None = None) -> list[dict]:
     """:func:`predict_cases` with one task per case on Dask workers (see
     :mod:`AmyloidKDLib.executor`); ``results.csv`` is rewritten, in input order, as cases finish."""
-    columns = RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation
-                                else ())
-    finished = finished or {}
     rows: list[dict | None] = [None] * len(cases)
     work = []
-    for index, item in enumerate(cases):
-        row = {column: "" for column in columns}
-        row.update(case=item.case, input="" if item.path is None else str(item.path),
-                   threshold=f"{threshold:.6g}")
-        earlier = finished.get((row["case"], row["input"]))
-        if earlier is not None:
-            row.update({k: v for k, v in earlier.items() if k in row})
+    columns = _result_columns(allow_coarse, allow_missing_orientation)
+    first = _first_rows(cases, columns, threshold, finished)
+    for index, (item, (row, kept)) in enumerate(zip(cases, first)):
+        if kept:
             rows[index] = row
         else:
             work.append((index, (item, row, str(out_dir), options, allow_coarse,

@@ -44,15 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "file of PrepConfig values; replaces --preset")
     parser.add_argument("--skull-strip", choices=BACKENDS, help="override the skull-strip backend")
     parser.add_argument("--cache-dir", help="content-addressed cache folder (re-runs cost ~nothing)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="cases prepared in parallel: worker processes with --scheduler local")
-    parser.add_argument("--scheduler", default="local", help=executor.HELP)
-    parser.add_argument("--cluster-config", metavar="FILE",
-                        help="YAML/JSON settings of the batch jobs for --scheduler slurm/pbs/sge/lsf "
-                             "(queue, cores, memory, walltime, jobs, job_script_prologue, ...)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="ITK threads per case for N4 and registration; 1 (default) makes "
-                             "repeated runs identical, more may be faster but differ slightly")
+    executor.add_arguments(
+        parser, jobs_help="cases prepared in parallel: worker processes with --scheduler local",
+        threads_help="ITK threads per case for N4 and registration; 1 (default) makes repeated "
+                     "runs identical, more may be faster but differ slightly")
     parser.add_argument("--allow-missing-orientation", action="store_true",
                         help="accept NIfTI headers without orientation (qform/sform codes 0); "
                              "left/right may then be mirrored")

@@ -1,7 +1,8 @@
 """Read-outs of a written cohort through the real loader and the true geometry.
 
 Serves the tests and the benchmarks only (``Testing/library/test_phantom.py``,
-``Testing/benchmarks/bench_phantom.py``); nothing in the library or in training calls it.
+``test_executor.py``, ``Testing/benchmarks/bench_phantom.py``, ``bench_cluster.py``); nothing in
+the library or in training calls it.
 """
 
 from __future__ import annotations
@@ -76,3 +77,26 @@ def measure_cohort(root: str | os.PathLike, maps: TemplateMaps | None = None
         out["tracer"].append(row["tracer"])
         out["age"].append(float(row["age"]))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def t1_case_manifest(cohort: str | os.PathLike, n_cases: int, target: str | os.PathLike,
+                     seed: int = 3, spacing_mm: float = 2.0) -> Path:
+    """Generate a T1w-only phantom cohort under ``cohort`` and write ``target``: a manifest of
+    its first ``n_cases`` sessions (columns ``case``, ``t1w``, absolute paths) for batch commands.
+
+    A few spare subjects are generated because some sessions have no usable MRI row.
+    """
+    from AmyloidKDLib.atomic import write_text_atomic
+    from AmyloidKDLib.phantom.config import PhantomConfig
+    from AmyloidKDLib.phantom.writing import generate_cohort
+
+    config = PhantomConfig(mri_spacing_mm=spacing_mm, contrasts=("T1w",), prevalence=0.5)
+    source = Path(generate_cohort(cohort, n_cases + 4, seed=seed, layout="manifest",
+                                  config=config, progress=False))
+    with open(source, newline="") as handle:
+        rows = list(csv.DictReader(handle))[:n_cases]
+    if len(rows) < n_cases:
+        raise ValueError(f"the phantom gave {len(rows)} usable sessions, fewer than {n_cases}")
+    lines = ["case,t1w"] + [f"{row['session_id']},{source.parent / row['t1w']}" for row in rows]
+    return write_text_atomic(target, "\n".join(lines) + "\n")
+

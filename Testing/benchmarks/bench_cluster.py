@@ -11,7 +11,6 @@ voxel for voxel.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -24,21 +23,9 @@ sys.path[:0] = [str(ROOT)]
 
 
 def _manifest(folder: Path, n_cases: int, spacing: float) -> Path:
-    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
+    from AmyloidKDLib.phantom.measure import t1_case_manifest
 
-    config = PhantomConfig(mri_spacing_mm=spacing, contrasts=("T1w",), prevalence=0.5)
-    source = generate_cohort(folder / "cohort", n_cases + 4, seed=3, layout="manifest",
-                             config=config, progress=False)
-    rows = list(csv.DictReader(open(source, newline="")))[:n_cases]
-    if len(rows) < n_cases:
-        raise SystemExit(f"the phantom gave {len(rows)} usable rows, fewer than {n_cases}")
-    manifest = folder / "cases.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["case", "t1w"])
-        for row in rows:
-            writer.writerow([row["session_id"], str(source.parent / row["t1w"])])
-    return manifest
+    return t1_case_manifest(folder / "cohort", n_cases, folder / "cases.csv", spacing_mm=spacing)
 
 
 def _run(manifest: Path, out: Path, jobs: int) -> tuple[float, str]:

@@ -26,21 +26,11 @@ pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def phantom_manifest(tmp_path_factory) -> Path:
     """Six 2 mm phantom T1w cases (no PET) in a manifest with a ``case`` column."""
-    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
+    from AmyloidKDLib.phantom.measure import t1_case_manifest
 
     root = tmp_path_factory.mktemp("phantom")
-    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",), prevalence=0.5)
-    source = generate_cohort(root / "cohort", N_CASES + 3, seed=11, layout="manifest", config=config,
-                             progress=False)
-    with open(source, newline="") as handle:
-        rows = list(csv.DictReader(handle))[:N_CASES]  # (some subjects have no usable MRI row)
-    assert len(rows) == N_CASES
-    manifest = root / "cases.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["case", "t1w"])
-        for row in rows:
-            writer.writerow([row["session_id"], str(source.parent / row["t1w"])])
+    manifest = t1_case_manifest(root / "cohort", N_CASES, root / "cases.csv", seed=11)
+    assert len(manifest.read_text().splitlines()) == N_CASES + 1
     return manifest
 
 

@@ -75,15 +75,17 @@ def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: in
         dataset: the prepared :class:`Training.data.SliceDataset` of the cohort.
         sessions: the cohort's :class:`AmyloidKDLib.phantom.SessionTruth` list (e.g.
             ``sample_cohort(n, seed, phantom_config)``; the same truth the images were made from).
+            The oracle uses those with an MR session (``mr_session_id``), as the manifest does.
     """
     from AmyloidKDLib.phantom.ceilings import oracle_auc
 
     folds = int(getattr(getattr(config, "split", None), "n_folds", 5) or 5)
     labels = np.asarray(dataset.labels)
+    with_mri = [s for s in sessions if getattr(s, "mr_session_id", "") is not None]
     return {
-        "oracle_auc": oracle_auc(sessions, seed=seed),
+        "oracle_auc": oracle_auc(with_mri, seed=seed),
         "probe_auc": probe_auc(dataset, seed=seed, folds=folds),
         "n_cases": int(labels.size), "n_positive": int(labels.sum()),
-        "n_subjects": len(set(dataset.subjects)), "n_truth_sessions": len(sessions),
+        "n_subjects": len(set(dataset.subjects)), "n_truth_sessions": len(with_mri),
         "meaning": dict(MEANINGS),
     }

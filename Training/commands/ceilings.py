@@ -14,7 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from AmyloidKDLib.atomic import write_text_atomic
 from Training.ceilings import MEANINGS, cohort_ceilings
+
+
+def _same_cohort(folder: Path, subjects: int, seed: int, phantom: Any) -> bool:
+    """Whether ``folder`` already holds this cohort (same size, seed and knobs): reuse it."""
+    try:
+        info = json.loads((folder / "ground_truth" / "cohort.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ((folder / "manifest.csv").is_file() and info.get("n_subjects") == subjects
+            and info.get("seed") == seed and info.get("config") == phantom.to_dict())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     phantom = phantom_config([o for o in args.overrides if "." not in o.partition("=")[0]])
     progress = args.progress == "bar"
     manifest = out / "cohort" / "manifest.csv"
-    if not manifest.is_file():
+    if not _same_cohort(out / "cohort", args.subjects, args.seed, phantom):
         manifest = generate_cohort(out / "cohort", args.subjects, args.seed, "manifest", phantom,
                                    overwrite=True, progress=progress)
     overrides = [f"data.cache_dir={out / 'cache'}"] + [
@@ -77,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"probe AUC  {result['probe_auc']:.3f}  ({MEANINGS['probe_auc']})")
     print(f"{result['n_cases']} cases, {result['n_positive']} amyloid-positive, "
           f"{result['n_subjects']} subjects")
-    (out / "ceilings.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(out / "ceilings.json", json.dumps(result, indent=1))
     print(f"written: {out / 'ceilings.json'}")
     return 0

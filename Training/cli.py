@@ -13,7 +13,7 @@ from AmyloidKDLib.cli import run
 
 #: Pipeline subcommand modules (each has ``register(subparsers)``).
 TRAINING_COMMANDS: tuple[str, ...] = tuple(
-    f"Training.commands.{name}" for name in ("train", "evaluate", "demo", "cv", "benchmark"))
+    f"Training.commands.{name}" for name in ("train", "evaluate", "demo", "cv", "ceilings", "benchmark"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

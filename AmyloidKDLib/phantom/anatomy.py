@@ -27,6 +27,11 @@ ATROPHY_REGIONS: dict[str, tuple[tuple[float, float, float], float]] = {
     "precuneus": ((8.0, -60.0, 40.0), 14.0),
 }
 
+from AmyloidKDLib.phantom.truth import ATROPHY_REGION_NAMES  # noqa: E402  (truth needs no maps)
+
+if tuple(ATROPHY_REGIONS) != ATROPHY_REGION_NAMES:
+    raise RuntimeError("truth.ATROPHY_REGION_NAMES must list ATROPHY_REGIONS' keys in order")
+
 
 @dataclass
 class TemplateMaps:
@@ -40,9 +45,12 @@ class TemplateMaps:
     brain: np.ndarray
     amyloid_weight: np.ndarray    # 1 in early-amyloid cortex, background elsewhere, 0 cerebellum
     atrophy_weight: np.ndarray
+    region_weights: np.ndarray    # (n ATROPHY_REGIONS, X, Y, Z): atrophy_weight split by region
+    wm_lesion_weight: np.ndarray  # where WM lesions form: periventricular and deep WM
     outside_mm: np.ndarray        # distance outside the brain mask (0 inside)
     t1_gm: float
     t1_csf: float
+    t1_wm: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -111,8 +119,9 @@ def _template_maps(spacing_mm: float, margin_mm: float, cortex: float) -> Templa
     wm = np.minimum(wm, brain_f - gm)
     csf = np.clip(brain_f - gm - wm, 0.0, 1.0)
     outside = ndimage.distance_transform_edt(brain_f < 0.5).astype(np.float32) * factor
-    maps = TemplateMaps(affine, t1, gm, wm, csf, brain_f, t1, t1, outside,
-                        float(np.median(t1[gm > 0.8])), float(np.median(t1[(csf > 0.8)])))
+    maps = TemplateMaps(affine, t1, gm, wm, csf, brain_f, t1, t1, t1[None], t1, outside,
+                        float(np.median(t1[gm > 0.8])), float(np.median(t1[(csf > 0.8)])),
+                        float(np.median(t1[wm > 0.9])))
     coords = maps.mni_coordinates()
     early = _sphere_weight(coords, EARLY_AMYLOID_REGIONS, sharp=False)
     weight = cortex + (1.0 - cortex) * early
@@ -120,9 +129,32 @@ def _template_maps(spacing_mm: float, margin_mm: float, cortex: float) -> Templa
     cerebellum = (y < -40) & (z < -20)
     maps.amyloid_weight = np.where(cerebellum, 0.0, weight).astype(np.float32)
     maps.atrophy_weight = _sphere_weight(coords, ATROPHY_REGIONS, sharp=False)
-    for name in ("t1", "gm", "wm", "csf", "brain", "amyloid_weight", "atrophy_weight", "outside_mm"):
+    # per-region maps that add up to atrophy_weight: equal losses give the v1 image
+    parts = np.stack([_sphere_weight(coords, {name: region}, sharp=False)
+                      for name, region in ATROPHY_REGIONS.items()])
+    parts *= maps.atrophy_weight / np.maximum(parts.sum(0), 1e-6)
+    maps.region_weights = parts.astype(np.float32)
+    maps.wm_lesion_weight = _wm_lesion_weight(maps, coords)
+    for name in ("t1", "gm", "wm", "csf", "brain", "amyloid_weight", "atrophy_weight",
+                 "region_weights", "wm_lesion_weight", "outside_mm"):
         getattr(maps, name).flags.writeable = False
     return maps
+
+
+#: Centre (MNI mm) and radii of the lateral ventricles' neighbourhood (periventricular caps)
+#: and of the deep white matter of the centrum semiovale, where WM lesions form.
+_PERIVENTRICULAR = ((0.0, -10.0, 18.0), (26.0, 40.0, 16.0))
+_DEEP_WM = ((26.0, -15.0, 32.0), 14.0)
+
+
+def _wm_lesion_weight(maps: TemplateMaps, coords) -> np.ndarray:
+    """Where WM lesions form (0..1, white matter only): periventricular plus deep WM."""
+    x, y, z = coords
+    (cx, cy, cz), (ax, ay, az) = _PERIVENTRICULAR
+    peri = np.exp(-(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2))
+    deep = _sphere_weight(coords, {"deep": _DEEP_WM}, sharp=False)
+    weight = np.clip(np.maximum(peri, 0.8 * deep), 0.0, 1.0) * (maps.wm > 0.5) * maps.wm
+    return weight.astype(np.float32)
 
 
 def region_masks(maps: TemplateMaps, gm_threshold: float = 0.5) -> dict[str, np.ndarray]:

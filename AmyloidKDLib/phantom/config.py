@@ -19,6 +19,16 @@ class PhantomConfig(configs.DictConfig):
     solved so that ``prevalence`` of baseline sessions lie above ``label_threshold``.
     MRI effects are fractions of grey matter turned into CSF; ventricle effects are linear
     expansion factors around the ventricles' centre.
+
+    Generator v2 (see ``docs/synthetic_cohort.md``): the *true* Centiloid drives PET uptake and
+    amyloid-related atrophy; the Centiloid written out (and the label) is a PET measurement of
+    it with ``centiloid_noise_sd`` of noise. Each subject has its own atrophy slope (lognormal
+    around ``atrophy_per_100cl``, spread ``atrophy_slope_sd``) and its own weights over the
+    ``ATROPHY_REGIONS`` (Dirichlet, concentration ``atrophy_pattern_concentration``). MRI also
+    shows changes unrelated to amyloid: age, white-matter lesions (``wm_lesion_*``) and a few
+    random cortical spheres of grey-matter loss per subject (``random_atrophy_*``).
+    ``mri_effect_scale`` multiplies every amyloid-related MRI effect (1: the realistic
+    default, calibrated so the generator's own best MRI measure reaches AUC ~0.8).
     """
 
     prevalence: float = 0.32
@@ -37,10 +47,26 @@ class PhantomConfig(configs.DictConfig):
     age_sd: float = 7.0
     age_range: tuple[float, float] = (50.0, 95.0)
     age_shift_positive: float = 4.0           # amyloid-positive subjects are older: confound
-    atrophy_per_100cl: float = 0.06           # regional GM fraction lost at 100 Centiloid
+    # Measured Centiloid = true + N(0, sd): the manifest's centiloid and the label use it
+    centiloid_noise_sd: float = 4.0           # CL; PET test-retest scale
+    atrophy_per_100cl: float = 0.06           # median regional GM fraction lost at 100 Centiloid
+    atrophy_slope_sd: float = 0.6             # log-sd of a subject's own slope (lognormal)
+    atrophy_onset_cl: float = 0.0             # no amyloid-related loss below this true Centiloid
+    atrophy_pattern_concentration: float = 2.0  # Dirichlet over ATROPHY_REGIONS (small: focal)
+    mri_effect_scale: float = 1.0             # multiplies every amyloid-related MRI effect
     atrophy_per_decade: float = 0.05          # regional GM fraction lost per decade above 70
     global_atrophy_share: float = 0.5         # age atrophy elsewhere, relative to regional
-    anatomy_sd: float = 0.06                  # a subject's own regional GM variation
+    anatomy_sd: float = 0.06                  # a subject's own GM variation, per region
+    global_atrophy_sd: float = 0.02           # a subject's own global GM variation
+    # white-matter lesions (vascular, unrelated to amyloid): load = median * lognormal(sd) *
+    # max(age - wm_lesion_onset_age, 0) / 10 (fraction of the periventricular/deep WM map)
+    wm_lesion_per_decade: float = 0.12
+    wm_lesion_sd: float = 0.8
+    wm_lesion_onset_age: float = 50.0
+    # random cortical GM loss unrelated to amyloid: 0..max spheres per subject
+    random_atrophy_max_spheres: int = 3
+    random_atrophy_radius_mm: tuple[float, float] = (8.0, 16.0)
+    random_atrophy_loss: tuple[float, float] = (0.05, 0.25)   # GM fraction lost at the centre
     ventricle_per_100cl: float = 0.06
     ventricle_per_decade: float = 0.06
     ventricle_sd: float = 0.04
@@ -68,7 +94,8 @@ class PhantomConfig(configs.DictConfig):
 
     def __post_init__(self) -> None:
         for name in ("negative_centiloid", "positive_centiloid", "centiloid_range",
-                     "centiloid_per_year", "age_range", "session_gap_days"):
+                     "centiloid_per_year", "age_range", "session_gap_days",
+                     "random_atrophy_radius_mm", "random_atrophy_loss"):
             setattr(self, name, tuple(getattr(self, name)))
         self.contrasts = tuple(self.contrasts)
         self.orientations = tuple(self.orientations)
@@ -101,6 +128,16 @@ class PhantomConfig(configs.DictConfig):
             for table in ("suvr_intercept", "suvr_slope", "white_matter_suvr"):
                 if tracer not in getattr(self, table):
                     raise ConfigError(f"PhantomConfig.{table} needs a value for {tracer}")
+        for name in ("centiloid_noise_sd", "atrophy_slope_sd", "mri_effect_scale",
+                     "wm_lesion_per_decade", "wm_lesion_sd", "global_atrophy_sd"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"PhantomConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.atrophy_pattern_concentration <= 0:
+            raise ConfigError("PhantomConfig.atrophy_pattern_concentration must be > 0, got "
+                              f"{self.atrophy_pattern_concentration}")
+        if self.random_atrophy_max_spheres < 0:
+            raise ConfigError("PhantomConfig.random_atrophy_max_spheres must be >= 0, got "
+                              f"{self.random_atrophy_max_spheres}")
         if self.montage_subjects < 0:
             raise ConfigError(f"PhantomConfig.montage_subjects must be >= 0 (0: no montage), "
                               f"got {self.montage_subjects}")

@@ -19,6 +19,10 @@ VENTRICLE_CENTRE_MM = (0.0, -10.0, 15.0)
 #: Template-typical partial-volume intensities used for contrasts (fractions of full scale).
 T2_TISSUE = {"gm": 0.45, "wm": 0.32, "csf": 1.0}
 FLAIR_TISSUE = {"gm": 0.62, "wm": 0.48, "csf": 0.08}
+#: Intensity of WM-lesion tissue per contrast (T1: the template's GM level, as a fraction of
+#: the way from WM to GM; T2 and FLAIR: bright, fractions of full scale).
+LESION_T1_TOWARDS_GM = 1.0
+LESION_TISSUE = {"T2w": 0.75, "FLAIR": 0.90}
 #: Skull shell layers (mm outside the brain mask) and intensities per contrast.
 SHELL_LAYERS_MM = (3.0, 8.0, 13.0)  # CSF up to 3, bone up to 8, scalp up to 13
 SHELL_INTENSITY = {"T1w": (0.30, 0.05, 0.85), "T2w": (1.0, 0.05, 0.50),
@@ -172,9 +176,48 @@ def _sample_points(coarse_block, step: int, points: np.ndarray, source, with_pla
     return values
 
 
-def _gm_loss(maps: TemplateMaps, truth: SessionTruth) -> np.ndarray:
-    loss = maps.gm * (truth.regional_gm_loss * maps.atrophy_weight + truth.global_gm_loss)
+def _random_atrophy(maps: TemplateMaps, spheres) -> np.ndarray | None:
+    """GM-loss fraction of a subject's random cortical spheres (Gaussian, within a box)."""
+    if not spheres:
+        return None
+    out = np.zeros(maps.shape, np.float32)
+    inv = np.linalg.inv(maps.affine)
+    step = np.abs(np.diag(maps.affine)[:3])
+    for x, y, z, radius, amount in spheres:
+        centre = inv[:3, :3] @ np.array([x, y, z]) + inv[:3, 3]
+        reach = 2.5 * radius / step
+        lo = np.maximum(np.floor(centre - reach).astype(int), 0)
+        hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, maps.shape)
+        if np.any(hi <= lo):
+            continue
+        axes = [((np.arange(lo[a], hi[a]) - centre[a]) * step[a]) ** 2 for a in range(3)]
+        d2 = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        out[box] += amount * np.exp(-d2 / (2 * radius ** 2)).astype(np.float32)
+    return out
+
+
+def _gm_loss(maps: TemplateMaps, truth: SessionTruth,
+             subject: SubjectTruth | None = None) -> np.ndarray:
+    """GM fraction turned into CSF: per-region loss (each region its own map), global loss
+    and the subject's random cortical spheres."""
+    if truth.region_gm_loss:
+        local = np.tensordot(np.asarray(truth.region_gm_loss, np.float32), maps.region_weights, 1)
+    else:
+        local = truth.regional_gm_loss * maps.atrophy_weight
+    local += truth.global_gm_loss
+    spheres = _random_atrophy(maps, subject.random_atrophy) if subject is not None else None
+    if spheres is not None:
+        local += spheres
+    loss = maps.gm * local
     return np.clip(loss, -maps.csf, maps.gm)
+
+
+def _lesions(maps: TemplateMaps, truth: SessionTruth) -> np.ndarray | None:
+    """Fraction of each voxel that is WM-lesion tissue (taken from its WM)."""
+    if truth.wm_lesion_load <= 0:
+        return None
+    return np.minimum(truth.wm_lesion_load * maps.wm_lesion_weight, maps.wm)
 
 
 def _shell(maps: TemplateMaps, contrast: str) -> np.ndarray:
@@ -186,9 +229,13 @@ def _shell(maps: TemplateMaps, contrast: str) -> np.ndarray:
 
 
 def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeometry,
-                   rng: np.random.Generator, config: PhantomConfig) -> dict[str, Volume]:
-    """The session's MRI contrasts as RAS Volumes (scanner-like integer intensities)."""
-    loss = _gm_loss(maps, truth)
+                   rng: np.random.Generator, config: PhantomConfig,
+                   subject: SubjectTruth | None = None) -> dict[str, Volume]:
+    """The session's MRI contrasts as RAS Volumes (scanner-like integer intensities).
+
+    ``subject`` adds its random cortical GM loss (none without it)."""
+    loss = _gm_loss(maps, truth, subject)
+    lesion = _lesions(maps, truth)
     names = list(config.contrasts)
     channels = np.empty((len(names) + (0 if config.skull else 1), *maps.shape), np.float32)
     gm, csf = maps.gm - loss, maps.csf + loss
@@ -197,11 +244,15 @@ def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
         if name == "T1w":
             np.multiply(loss, -(maps.t1_gm - maps.t1_csf), out=out)
             out += maps.t1
+            if lesion is not None:  # lesions darken WM towards GM
+                out -= lesion * (LESION_T1_TOWARDS_GM * (maps.t1_wm - maps.t1_gm))
         else:
             weights = T2_TISSUE if name == "T2w" else FLAIR_TISSUE
             np.multiply(gm, weights["gm"], out=out)
             out += weights["wm"] * maps.wm
             out += weights["csf"] * csf
+            if lesion is not None:  # and brighten T2 and FLAIR
+                out += lesion * (LESION_TISSUE[name] - weights["wm"])
         if config.skull:
             out += _shell(maps, name)
     if not config.skull:
@@ -230,9 +281,10 @@ def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
 
 
 def synthesize_pet(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeometry,
-                   rng: np.random.Generator, config: PhantomConfig) -> Volume:
+                   rng: np.random.Generator, config: PhantomConfig,
+                   subject: SubjectTruth | None = None) -> Volume:
     """The session's amyloid PET as an SUVR Volume (cerebellar grey matter = 1)."""
-    loss = _gm_loss(maps, truth)
+    loss = _gm_loss(maps, truth, subject)
     gm, csf = maps.gm - loss, maps.csf + loss
     jitter = float(rng.normal(1.0, 0.03))
     uptake = 1.0 + maps.amyloid_weight * (truth.cortical_suvr - 1.0) * jitter

@@ -25,8 +25,8 @@ from AmyloidKDLib.phantom.geometry import SessionGeometry
 from AmyloidKDLib.phantom.synthesis import (_brain_box_mm, _grid, _orientation, _pose,
                                             _ventricle_displacement, subject_displacement,
                                             synthesize_mri, synthesize_pet)
-from AmyloidKDLib.phantom.truth import (SessionTruth, SubjectTruth, _rng, sample_sessions,
-                                        sample_subject)
+from AmyloidKDLib.phantom.truth import (ATROPHY_REGION_NAMES, GENERATOR_VERSION, SessionTruth,
+                                        SubjectTruth, _rng, sample_sessions, sample_subject)
 from AmyloidKDLib.volume import Volume, reorient_for_storage, save_volume
 
 LAYOUTS = ("manifest", "oasis3", "both")
@@ -181,10 +181,10 @@ def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarra
     geometry = SessionGeometry(rot, shift, tuple(float(v) for v in origin), spacing, disp,
                                affine, shape, "RAS")
     if is_mri:
-        volumes = synthesize_mri(maps_by_kind["mri"], truth, geometry, rng, config)
+        volumes = synthesize_mri(maps_by_kind["mri"], truth, geometry, rng, config, subject)
         paths = {name: mri_relpath(truth.subject_id, scan.day, name) for name in volumes}
     else:
-        volumes = {"PET": synthesize_pet(maps_by_kind["pet"], truth, geometry, rng, config)}
+        volumes = {"PET": synthesize_pet(maps_by_kind["pet"], truth, geometry, rng, config, subject)}
         paths = {"PET": pet_relpath(truth.session_id)}
     codes = {}
     for name, volume in volumes.items():
@@ -280,10 +280,16 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
 
 def _write_truth(out_dir: Path, sessions: list[SessionTruth], subjects: list[SubjectTruth],
                  seed: int, layout: str, config: PhantomConfig) -> None:
-    header = [f.name for f in fields(SessionTruth)]
-    rows = [{k: ("" if v is None else v) for k, v in asdict(s).items()} for s in sessions]
+    region_columns = [f"gm_loss_{name}" for name in ATROPHY_REGION_NAMES]
+    header = [f.name for f in fields(SessionTruth) if f.name != "region_gm_loss"] + region_columns
+    rows = []
+    for s in sessions:
+        row = {k: ("" if v is None else v) for k, v in asdict(s).items()}
+        row.update(zip(region_columns, row.pop("region_gm_loss")))
+        rows.append(row)
     write_text_atomic(out_dir / "ground_truth" / "sessions.csv", _csv_text(header, rows))
-    cohort = {"seed": seed, "n_subjects": len(subjects), "layout": layout,
+    cohort = {"generator_version": GENERATOR_VERSION, "seed": seed,
+              "n_subjects": len(subjects), "layout": layout,
               "config": config.to_dict(), "mixture_weight": mixture_weight(config),
               "early_amyloid_regions": EARLY_AMYLOID_REGIONS, "atrophy_regions": ATROPHY_REGIONS,
               "subjects": [asdict(s) for s in subjects]}
@@ -309,8 +315,9 @@ def _write_oasis_csvs(root: Path, sessions: list[SessionTruth], subjects: list[S
     for s in sessions:
         rows.append({"subject_id": s.subject_id, "oasis_session_id": s.session_id,
                      "tracer": s.tracer,
-                     # the true Centiloid goes to the column the reader labels with by default
-                     # (the authors' partial-volume-corrected "rsf" one); the others derive from it
+                     # the measured Centiloid (the truth's `centiloid`, which the label uses)
+                     # goes to the column the reader labels with by default (the authors'
+                     # partial-volume-corrected "rsf" one); the others derive from it
                      "Centiloid_fBP_TOT_CORTMEAN": _fmt(0.9 * s.centiloid) if s.tracer == "PIB" else "",
                      "Centiloid_fSUVR_TOT_CORTMEAN": _fmt(s.centiloid / 1.08),
                      "Centiloid_fBP_rsf_TOT_CORTMEAN": _fmt(0.97 * s.centiloid) if s.tracer == "PIB" else "",

@@ -26,6 +26,7 @@ from AmyloidKDLib.phantom import (
     generate_cohort,
     measure_cohort,
     sample_cohort,
+    sample_subject,
 )
 from AmyloidKDLib.volume import load_volume
 
@@ -231,3 +232,81 @@ def test_bad_layout_or_a_used_folder_are_refused(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         generate_cohort(tmp_path / "full", 1, 0)
     assert cli_run(["phantom", "--out", str(tmp_path / "full"), "--subjects", "1"]) == 2
+
+
+def _identity_geometry(maps) -> SessionGeometry:
+    """A scan on the template grid itself (no pose, no deformation): voxel = template voxel."""
+    origin = tuple(float(v) for v in maps.affine[:3, 3] - 50.0)
+    return SessionGeometry((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), origin, 400.0,
+                           np.zeros((3, 2, 2, 2)), maps.affine.copy(), maps.shape, "RAS")
+
+
+def _t1(maps, truth, subject=None) -> np.ndarray:
+    from AmyloidKDLib.phantom import synthesize_mri
+
+    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w", "FLAIR"), mri_noise=0.0,
+                           bias_strength=0.0)
+    volumes = synthesize_mri(maps, truth, _identity_geometry(maps), np.random.default_rng(0),
+                             config, subject)
+    return volumes["T1w"].data, volumes["FLAIR"].data
+
+
+def test_images_carry_the_wm_lesions(maps):
+    from dataclasses import replace
+
+    truth = replace(sample_cohort(1, 3)[0], wm_lesion_load=0.0)
+    clean_t1, clean_flair = _t1(maps, truth)
+    lesion_t1, lesion_flair = _t1(maps, replace(truth, wm_lesion_load=0.6))
+    where = maps.wm_lesion_weight > 0.5
+    elsewhere = (maps.wm > 0.9) & (maps.wm_lesion_weight < 0.01)
+    assert where.sum() > 500 and elsewhere.sum() > 500
+    t1_drop = 1 - lesion_t1[where].mean() / clean_t1[where].mean()
+    print(f"T1 WM intensity where lesions form: -{100 * t1_drop:.1f} %")
+    assert t1_drop > 0.05                                        # darker in T1
+    assert lesion_flair[where].mean() > 1.2 * clean_flair[where].mean()   # brighter in FLAIR
+    np.testing.assert_allclose(lesion_t1[elsewhere], clean_t1[elsewhere], atol=3.0)  # 0.3 %
+
+
+def test_images_carry_the_per_region_loss_and_random_spheres(maps):
+    from dataclasses import replace
+
+    from AmyloidKDLib.phantom import ATROPHY_REGIONS
+    from AmyloidKDLib.phantom.anatomy import _sphere_weight
+
+    truth = replace(sample_cohort(1, 3)[0], wm_lesion_load=0.0, global_gm_loss=0.0)
+    names = list(ATROPHY_REGIONS)
+    coords = maps.mni_coordinates()
+    cores = {n: (_sphere_weight(coords, {n: (c, r * 0.6)}, sharp=True) > 0) & (maps.gm > 0.5)
+             for n, (c, r) in ATROPHY_REGIONS.items()}
+    base = _t1(maps, replace(truth, region_gm_loss=(0.0,) * 4))[0]
+    hippo = _t1(maps, replace(truth, region_gm_loss=(0.4, 0.0, 0.0, 0.0)))[0]
+    drops = {n: 1 - hippo[m].mean() / base[m].mean() for n, m in cores.items()}
+    print("T1 drop per region with hippocampal loss only:", {k: round(v, 3) for k, v in drops.items()})
+    assert drops["hippocampus"] > 0.05
+    assert drops["hippocampus"] > 5 * max(drops[n] for n in names[1:])
+    # a subject's random cortical sphere darkens its own neighbourhood
+    subject = replace(sample_subject(0, 3, PhantomConfig()), random_atrophy=((40.0, 20.0, 45.0, 12.0, 0.5),))
+    spotted = _t1(maps, replace(truth, region_gm_loss=(0.0,) * 4), subject)[0]
+    x, y, z = coords   # (_sphere_weight mirrors to both hemispheres: not here)
+    distance = np.sqrt((np.abs(x) - 40.0) ** 2 + (y - 20.0) ** 2 + (z - 45.0) ** 2) < 8.0
+    near = distance & (x > 0) & (maps.gm > 0.5)
+    far = distance & (x < 0) & (maps.gm > 0.5)
+    assert spotted[near].mean() < 0.95 * base[near].mean()
+    assert spotted[far].mean() == pytest.approx(base[far].mean(), rel=1e-3)
+
+
+def test_ground_truth_records_version_true_centiloid_and_region_losses(cohort):
+    from AmyloidKDLib.phantom import GENERATOR_VERSION
+
+    info = json.loads((cohort / "ground_truth" / "cohort.json").read_text())
+    assert info["generator_version"] == GENERATOR_VERSION == 2
+    rows = _truth_rows(cohort)
+    for column in ("true_centiloid", "wm_lesion_load", "gm_loss_hippocampus", "gm_loss_precuneus"):
+        assert column in rows[0]
+    assert any(r["true_centiloid"] != r["centiloid"] for r in rows)
+    with open(cohort / "manifest.csv", newline="") as handle:
+        manifest = {r["session_id"]: r for r in csv.DictReader(handle)}
+    for row in rows:
+        if row["session_id"] in manifest:   # the manifest carries the measured Centiloid
+            assert float(manifest[row["session_id"]]["centiloid"]) == pytest.approx(float(row["centiloid"]))
+            assert int(manifest[row["session_id"]]["label"]) == int(float(row["centiloid"]) > 20.0)

@@ -1,0 +1,91 @@
+"""Ceilings: how much amyloid signal the prepared MRI slices carry, before any model is trained.
+
+:func:`probe_auc` is a linear probe on the prepared slice stacks: one channel of each case's
+MRI stack, flattened, standardised, PCA (fit on the training fold only) and an L2 logistic
+regression with a fixed C, in subject-grouped stratified k-fold cross-validation; the pooled
+out-of-fold AUC is returned. A trained model should beat it; one far below it is not learning
+what its input holds. :func:`cohort_ceilings` puts it next to the generator's oracle
+(:func:`AmyloidKDLib.phantom.ceilings.oracle_auc`, the best any MRI measure of a synthetic
+cohort can do) for one cohort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: What each number means (printed by ``amyloidkd ceilings`` and stored in ceilings.json).
+MEANINGS = {
+    "oracle_auc": "generator's ceiling: CV logistic regression on the noise-free true MRI-visible "
+                  "effects (per-region GM loss, global loss, ventricles, WM lesions) vs the label",
+    "probe_auc": "linear probe: PCA + L2 logistic regression on the prepared MRI slice pixels, "
+                 "subject-grouped CV, pooled out-of-fold AUC; a trained MRI model should beat it",
+}
+
+
+def _features(dataset: Any, channel: int) -> np.ndarray:
+    return np.stack([np.asarray(stack[:, channel].float().numpy(), np.float32).reshape(-1)
+                     for stack in dataset.mri])
+
+
+def probe_auc(dataset: Any, seed: int = 0, folds: int = 5, components: int = 20,
+              c: float = 0.1, channel: int = 0) -> float:
+    """Pooled out-of-fold AUC of a linear probe on ``dataset``'s MRI slices.
+
+    Args:
+        dataset: a :class:`Training.data.SliceDataset` (``.mri``, ``.labels``, ``.subjects``).
+        seed: shuffles the subject-grouped stratified folds.
+        folds: number of folds (each subject's cases stay in one fold).
+        components: PCA components (fewer when a training fold is smaller).
+        c: inverse L2 strength of the logistic regression; fixed, never tuned on test folds.
+        channel: the channel of the ``[N, 3, S, S]`` stacks used (they are repeats).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = _features(dataset, channel)
+    y = np.asarray(dataset.labels, dtype=int)
+    groups = np.asarray(dataset.subjects)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("probe_auc needs amyloid-positive and -negative cases")
+    probs = np.zeros(len(y))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(x, y, groups):
+        n = min(components, len(train) - 1, x.shape[1])
+        model = make_pipeline(StandardScaler(), PCA(n_components=n, random_state=seed),
+                              LogisticRegression(C=c, max_iter=2000))
+        model.fit(x[train], y[train])
+        probs[test] = model.predict_proba(x[test])[:, 1]
+    return float(roc_auc_score(y, probs))
+
+
+def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: int = 0
+                    ) -> dict[str, Any]:
+    """Oracle and probe AUC of one cohort.
+
+    Args:
+        config: the run's :class:`Training.config.RunConfig` (its ``split.n_folds`` sets the
+            probe's folds).
+        dataset: the prepared :class:`Training.data.SliceDataset` of the cohort.
+        sessions: the cohort's :class:`AmyloidKDLib.phantom.SessionTruth` list (e.g.
+            ``sample_cohort(n, seed, phantom_config)``; the same truth the images were made from).
+            The oracle uses those with an MR session (``mr_session_id``), as the manifest does.
+    """
+    from AmyloidKDLib.phantom.ceilings import oracle_auc
+
+    folds = int(getattr(getattr(config, "split", None), "n_folds", 5) or 5)
+    labels = np.asarray(dataset.labels)
+    with_mri = [s for s in sessions if getattr(s, "mr_session_id", "") is not None]
+    return {
+        "oracle_auc": oracle_auc(with_mri, seed=seed),
+        "probe_auc": probe_auc(dataset, seed=seed, folds=folds),
+        "n_cases": int(labels.size), "n_positive": int(labels.sum()),
+        "n_subjects": len(set(dataset.subjects)), "n_truth_sessions": len(with_mri),
+        "meaning": dict(MEANINGS),
+    }

@@ -168,21 +168,25 @@ def _weighted_aucs(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndar
     """Mann-Whitney AUC of each weighted resample (ties count one half); NaN with one class.
 
     Exact for integer weights: equal to the AUC of the resample in which each case appears
-    ``weight`` times. Per resample, the negative weight at each distinct score is summed, so
-    every positive is credited with the negative weight strictly below its score plus half
-    of that at its score.
+    ``weight`` times. Cases are sorted by score once; per resample, a cumulative sum of the
+    negatives' weights credits every positive with the negative weight strictly below its
+    score plus half of that tied with it.
     """
-    levels, level = np.unique(s, return_inverse=True)
-    level = level.ravel()
-    neg = y == 0
-    onehot = np.zeros((y.size, levels.size))
-    onehot[np.flatnonzero(neg), level[neg]] = 1.0
-    neg_at = weights @ onehot                               # (B, L) negative weight per score level
-    credit = np.cumsum(neg_at, axis=1) - 0.5 * neg_at       # below + half of ties
-    pos = y == 1
-    u = np.sum(weights[:, pos] * credit[:, level[pos]], axis=1)
-    w_pos = weights[:, pos].sum(axis=1)
-    w_neg = weights[:, neg].sum(axis=1)
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    w = weights[:, order]
+    # Tie blocks: [start, end) of the block of equal scores each sorted case belongs to.
+    new_block = np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]])
+    block = np.cumsum(new_block) - 1
+    starts = np.flatnonzero(new_block)
+    ends = np.concatenate([starts[1:], [s.size]])
+    neg_cum = np.zeros((w.shape[0], s.size + 1))
+    np.cumsum(w * (y_sorted == 0), axis=1, out=neg_cum[:, 1:])
+    pos = y_sorted == 1
+    credit = 0.5 * (neg_cum[:, starts[block[pos]]] + neg_cum[:, ends[block[pos]]])
+    u = np.sum(w[:, pos] * credit, axis=1)
+    w_pos = w[:, pos].sum(axis=1)
+    w_neg = neg_cum[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((w_pos > 0) & (w_neg > 0), u / (w_pos * w_neg), np.nan)
 

@@ -114,8 +114,9 @@ def pool_fold_predictions(folds: Sequence[FoldPredictions]) -> dict[str, Any]:
             "thresholds": {p: np.asarray(v, dtype=float) for p, v in thresholds.items()}}
 
 
-def _has_two_subjects_per_class(subjects: np.ndarray, labels: np.ndarray) -> bool:
-    return min(len(set(subjects[labels == 1].tolist())), len(set(subjects[labels == 0].tolist()))) >= 2
+def _has_two_per_class(groups: np.ndarray, labels: np.ndarray) -> bool:
+    """>= 2 distinct groups (subjects or cases) with a positive and >= 2 with a negative case."""
+    return min(len(set(groups[labels == 1].tolist())), len(set(groups[labels == 0].tolist()))) >= 2
 
 
 def pooled_evaluation(pooled: Mapping[str, Any], config: EvalConfig | None = None,
@@ -127,8 +128,9 @@ def pooled_evaluation(pooled: Mapping[str, Any], config: EvalConfig | None = Non
     ``config.default_threshold`` and the ``optimal`` row with each case's own fold's θ
     (:func:`shift_to_threshold`, scored at 0.5; its AUC is the default row's, as the
     per-fold shift would otherwise mix the folds' scales). The distilled and the light
-    student are compared with the baseline when both classes have >= 2 subjects.
-    ``by_subject``: CIs resample subjects (else cases).
+    student are compared with the baseline when both classes have >= 2 cases; by subject
+    (Obuchowski, subject bootstrap) when they have >= 2 subjects, else by case (the
+    comparison's ``resampling`` says which). ``by_subject``: CIs resample subjects (else cases).
 
     Returns ``{"models", "thresholds" (θ per row; ``optimal`` is the mean of the folds' θ),
     "comparisons", "resampling"}``.
@@ -151,9 +153,11 @@ def pooled_evaluation(pooled: Mapping[str, Any], config: EvalConfig | None = Non
         thresholds[name] = {"default": config.default_threshold, "optimal": float(np.mean(optimal))}
     probabilities = pooled["probabilities"]
     comparisons = []
-    if "baseline" in probabilities and _has_two_subjects_per_class(subjects, labels):
+    # Obuchowski's clustered test needs >= 2 subjects per class; with fewer, cases (labelled so).
+    pairs_by = groups if groups is not None and _has_two_per_class(subjects, labels) else None
+    if "baseline" in probabilities and _has_two_per_class(np.arange(labels.size), labels):
         comparisons = [compare_paired(labels, probabilities[p], probabilities["baseline"], config,
-                                      (names.get(p, p), names.get("baseline", "baseline")), groups)
+                                      (names.get(p, p), names.get("baseline", "baseline")), pairs_by)
                        for p in COMPARED_PHASES if p in probabilities]
     return {"models": models, "thresholds": thresholds, "comparisons": comparisons,
             "resampling": resampling_info(groups, labels.size)}

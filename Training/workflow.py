@@ -252,13 +252,16 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
                            for k, i in enumerate(test)],
                           {"default": config.evaluation.default_threshold, "optimal": threshold})
     comparisons = []
-    if "baseline" in probabilities and min(len({s for s, y in zip(subjects, labels) if y == 1}),
-                                           len({s for s, y in zip(subjects, labels) if y == 0})) >= 2:
+    # Obuchowski's clustered test needs >= 2 subjects per class; with fewer, cases (labelled so).
+    per_class = [len({s for s, y in zip(subjects, labels) if y == c}) for c in (0, 1)]
+    pairs_by = subjects if min(per_class) >= 2 else None
+    if "baseline" in probabilities and len(set(labels.tolist())) == 2 and min(
+            int(labels.sum()), int((1 - labels).sum())) >= 2:
         for phase in ("student", "light"):
             if phase in probabilities:
                 comparisons.append(compare_paired(
                     labels, probabilities[phase], probabilities["baseline"], config.evaluation,
-                    (MODEL_NAMES[phase], MODEL_NAMES["baseline"]), subjects))
+                    (MODEL_NAMES[phase], MODEL_NAMES["baseline"]), pairs_by))
     figures = []
     if len(set(labels.tolist())) == 2:
         plot_roc({MODEL_NAMES[p]: (labels, probabilities[p]) for p in probabilities}, out_dir / "roc.png")

@@ -178,3 +178,15 @@ def test_cross_validate_pools_the_folds_and_writes_the_pooled_arrays(tmp_path, m
     assert [r["case_id"] for r in rows] == list(pooled["case_ids"])
     assert "95 % CIs resample subjects (n = 30 subjects" in summary["report"].read_text()
     assert json.loads((tmp_path / "metrics.json").read_text())["resampling"]["resampling"] == "subjects"
+
+
+def test_with_one_positive_subject_the_comparison_falls_back_to_cases_and_says_so():
+    fold = FoldPredictions(0, ["c1", "c2", "c3", "c4", "c5"], ["A", "A", "B", "C", "D"], [1, 1, 0, 0, 0],
+                           {"student": [0.9, 0.4, 0.5, 0.2, 0.1], "baseline": [0.6, 0.5, 0.7, 0.3, 0.2]},
+                           {"student": 0.5, "baseline": 0.5})
+    result = pooled_evaluation(pool_fold_predictions([fold]), tm.EvalConfig(n_bootstrap=20))
+    assert result["resampling"]["resampling"] == "subjects"  # the table's CIs still resample subjects
+    (comparison,) = result["comparisons"]
+    assert comparison["resampling"] == "cases"  # Obuchowski needs >= 2 positive subjects
+    assert comparison["delong"] == tm.delong_test([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.2, 0.1],
+                                                  [0.6, 0.5, 0.7, 0.3, 0.2])

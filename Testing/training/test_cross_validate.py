@@ -91,12 +91,11 @@ def test_pooled_case_level_evaluation_matches_the_metrics_module(fixed_predictio
 
 
 def test_every_case_once_and_no_subject_in_two_folds():
+    half = {"student": 0.5, "baseline": 0.5}
     with pytest.raises(InputError, match="tested in two folds"):
-        pool_fold_predictions([FOLD0, FoldPredictions(1, ["c1"], ["Z"], [1], {"student": [0.5], "baseline": [0.5]},
-                                                      {"student": 0.5, "baseline": 0.5})])
+        pool_fold_predictions([FOLD0, FoldPredictions(1, ["c1"], ["Z"], [1], {k: [0.5] for k in half}, half)])
     with pytest.raises(LeakageError, match="subject 'A' is tested in folds 0 and 1"):
-        pool_fold_predictions([FOLD0, FoldPredictions(1, ["c9"], ["A"], [1], {"student": [0.5], "baseline": [0.5]},
-                                                      {"student": 0.5, "baseline": 0.5})])
+        pool_fold_predictions([FOLD0, FoldPredictions(1, ["c9"], ["A"], [1], {k: [0.5] for k in half}, half)])
     with pytest.raises(InputError, match="differ in length"):
         pool_fold_predictions([FoldPredictions(0, ["c1", "c2"], ["A", "B"], [1], {"student": [0.5, 0.4]},
                                                {"student": 0.5})])
@@ -140,7 +139,8 @@ def test_cross_validate_pools_the_folds_and_writes_the_pooled_arrays(tmp_path, m
     subjects = list(np.repeat([f"sub{i:02d}" for i in range(30)], sessions))
     labels = np.repeat((rng.random(30) < 0.4).astype(int), sessions)
     score = {p: labels * 0.3 + rng.random(labels.size) * 0.7 for p in ("student", "baseline")}
-    info = [SimpleNamespace(case_id=f"case{i:03d}", subject_id=s, centiloid=float(i)) for i, s in enumerate(subjects)]
+    info = [SimpleNamespace(case_id=f"case{i:03d}", subject_id=s, centiloid=float(i))
+            for i, s in enumerate(subjects)]
     dataset = SimpleNamespace(subjects=subjects, labels=labels, info=info)
     thresholds = {"student": 0.45, "baseline": 0.55}
 
@@ -160,7 +160,8 @@ def test_cross_validate_pools_the_folds_and_writes_the_pooled_arrays(tmp_path, m
     config = RunConfig()
     config.split.n_folds = 3
     config.evaluation.n_bootstrap = 50
-    summary = cv.cross_validate(config, cv.CohortSource(manifest="unused.csv"), tmp_path, ("student", "baseline"))
+    summary = cv.cross_validate(config, cv.CohortSource(manifest="unused.csv"), tmp_path,
+                                ("student", "baseline"))
     pooled = summary["pooled"]
     assert sorted(pooled["case_ids"]) == [c.case_id for c in info]
     order = [int(c[4:]) for c in pooled["case_ids"]]

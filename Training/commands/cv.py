@@ -83,7 +83,8 @@ def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: t
     pooled = pool_fold_predictions(fold_predictions)
     write_pooled_predictions(out / "pooled_predictions.csv", pooled)
     evaluation = pooled_evaluation(pooled, config.evaluation, MODEL_NAMES)
-    results, thresholds, comparisons = evaluation["models"], evaluation["thresholds"], evaluation["comparisons"]
+    results, thresholds = evaluation["models"], evaluation["thresholds"]
+    comparisons = evaluation["comparisons"]
     report = write_report(out, results, thresholds, comparisons,
                           extra={"folds": fold_rows, "n_cases": int(pooled["labels"].size)},
                           resampling=evaluation["resampling"])

@@ -168,15 +168,37 @@ def format_table(model_results: Mapping[str, Mapping[str, Mapping[str, Mapping[s
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def resampling_sentence(resampling: Mapping[str, object] | None) -> str:
+    """What the CIs resampled, e.g. "95 % CIs resample subjects (n = 120 subjects, 178 cases)".
+
+    ``resampling`` is :func:`Training.metrics.resampling_info`'s dict; None (not known) gives "".
+    """
+    if not resampling:
+        return ""
+    n_cases, n_subjects = resampling.get("n_cases"), resampling.get("n_subjects")
+    if resampling.get("resampling") == "subjects":
+        return (f"95 % CIs resample subjects (n = {n_subjects} subjects, {n_cases} cases): all "
+                f"sessions of a drawn subject come along, and the paired test is Obuchowski's "
+                f"clustered DeLong test.")
+    return f"95 % CIs resample cases (n = {n_cases} cases), treating every case as independent."
+
+
 def format_comparison(comparison: Mapping[str, object]) -> str:
-    """One paragraph: the paired AUC difference with DeLong p and bootstrap CI."""
+    """One paragraph: the paired AUC difference with DeLong p and bootstrap CI (and what was resampled)."""
     d = comparison["delong"]
     b = comparison["bootstrap"]
     assert isinstance(d, Mapping) and isinstance(b, Mapping)
-    return (f"{comparison['model_a']} vs {comparison['model_b']} on {comparison['n_cases']} "
-            f"identical test cases: AUC {d['auc_a']:.3f} vs {d['auc_b']:.3f}, "
-            f"difference {d['difference']:+.3f} (DeLong 95% CI [{d['ci_low']:+.3f}, "
-            f"{d['ci_high']:+.3f}], p = {d['p_value']:.3g}; paired bootstrap 95% CI "
+    by_subject = comparison.get("resampling") == "subjects"
+    cases = (f"{comparison['n_cases']} identical test cases of {comparison['n_subjects']} subjects"
+             if by_subject else f"{comparison['n_cases']} identical test cases")
+    test = "Obuchowski's clustered DeLong" if by_subject else "DeLong"
+    bootstrap = ("paired subject bootstrap" if by_subject
+                 else "paired case bootstrap" if comparison.get("resampling") == "cases"
+                 else "paired bootstrap")
+    return (f"{comparison['model_a']} vs {comparison['model_b']} on {cases}: "
+            f"AUC {d['auc_a']:.3f} vs {d['auc_b']:.3f}, "
+            f"difference {d['difference']:+.3f} ({test} 95% CI [{d['ci_low']:+.3f}, "
+            f"{d['ci_high']:+.3f}], p = {d['p_value']:.3g}; {bootstrap} 95% CI "
             f"[{b['ci_low']:+.3f}, {b['ci_high']:+.3f}])")
 
 
@@ -193,11 +215,14 @@ def _threshold_sentence(thresholds: Mapping[str, Mapping[str, float]]) -> str:
 def write_report(run_dir: str | Path, model_results: Mapping[str, Mapping[str, object]],
                  thresholds: Mapping[str, Mapping[str, float]],
                  comparisons: Sequence[Mapping[str, object]] = (),
-                 figures: Sequence[str] = (), extra: Mapping[str, object] | None = None) -> Path:
+                 figures: Sequence[str] = (), extra: Mapping[str, object] | None = None,
+                 resampling: Mapping[str, object] | None = None) -> Path:
     """Write ``metrics.json``, ``metrics.csv`` and ``report.md`` into ``run_dir``; returns the report.
 
     ``thresholds[model]`` holds the θ of each row (``default``, ``optimal``); the report
-    states them, so it never claims a threshold that was not used.
+    states them, so it never claims a threshold that was not used. ``resampling``
+    (:func:`Training.metrics.resampling_info`) says whether the CIs resampled subjects or
+    cases; the report and ``metrics.json`` state it.
     """
     run_dir = Path(run_dir)
     rows = []
@@ -205,9 +230,11 @@ def write_report(run_dir: str | Path, model_results: Mapping[str, Mapping[str, o
         rows += metrics_rows(model, per_threshold)  # type: ignore[arg-type]
     write_metrics_csv(run_dir / "metrics.csv", rows)
     write_json(run_dir / "metrics.json", {"models": model_results, "thresholds": thresholds,
-                                          "comparisons": list(comparisons), **(extra or {})})
+                                          "comparisons": list(comparisons), **(extra or {}),
+                                          **({"resampling": dict(resampling)} if resampling else {})})
     lines = ["# AmyloidKD evaluation report", "",
              "Metrics on the held-out test cases; brackets are percentile-bootstrap 95 % CIs. "
+             + (resampling_sentence(resampling) + " " if resampling else "")
              + _threshold_sentence(thresholds), "",
              "```", format_table(model_results, thresholds), "```", ""]  # type: ignore[arg-type]
     if comparisons:

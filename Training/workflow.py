@@ -29,7 +29,7 @@ from AmyloidKDLib.errors import CheckpointError, ConfigError, InputError
 from Training.config import RunConfig
 from Training.data import SliceDataset, case_id, prepare_cohort
 from Training.engine import is_main_process, main_process_first
-from Training.metrics import compare_paired, evaluate_model
+from Training.metrics import compare_paired, evaluate_model, resampling_info
 from Training.report import (CasePrediction, format_table, plot_roc, plot_training_curves, write_json,
                              write_predictions, write_report)
 from Training.phases import (PHASES, PhaseResult, predict_probabilities, train_light, train_student,
@@ -234,6 +234,7 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
     out_dir = Path(run_dir) / "evaluation"
     test = list(split.test)
     labels = dataset.labels[test]
+    subjects = [dataset.subjects[i] for i in test]  # sessions of a subject: CIs resample subjects
     probabilities: dict[str, np.ndarray] = {}
     results, thresholds = {}, {}
     for phase in PHASES:
@@ -243,7 +244,7 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
         probs = predict_probabilities(model, dataset, test, with_pet=phase == "teacher")
         probabilities[phase] = probs
         name = MODEL_NAMES[phase]
-        results[name] = evaluate_model(labels, probs, threshold, config.evaluation)
+        results[name] = evaluate_model(labels, probs, threshold, config.evaluation, subjects)
         thresholds[name] = {"default": config.evaluation.default_threshold, "optimal": threshold}
         write_predictions(out_dir / f"predictions_{phase}.csv",
                           [CasePrediction(dataset.info[i].case_id, dataset.info[i].subject_id,
@@ -251,13 +252,16 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
                            for k, i in enumerate(test)],
                           {"default": config.evaluation.default_threshold, "optimal": threshold})
     comparisons = []
+    # Obuchowski's clustered test needs >= 2 subjects per class; with fewer, cases (labelled so).
+    per_class = [len({s for s, y in zip(subjects, labels) if y == c}) for c in (0, 1)]
+    pairs_by = subjects if min(per_class) >= 2 else None
     if "baseline" in probabilities and len(set(labels.tolist())) == 2 and min(
             int(labels.sum()), int((1 - labels).sum())) >= 2:
         for phase in ("student", "light"):
             if phase in probabilities:
                 comparisons.append(compare_paired(
                     labels, probabilities[phase], probabilities["baseline"], config.evaluation,
-                    (MODEL_NAMES[phase], MODEL_NAMES["baseline"])))
+                    (MODEL_NAMES[phase], MODEL_NAMES["baseline"]), pairs_by))
     figures = []
     if len(set(labels.tolist())) == 2:
         plot_roc({MODEL_NAMES[p]: (labels, probabilities[p]) for p in probabilities}, out_dir / "roc.png")
@@ -270,7 +274,8 @@ def evaluate_run(config: RunConfig, dataset: SliceDataset, split: Split, run_dir
             figures.append(f"training_curves_{phase}.png")
     report = write_report(out_dir, results, thresholds, comparisons, figures,
                           extra={"n_test_cases": len(test), "n_test_positive": int(labels.sum()),
-                                 "fold": split.fold, "contrast": config.data.contrast})
+                                 "fold": split.fold, "contrast": config.data.contrast},
+                          resampling=resampling_info(subjects, len(test)))
     return report, {"models": results, "thresholds": thresholds, "comparisons": comparisons,
                     "probabilities": {p: v.tolist() for p, v in probabilities.items()},
                     "labels": labels.tolist(), "table": format_table(results, thresholds)}

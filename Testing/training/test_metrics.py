@@ -115,3 +115,51 @@ def test_delong_standard_error_agrees_with_the_paired_bootstrap():
 def test_bad_inputs_raise_errors_that_say_what_was_wrong(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# Numbers of the case-level functions before ``groups`` existed (commit fb069c5), on the
+# fixture's cases with a noisy second model, n_bootstrap=200, seed=4, θ = 0.45.
+OLD_EVALUATION = {
+    'accuracy': (0.7333333333333333, 0.6333333333333333, 0.8333333333333334),
+    'precision': (0.5925925925925926, 0.3806878306878307, 0.7812839673913043),
+    'recall': (0.7619047619047619, 0.5787593984962407, 0.9230769230769231),
+    'f1': (0.6666666666666666, 0.4862290862290863, 0.8070175438596491),
+    'specificity': (0.717948717948718, 0.6, 0.8438100961538462),
+    'npv': (0.8484848484848485, 0.7390732265446224, 0.9629960317460317),
+    'auc': (0.8095238095238095, 0.6908196385438234, 0.9212624338624339),
+}
+OLD_DELONG = {'auc_a': 0.8095238095238095, 'auc_b': 0.7521367521367521, 'difference': 0.057387057387057405,
+              'se': 0.061294862958926145, 'z': 0.9362457898880144, 'p_value': 0.34914665224279295,
+              'ci_low': -0.06274866644975605, 'ci_high': 0.17752278122387086}
+OLD_BOOTSTRAP = {'difference': 0.057387057387057405, 'ci_low': -0.04691918834841628,
+                 'ci_high': 0.15626825396825408, 'fraction_a_better': 0.865, 'n_bootstrap': 200}
+
+
+def test_without_groups_the_numbers_are_those_of_the_case_level_functions_bit_for_bit(fixed_predictions):
+    y, p = fixed_predictions
+    b = np.clip(p + np.random.default_rng(5).normal(0, 0.2, size=p.size), 0, 1)
+    config = tm.EvalConfig(n_bootstrap=200, seed=4)
+    result = tm.evaluate_predictions(y, p, 0.45, config, groups=None)
+    assert {k: (v["value"], v["ci_low"], v["ci_high"]) for k, v in result.items()} == OLD_EVALUATION
+    assert tm.evaluate_model(y, p, 0.45, config)["optimal"] == result
+    comparison = tm.compare_paired(y, p, b, config)
+    assert comparison["delong"] == OLD_DELONG
+    assert comparison["bootstrap"] == OLD_BOOTSTRAP
+    assert comparison["resampling"] == "cases" and comparison["n_subjects"] == comparison["n_cases"] == 60
+
+
+def test_with_groups_the_cis_resample_subjects_and_say_so(fixed_predictions):
+    y, p = fixed_predictions
+    b = np.clip(p + np.random.default_rng(5).normal(0, 0.2, size=p.size), 0, 1)
+    subjects = np.arange(y.size) // 2  # two sessions per subject
+    config = tm.EvalConfig(n_bootstrap=200, seed=4)
+    grouped = tm.evaluate_model(y, p, 0.45, config, groups=subjects)
+    assert grouped["optimal"] != tm.evaluate_model(y, p, 0.45, config)["optimal"]
+    for metric in tm.ALL_METRICS:  # same point estimates, other intervals
+        assert grouped["optimal"][metric]["value"] == OLD_EVALUATION[metric][0]
+    comparison = tm.compare_paired(y, p, b, config, groups=subjects)
+    assert comparison["resampling"] == "subjects" and comparison["n_subjects"] == 30
+    assert comparison["delong"] == tm.clustered_auc_test(y, p, b, subjects)
+    assert comparison["delong"]["se"] != OLD_DELONG["se"]
+    assert comparison["bootstrap"]["difference"] == OLD_BOOTSTRAP["difference"]
+    assert tm.resampling_info(subjects, y.size) == {"resampling": "subjects", "n_subjects": 30, "n_cases": 60}

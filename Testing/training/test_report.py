@@ -59,3 +59,25 @@ def test_the_report_states_the_threshold_actually_used(tmp_path, fixed_predictio
     # The table's default row really is scored at that θ.
     f1 = json.loads((tmp_path / "metrics.json").read_text())["models"]["student"]["default"]["f1"]
     assert f1["value"] == pytest.approx(skm.f1_score(y, p >= default))
+
+
+def test_the_report_says_whether_subjects_or_cases_were_resampled(tmp_path, fixed_predictions):
+    y, p = fixed_predictions
+    baseline = np.clip(p + np.random.default_rng(5).normal(0, 0.2, size=p.size), 0, 1)
+    subjects = [f"s{i // 3}" for i in range(y.size)]  # 20 subjects, 3 sessions each
+    config = tm.EvalConfig(n_bootstrap=50)
+    results = {"student": tm.evaluate_model(y, p, 0.45, config, groups=subjects)}
+    comparison = tm.compare_paired(y, p, baseline, config, groups=subjects)
+    path = report.write_report(tmp_path, results, {"student": {"default": 0.5, "optimal": 0.45}},
+                               [comparison], resampling=tm.resampling_info(subjects, y.size))
+    text = path.read_text()
+    assert "95 % CIs resample subjects (n = 20 subjects, 60 cases)" in text
+    assert "60 identical test cases of 20 subjects" in text and "Obuchowski" in text
+    assert "paired subject bootstrap" in text
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["resampling"] == {"resampling": "subjects", "n_subjects": 20, "n_cases": 60}
+    assert stored["comparisons"][0]["resampling"] == "subjects"
+    case_level = report.format_comparison(tm.compare_paired(y, p, baseline, config))
+    assert "paired case bootstrap" in case_level and "Obuchowski" not in case_level
+    assert report.resampling_sentence(tm.resampling_info(None, 60)).startswith(
+        "95 % CIs resample cases (n = 60 cases)")

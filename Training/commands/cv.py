@@ -3,7 +3,7 @@
 Each fold trains the teacher, the distilled student, the light student and the baseline on
 its own train / validation subjects and scores its test subjects; the test predictions of
 all folds are pooled (every case is tested exactly once) for AUC and F1 with bootstrap CIs
-and the paired student-vs-baseline comparison.
+that resample subjects, and the paired student-vs-baseline comparison.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
                                       source_from_args)
 from Training.config import RunConfig
-from Training.metrics import compare_paired, evaluate_model
-from Training.report import format_comparison, format_table, write_json, write_report
 from Training.phases import PHASES
+from Training.pooling import (FoldPredictions, pool_fold_predictions, pooled_evaluation,
+                              write_pooled_predictions)
+from Training.report import format_comparison, format_table, write_json, write_report
 from Training.splits import cross_validation_splits
 from Training.workflow import (MODEL_NAMES, CohortSource, build_dataset, evaluate_run, load_records,
                                run_phases, split_to_ids)
@@ -44,7 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: tuple[str, ...],
                    run_folds: int | None = None) -> dict[str, Any]:
-    """Train and test every fold; pool the test predictions; write ``out/report.md`` (with ``metrics.json`` and ``metrics.csv``)."""
+    """Train and test every fold; pool the test predictions; write ``out/report.md`` (with
+    ``metrics.json``, ``metrics.csv`` and ``pooled_predictions.csv``).
+
+    The pooled CIs resample subjects (:func:`Training.pooling.pooled_evaluation`). Returns
+    ``report``, ``models``, ``thresholds``, ``comparisons``, ``folds`` (per-fold AUC and
+    time), ``table``, ``resampling`` and ``pooled``: the out-of-fold arrays of
+    :func:`Training.pooling.pool_fold_predictions` (``case_ids``, ``subjects``, ``labels``,
+    ``centiloids``, ``folds``, ``probabilities`` and ``thresholds`` per phase).
+    """
     out.mkdir(parents=True, exist_ok=True)
     if not config.data.cache_dir:
         config.data.cache_dir = str(out / "cache")
@@ -52,7 +59,7 @@ def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: t
     records = load_records(source, config)
     dataset = build_dataset(config, records, out)
     splits = cross_validation_splits(dataset.subjects, dataset.labels, config.split)
-    pooled: dict[str, dict[str, list]] = {p: {"labels": [], "probs": [], "optimal": []} for p in phases}
+    fold_predictions: list[FoldPredictions] = []
     fold_rows = []
     for split in splits[:run_folds or len(splits)]:
         fold_dir = out / f"fold{split.fold}"
@@ -61,37 +68,29 @@ def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: t
         results = run_phases(config, dataset, split, fold_dir, phases)
         _, evaluation = evaluate_run(config, dataset, split, fold_dir,
                                      {name: (r.model, r.threshold) for name, r in results.items()})
-        for phase in phases:
-            pooled[phase]["labels"] += evaluation["labels"]
-            pooled[phase]["probs"] += evaluation["probabilities"][phase]
-            pooled[phase]["optimal"] += [results[phase].threshold] * len(split.test)
+        test = list(split.test)
+        fold_predictions.append(FoldPredictions(
+            fold=split.fold, case_ids=[dataset.info[i].case_id for i in test],
+            subjects=[dataset.subjects[i] for i in test], labels=evaluation["labels"],
+            probabilities={p: evaluation["probabilities"][p] for p in phases},
+            thresholds={p: results[p].threshold for p in phases},
+            centiloids=[dataset.info[i].centiloid for i in test]))
         fold_rows.append({"fold": split.fold, "seconds": time.perf_counter() - started,
                           **{f"{p}_auc": evaluation["models"][MODEL_NAMES[p]]["default"]["auc"]["value"]
                              for p in phases}})
         print(f"fold {split.fold}: " + ", ".join(f"{p} AUC {fold_rows[-1][f'{p}_auc']:.3f}" for p in phases)
               + f" ({fold_rows[-1]['seconds']:.0f} s)", flush=True)
-    results, thresholds, probabilities = {}, {}, {}
-    labels = np.asarray(pooled[phases[0]]["labels"])
-    for phase in phases:
-        probs = np.asarray(pooled[phase]["probs"])
-        probabilities[phase] = probs
-        # Each case keeps its own fold's validation threshold: apply it, then score at 0.5.
-        optimal = np.asarray(pooled[phase]["optimal"])
-        shifted = np.clip(0.5 + (probs - optimal) / 2, 0, 1)
-        name = MODEL_NAMES[phase]
-        per = evaluate_model(labels, probs, config.evaluation.default_threshold, config.evaluation)
-        per["optimal"] = evaluate_model(labels, shifted, 0.5, config.evaluation)["default"]
-        per["optimal"]["auc"] = per["default"]["auc"]  # AUC does not depend on the threshold
-        results[name] = per
-        thresholds[name] = {"default": config.evaluation.default_threshold,
-                            "optimal": float(np.mean(optimal))}
-    comparisons = [compare_paired(labels, probabilities[p], probabilities["baseline"], config.evaluation,
-                                  (MODEL_NAMES[p], MODEL_NAMES["baseline"]))
-                   for p in ("student", "light") if p in probabilities and "baseline" in probabilities]
+    pooled = pool_fold_predictions(fold_predictions)
+    write_pooled_predictions(out / "pooled_predictions.csv", pooled)
+    evaluation = pooled_evaluation(pooled, config.evaluation, MODEL_NAMES)
+    results, thresholds = evaluation["models"], evaluation["thresholds"]
+    comparisons = evaluation["comparisons"]
     report = write_report(out, results, thresholds, comparisons,
-                          extra={"folds": fold_rows, "n_cases": int(labels.size)})
+                          extra={"folds": fold_rows, "n_cases": int(pooled["labels"].size)},
+                          resampling=evaluation["resampling"])
     return {"report": report, "models": results, "thresholds": thresholds, "comparisons": comparisons,
-            "folds": fold_rows, "table": format_table(results, thresholds)}
+            "folds": fold_rows, "table": format_table(results, thresholds),
+            "resampling": evaluation["resampling"], "pooled": pooled}
 
 
 def run(args: argparse.Namespace) -> int:

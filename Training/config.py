@@ -154,6 +154,10 @@ class LightConfig:
     balanced_batches: bool = False
     augment: bool = True
     standardize_features: bool = False  # as student.standardize_features (the CNN is never copied)
+    # Start attention, pooling and classifier from the teacher's (init_student_from_teacher). True
+    # keeps what the paper preset has always done; the cpu and protocol presets set it false (with a
+    # random or frozen encoder, copying the teacher's heads inverted the light student's rankings).
+    init_from_teacher: bool = True
     monitor: str = "val_auc"
     mode: str = "max"
 

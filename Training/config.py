@@ -1,6 +1,7 @@
 """Run configuration: one dataclass per stage, nested in :class:`RunConfig`, loaded from the
 YAML presets in ``Training/presets/`` (``paper``: the paper's settings; ``cpu``: small enough
-for a 2-core laptop) and stored as JSON in every run directory.
+for a 2-core laptop; ``protocol``: frozen encoders, heads trained on cached features, for the
+replication benchmark) and stored as JSON in every run directory.
 
 Unknown keys raise :class:`ConfigError` naming them, so a typo in a YAML file never falls
 back silently to a default.

@@ -134,7 +134,8 @@ def features_for(config: RunConfig, model: nn.Module, dataset: SliceDataset, run
 def _serving(model: nn.Module, dataset: SliceDataset) -> SliceDataset:
     """The feature dataset already computed for a frozen ``model`` and image ``dataset`` in this
     process (same encoder weights), else ``dataset`` (images are always correct, only slower)."""
-    if not _is_frozen(model) or not len(dataset) or dataset.mri[0].ndim != 4:
+    stacks = getattr(dataset, "mri", None)
+    if not _is_frozen(model) or not stacks or stacks[0].ndim != 4:
         return dataset
     from Training.features import lookup
 

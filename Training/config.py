@@ -1,6 +1,7 @@
 """Run configuration: one dataclass per stage, nested in :class:`RunConfig`, loaded from the
 YAML presets in ``Training/presets/`` (``paper``: the paper's settings; ``cpu``: small enough
-for a 2-core laptop) and stored as JSON in every run directory.
+for a 2-core laptop; ``protocol``: frozen encoders, heads trained on cached features, for the
+replication benchmark) and stored as JSON in every run directory.
 
 Unknown keys raise :class:`ConfigError` naming them, so a typo in a YAML file never falls
 back silently to a default.
@@ -154,6 +155,10 @@ class LightConfig:
     balanced_batches: bool = False
     augment: bool = True
     standardize_features: bool = False  # as student.standardize_features (the CNN is never copied)
+    # Start attention, pooling and classifier from the teacher's (init_student_from_teacher). True
+    # keeps what the paper preset has always done; the cpu and protocol presets set it false (with a
+    # random or frozen encoder, copying the teacher's heads inverted the light student's rankings).
+    init_from_teacher: bool = True
     monitor: str = "val_auc"
     mode: str = "max"
 

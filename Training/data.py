@@ -195,6 +195,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if len(records) != len(slice_files):
             raise InputError(f"{len(records)} records but {len(slice_files)} slice files.")
         self.info = []
+        self.files = [str(path) for path in slice_files]  # each case's slice file (content-keyed name)
         self.mri, self.pet = [], []
         for record, path in zip(records, slice_files):
             tensors = load_file(str(path))

@@ -18,6 +18,12 @@ Each phase's per-batch loss is an objective object (:class:`TeacherObjective`,
 Teacher targets for the students are computed once per case on unaugmented stacks and
 reused every epoch (the teacher is frozen by then), which makes distillation cost about
 as much as training the baseline.
+
+With a frozen encoder (``ModelConfig.freeze_encoder``, the ``frozen`` model preset) each phase
+trains its heads on per-slice encoder features computed once per cohort and encoder
+(:mod:`Training.features`); image augmentation and the teacher's pixel-space PET harmonisation
+cannot apply to such features and are refused with a ConfigError. The seconds spent encoding
+(or reading the cached features) are in ``PhaseResult.extra["encode_seconds"]``.
 """
 
 from __future__ import annotations
@@ -87,6 +93,56 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# ----------------------------------------------------------------------------- frozen encoders
+
+
+def _is_frozen(model: nn.Module) -> bool:
+    """Whether ``model`` (possibly wrapped for distributed training) has a frozen encoder."""
+    model = getattr(model, "module", model)
+    return bool(getattr(getattr(model, "config", None), "freeze_encoder", False))
+
+
+def _cache_root(config: RunConfig, run_dir: str | Path) -> Path:
+    return Path(config.data.cache_dir) if config.data.cache_dir else Path(run_dir) / "cache"
+
+
+def _check_frozen(config: RunConfig, kind: str, section: str, augment: bool) -> bool:
+    """True when the ``kind`` model of this run has a frozen encoder; then image augmentation of
+    the phase (``<section>.augment`` with ``augment.enabled``) is a ConfigError."""
+    if not config.model_config(kind).freeze_encoder:
+        return False
+    if augment and config.augment.enabled:
+        raise ConfigError(f"{section}.augment: the {kind} of model preset '{config.model.preset}' has a "
+                          "frozen encoder and trains on cached encoder features, to which image "
+                          f"augmentation cannot apply; set {section}.augment: false (or "
+                          "augment.enabled: false).")
+    return True
+
+
+def features_for(config: RunConfig, model: nn.Module, dataset: SliceDataset, run_dir: str | Path
+                 ) -> tuple[SliceDataset, dict[str, Any]]:
+    """``dataset`` as ``model`` trains on it: its frozen encoder's cached features (with what
+    that cost), or the image dataset itself (and ``{}``) when the encoder is not frozen."""
+    if not _is_frozen(model):
+        return dataset, {}
+    from Training.features import feature_dataset
+
+    model = getattr(model, "module", model)
+    return feature_dataset(dataset, model.slices.encoder, _cache_root(config, run_dir))
+
+
+def _serving(model: nn.Module, dataset: SliceDataset) -> SliceDataset:
+    """The feature dataset already computed for a frozen ``model`` and image ``dataset`` in this
+    process (same encoder weights), else ``dataset`` (images are always correct, only slower)."""
+    stacks = getattr(dataset, "mri", None)
+    if not _is_frozen(model) or not stacks or stacks[0].ndim != 4:
+        return dataset
+    from Training.features import lookup
+
+    found = lookup(dataset, getattr(model, "module", model).slices.encoder)
+    return found if found is not None else dataset
+
+
 def _eval_batches(dataset: SliceDataset, indices: Sequence[int], batch_size: int,
                   device: torch.device, with_pet: bool = False):
     """``dataset[indices]`` in order, ``batch_size`` at a time, as ``(indices, mri, pet, tracer)``
@@ -110,6 +166,7 @@ def predict_logits(model: nn.Module, dataset: SliceDataset, indices: Sequence[in
     Inside a fit launched on several processes each process predicts its share of the cases and
     the logits of all of them are gathered (every process gets the whole set, in order).
     """
+    dataset = _serving(model, dataset)
     accelerator = active_accelerator()
     if accelerator is not None and accelerator.num_processes > 1:
         return _gathered_logits(accelerator, model, dataset, indices, batch_size, with_pet)
@@ -481,9 +538,16 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
         raise InputError("the teacher needs a PET for every training and validation case; some "
                          "cases have none. Give every case a pet_path, or train only the baseline.")
     teacher_config = config.teacher
+    if _check_frozen(config, "teacher", "teacher", teacher_config.augment) \
+            and teacher_config.pet_harmonization != "none":
+        raise ConfigError(f"teacher.pet_harmonization: '{teacher_config.pet_harmonization}' harmonises PET "
+                          "in pixel space before the encoder, but the teacher of model preset "
+                          f"'{config.model.preset}' has a frozen encoder and trains on cached encoder "
+                          "features; set teacher.pet_harmonization: none.")
     torch.manual_seed(config.seed)
     model = build_model(config.model_config("teacher"))
     harmonization = _fit_harmonization(config, model, dataset, split)
+    dataset, encoding = features_for(config, model, dataset, run_dir)
     optimizer = _teacher_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, teacher_config.epochs))
     loader = make_loader(dataset, split.train, teacher_config.batch_size, train=True,
@@ -514,9 +578,21 @@ def train_teacher(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     phase_dir = run_dir / "teacher"
     result = fit(model, optimizer, loader, objective, validate, _settings(teacher_config), phase_dir,
                  config.engine, scheduler=scheduler, resume=resume, description="teacher")
-    return _finish("teacher", config, model, dataset, split, result, phase_dir,
-                   run_dir / "checkpoints" / "teacher", "teacher", with_pet=True,
-                   history_extra={"pet_harmonization": harmonization})
+    phase = _finish("teacher", config, model, dataset, split, result, phase_dir,
+                    run_dir / "checkpoints" / "teacher", "teacher", with_pet=True,
+                    history_extra={"pet_harmonization": harmonization, "features": encoding})
+    return _timed(phase, encoding)
+
+
+def _timed(phase: PhaseResult, encoding: dict[str, Any]) -> PhaseResult:
+    """Record and log the phase's seconds: encoding features (0 without a frozen encoder), fitting."""
+    phase.extra["encode_seconds"] = float(encoding.get("encode_seconds", 0.0))
+    phase.extra["features"] = encoding
+    phase.extra["fit_seconds"] = float(phase.fit.seconds)
+    logger.info("%s: %.1f s encoding features (%s), %.1f s fitting", phase.name,
+                phase.extra["encode_seconds"], encoding.get("source", "no frozen encoder"),
+                phase.extra["fit_seconds"])
+    return phase
 
 
 def _fit_harmonization(config: RunConfig, model: nn.Module, dataset: SliceDataset, split: Split
@@ -596,15 +672,18 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     name = name or ("student" if teacher is not None else "baseline")
     run_dir = Path(run_dir)
     student_config = config.student
+    _check_frozen(config, "student", "student", student_config.augment)
     torch.manual_seed(config.seed + 1)
     model = build_model(config.model_config("student"))
     copied: list[str] = []
     if teacher is not None and student_config.init_from_teacher:
         copied = init_student_from_teacher(model, teacher)
         logger.info("student initialised from the teacher: %s", ", ".join(copied))
+    images, (dataset, encoding) = dataset, features_for(config, model, dataset, run_dir)
     if student_config.standardize_features:
         _fit_standardization(name, model, dataset, split)
-    targets = teacher_targets(teacher, dataset, split.train) if teacher is not None else None
+    targets = (teacher_targets(teacher, features_for(config, teacher, images, run_dir)[0], split.train)
+               if teacher is not None else None)
     objective = StudentObjective(config, targets)
     optimizer = _student_optimizer(config, model, (student_config.lr_attention, student_config.lr_projection,
                                                    student_config.lr_classifier), student_config.weight_decay)
@@ -620,29 +699,35 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
                  _student_validate(dataset, split, student_config.batch_size), settings, phase_dir,
                  config.engine, scheduler=scheduler, resume=resume, description=name)
     phase = _finish(name, config, model, dataset, split, result, phase_dir,
-                    run_dir / "checkpoints" / name, "student")
+                    run_dir / "checkpoints" / name, "student", history_extra={"features": encoding})
     phase.extra["initialised_from_teacher"] = copied
-    return phase
+    return _timed(phase, encoding)
 
 
 def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir: str | Path,
                 teacher: nn.Module, resume: bool = False) -> PhaseResult:
     """Phase 3: the light CNN student, distilled from the teacher (:class:`LightObjective`).
 
-    Its attention, pooling and classifier start from the teacher's (cross-attention, guided
-    pooling, classifier); the CNN keeps its own weights. Writes ``run_dir/light`` and
-    ``run_dir/checkpoints/light``.
+    With ``light.init_from_teacher`` its attention, pooling and classifier start from the
+    teacher's (cross-attention, guided pooling, classifier); the CNN keeps its own weights.
+    Writes ``run_dir/light`` and ``run_dir/checkpoints/light``.
     """
     from AmyloidKDLib.models import build_model, init_student_from_teacher
 
     run_dir = Path(run_dir)
     light_config = config.light
+    _check_frozen(config, "light_student", "light", light_config.augment)
     torch.manual_seed(config.seed + 2)
     model = build_model(config.model_config("light_student"))
-    init_student_from_teacher(model, teacher)
+    copied: list[str] = []
+    if light_config.init_from_teacher:
+        copied = init_student_from_teacher(model, teacher)
+        logger.info("light student initialised from the teacher: %s", ", ".join(copied))
+    images, (dataset, encoding) = dataset, features_for(config, model, dataset, run_dir)
     if light_config.standardize_features:
         _fit_standardization("light", model, dataset, split)
-    objective = LightObjective(config, teacher_targets(teacher, dataset, split.train))
+    objective = LightObjective(config, teacher_targets(
+        teacher, features_for(config, teacher, images, run_dir)[0], split.train))
     optimizer = torch.optim.AdamW(param_groups(model, [("", light_config.lr)], light_config.weight_decay))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, light_config.epochs))
     loader = make_loader(dataset, split.train, light_config.batch_size, train=True,
@@ -652,5 +737,7 @@ def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir:
     result = fit(model, optimizer, loader, objective,
                  _student_validate(dataset, split, light_config.batch_size), _settings(light_config),
                  phase_dir, config.engine, scheduler=scheduler, resume=resume, description="light")
-    return _finish("light", config, model, dataset, split, result, phase_dir,
-                   run_dir / "checkpoints" / "light", "light_student")
+    phase = _finish("light", config, model, dataset, split, result, phase_dir,
+                    run_dir / "checkpoints" / "light", "light_student", history_extra={"features": encoding})
+    phase.extra["initialised_from_teacher"] = copied
+    return _timed(phase, encoding)

@@ -42,6 +42,11 @@ class ModelConfig(configs.DictConfig):
     lora_dropout: float = 0.2
     lora_target: str = DEFAULT_LORA_TARGET   # regex over the encoder's module names
     frozen_blocks: int = 6                   # first encoder blocks that get no gradient
+    # Whole encoder frozen (no gradient, always in eval mode, no LoRA): only the heads train, so
+    # training can run on per-slice encoder features computed once (Training/features.py). With
+    # weights "none" the encoder is built from a fixed seed derived from its name, so every model
+    # of a run (teacher, student, baseline; every fold) holds the same encoder.
+    freeze_encoder: bool = False
     projection_dropout: float = 0.1
     attention_heads: int = 4
     attention_dropout: float = 0.1
@@ -59,6 +64,10 @@ class ModelConfig(configs.DictConfig):
         if spec.family == "timm_cnn" and self.lora_rank > 0:
             raise ConfigError(f"LoRA targets ViT attention layers; encoder '{self.encoder}' is a CNN. "
                               "Set lora_rank=0.")
+        if self.freeze_encoder and self.lora_rank > 0:
+            raise ConfigError(f"freeze_encoder=true trains no encoder weight, so LoRA adapters "
+                              f"(lora_rank={self.lora_rank}) would never train; set lora_rank=0 with "
+                              "a frozen encoder (or freeze_encoder=false to fine-tune with LoRA).")
         for name in ("n_slices", "image_size", "embed_dim", "attention_heads", "pooling_hidden",
                      "classifier_hidden"):
             if int(getattr(self, name)) < 1:

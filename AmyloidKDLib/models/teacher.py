@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from AmyloidKDLib.errors import ConfigError
+from AmyloidKDLib.errors import ConfigError, InputError
 from AmyloidKDLib.models.config import ModelConfig
 from AmyloidKDLib.models.encoders import SliceEncoder
 from AmyloidKDLib.models.harmonization import PetHarmonization
 from AmyloidKDLib.models.heads import AttentionPooling, Classifier, LogitCalibration, TokenAttention
-from AmyloidKDLib.models.student import SliceEmbedder, check_slice_stack
+from AmyloidKDLib.models.student import SliceEmbedder, check_slice_stack, is_feature_stack
 
 
 @dataclass
@@ -73,9 +73,14 @@ class TeacherModel(nn.Module):
 
     def pet_tokens(self, pet: torch.Tensor, tracer: torch.Tensor | None = None,
                    harmonized: bool = False) -> torch.Tensor:
-        """PET slice tokens after PET self-attention, ``[B, N, D]``."""
-        check_slice_stack(pet, self.config, "PET")
-        if not harmonized:
+        """PET slice tokens after PET self-attention, ``[B, N, D]``; ``pet`` may be encoder features
+        ``[B, N, F]`` when the PET harmonisation is not fitted (it works on pixels)."""
+        check_slice_stack(pet, self.config, "PET", num_features=self.slices.num_features)
+        if is_feature_stack(pet, self.slices.num_features):
+            if self.harmonization.is_fitted and not harmonized:
+                raise InputError("this teacher harmonises PET per tracer in pixel space; it needs PET "
+                                 "slice stacks [B, N, 3, S, S], not precomputed encoder features.")
+        elif not harmonized:
             pet = self.harmonize_pet(pet, tracer)
         return self.pet_attention(self.slices(pet))
 
@@ -86,8 +91,8 @@ class TeacherModel(nn.Module):
 
     def forward(self, mri: torch.Tensor, pet: torch.Tensor, tracer: torch.Tensor | None = None,
                 harmonized: bool = False) -> TeacherOutput:
-        """Embed matched MRI and PET stacks ``[B, N, 3, S, S]``."""
-        check_slice_stack(mri, self.config, "MRI")
+        """Embed matched MRI and PET stacks ``[B, N, 3, S, S]`` (or their encoder features ``[B, N, F]``)."""
+        check_slice_stack(mri, self.config, "MRI", num_features=self.slices.num_features)
         mri_tokens = self.mri_attention(self.slices(mri))
         pet_tokens = self.pet_tokens(pet, tracer, harmonized)
         guided_tokens = self.cross_attention(pet_tokens, context=mri_tokens)

@@ -108,12 +108,12 @@ def test_merge_keeps_untouched_nested_keys():
 
 
 def test_presets_are_data_files():
-    assert configs.preset_names("model") == list_presets() == ["cpu", "paper"]
+    assert configs.preset_names("model") == list_presets() == ["cpu", "frozen", "paper"]
     assert configs.preset_names("prep") == ["fast", "paper"]
     assert PrepConfig.preset("paper") == PrepConfig()  # the defaults are the paper's
     cpu = ModelConfig.preset("cpu", "student", image_size="2.24e2")
     assert (cpu.encoder, cpu.n_slices, cpu.image_size) == ("vit_tiny", 8, 224)
     light = ModelConfig.preset("paper", "light_student")
     assert (light.encoder, light.lora_rank, light.weights) == ("mobilenetv3_small_100", 0, "none")
-    with pytest.raises(ConfigError, match="unknown model preset 'gpu'; choose one of cpu, paper"):
+    with pytest.raises(ConfigError, match="unknown model preset 'gpu'; choose one of cpu, frozen, paper"):
         ModelConfig.preset("gpu")

@@ -295,3 +295,107 @@ def test_grad_cam_gives_one_map_per_slice(kind):
     else:
         assert student.gradcam_reshape_transform is None
     assert student.encoder(slices).shape == (config.n_slices, student.encoder.num_features)
+
+
+# --- frozen encoder (the "frozen" preset: features computed once, heads trained) -----------------
+
+
+def frozen(kind: str, **overrides) -> ModelConfig:
+    return ModelConfig.preset("frozen", kind, **{**SMALL, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student", "light_student"])
+def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode(kind):
+    model = build_model(frozen(kind))
+    model.train()
+    assert model.slices.encoder.training is False
+    assert all(not m.training for m in model.slices.encoder.modules())
+    assert model.slices.projection.training and model.classifier.training
+    assert not any(p.requires_grad for p in model.slices.encoder.parameters())
+    mri = stack(model.config)
+    out = model(mri, stack(model.config, seed=1)) if kind == "teacher" else model(mri)
+    out.logits.sum().backward()
+    assert all(p.grad is None for p in model.slices.encoder.parameters())
+    assert model.slices.projection.layers[1].weight.grad is not None
+    # The trainable report counts no encoder parameter.
+    assert trainable_parameter_report(model).by_part["slices"][0] == sum(
+        p.numel() for n, p in model.slices.named_parameters() if not n.startswith("encoder."))
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student", "light_student"])
+def test_frozen_random_encoders_are_identical_in_every_build(kind):
+    torch.manual_seed(0)
+    first = build_model(frozen(kind)).slices.encoder.state_dict()
+    torch.manual_seed(123)  # whatever the caller's RNG holds
+    second = build_model(frozen(kind)).slices.encoder.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    if kind != "light_student":  # the teacher, the student and the baseline share the encoder
+        other = build_model(frozen("student" if kind == "teacher" else "teacher")).slices.encoder.state_dict()
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    # ... while the heads still follow the caller's seed.
+    torch.manual_seed(1)
+    a = build_model(frozen(kind)).classifier.layers[0].weight
+    torch.manual_seed(2)
+    assert not torch.equal(a, build_model(frozen(kind)).classifier.layers[0].weight)
+
+
+def test_frozen_encoder_with_lora_is_a_config_error():
+    with pytest.raises(ConfigError, match="freeze_encoder=true.*lora_rank=10"):
+        ModelConfig(kind="student", encoder="vit_tiny", weights="none", freeze_encoder=True, lora_rank=10)
+
+
+@pytest.mark.parametrize("kind", ["student", "light_student"])
+def test_student_logits_from_features_equal_those_from_images(kind):
+    torch.manual_seed(0)
+    model = build_model(frozen(kind)).eval()
+    mri = stack(model.config, batch=3)
+    with torch.no_grad():
+        features = model.slices.features(mri)
+        assert features.shape == (3, model.config.n_slices, model.encoder.num_features)
+        model.slices.standardization.fit(features + 0.1 * torch.randn_like(features))
+        from_images, from_features = model(mri), model(features)
+    torch.testing.assert_close(from_features.logits, from_images.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_features.embedding, from_images.embedding, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_outputs_from_features_equal_those_from_images():
+    torch.manual_seed(0)
+    teacher = build_model(frozen("teacher")).eval()
+    mri, pet = stack(teacher.config), stack(teacher.config, seed=1)
+    with torch.no_grad():
+        images = teacher(mri, pet)
+        features = teacher(teacher.slices.features(mri), teacher.slices.features(pet))
+        pet_only = teacher.embed_pet(teacher.slices.features(pet))
+    for name in ("guided", "pet", "mri", "logits"):
+        torch.testing.assert_close(getattr(features, name), getattr(images, name), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pet_only, images.pet, atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_feature_stacks_are_refused_naming_both_forms():
+    model = build_model(frozen("student"))
+    with pytest.raises(InputError, match=r"or encoder features \[B, 4, 256\]"):
+        model(torch.zeros(2, 4, 255))
+    with pytest.raises(InputError, match=r"\[B, 4, 3, 64, 64\]"):
+        model(torch.zeros(2, 5, 256))
+
+
+def test_a_frozen_model_saves_loads_and_predicts_on_images(tmp_path):
+    from AmyloidKDLib.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    config = frozen("student")
+    model = build_model(config).eval()
+    mri = stack(config, batch=2)
+    with torch.no_grad():
+        model.slices.standardization.fit(model.slices.features(stack(config, batch=4, seed=3)))
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+        expected = model(mri).logits
+    save_checkpoint(tmp_path / "student", model, config, prep_config={"preset": "fast"}, slice_config=SMALL, threshold=0.5,
+                    metrics={}, provenance={"run": "unit-test"})
+    loaded, info = load_checkpoint(tmp_path / "student")
+    assert info.model_config.freeze_encoder and loaded.slices.encoder.training is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(mri).logits, expected, atol=1e-6, rtol=1e-6)

@@ -155,10 +155,10 @@ def markdown_report(result: Mapping[str, Any]) -> str:
              f"(development range {DEVELOPMENT_SEEDS.start}-{DEVELOPMENT_SEEDS.stop - 1})",
              "- CIs resample subjects (cluster bootstrap); p-values: clustered DeLong (Obuchowski).",
              "", "## Per cohort", "",
-             "| seed | subjects / cases | oracle AUC | probe AUC | "
+             "| seed | subjects / cases | oracle AUC | probe AUC | feature probe AUC | "
              + " | ".join(MODEL_LABELS[p] + " AUC" for p in phases)
              + " | student − baseline ΔAUC [95 % CI] | p | minutes |",
-             "| --- " * (5 + len(phases) + 1) + "|"]
+             "| --- " * (6 + len(phases) + 1) + "|"]
     for c in cohorts:
         s = c["summary"]
         comparison = s["comparisons"].get("student - baseline")
@@ -166,6 +166,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         lines.append(
             f"| {c['seed']} | {s['n_subjects']} / {s['n_cases']} | "
             f"{_fmt(ceilings.get('oracle_auc'))} | {_fmt(ceilings.get('probe_auc'))} | "
+            f"{_fmt(ceilings.get('feature_probe_auc'))} | "
             + " | ".join(_auc(s["models"][p]) if p in s["models"] else "n/a" for p in phases)
             + (f" | {_ci(comparison['difference'], comparison['ci_low'], comparison['ci_high'])} | "
                f"{comparison['p_value']:.3f}" if comparison else " | n/a | n/a")
@@ -213,8 +214,11 @@ def reading(result: Mapping[str, Any]) -> list[str]:
     if result["kind"] == "development":
         out.append("- At least one seed lies in the development range: this is a development run, "
                    "not a confirmation.")
-    out.append("- The cohorts are synthetic (MNI152 template, generated anatomy and PET); the "
-               "oracle and probe columns are the ceilings of MRI signal the generator put in.")
+    out.append("- The cohorts are synthetic (MNI152 template, generated anatomy and PET). The oracle "
+               "column is the MRI signal the generator put in; the probe columns are what a linear "
+               "read-out of the prepared slices (probe) and of the frozen encoder's features the "
+               "MRI models' heads see (feature probe) reaches. An MRI model far below the feature "
+               "probe is not learning what its input holds.")
     return out
 
 

@@ -22,16 +22,19 @@ MEANINGS = {
                   "effects (per-region GM loss, global loss, ventricles, WM lesions) vs the label",
     "probe_auc": "linear probe: PCA + L2 logistic regression on the prepared MRI slice pixels, "
                  "subject-grouped CV, pooled out-of-fold AUC; a trained MRI model should beat it",
+    "feature_probe_auc": "linear probe on the frozen student encoder's cached features (all slices "
+                         "concatenated, PCA 50, L2 logistic C = 0.01), subject-grouped CV: what a "
+                         "linear read-out of the features the student's heads see can reach",
 }
 
 
-def _features(dataset: Any, channel: int) -> np.ndarray:
-    return np.stack([np.asarray(stack[:, channel].float().numpy(), np.float32).reshape(-1)
-                     for stack in dataset.mri])
+def _features(dataset: Any, channel: int | None) -> np.ndarray:
+    return np.stack([np.asarray((stack if channel is None else stack[:, channel]).float().numpy(),
+                                np.float32).reshape(-1) for stack in dataset.mri])
 
 
 def probe_auc(dataset: Any, seed: int = 0, folds: int = 5, components: int = 20,
-              c: float = 0.1, channel: int = 0) -> float:
+              c: float = 0.1, channel: int | None = 0) -> float:
     """Pooled out-of-fold AUC of a linear probe on ``dataset``'s MRI slices.
 
     Args:
@@ -40,7 +43,8 @@ def probe_auc(dataset: Any, seed: int = 0, folds: int = 5, components: int = 20,
         folds: number of folds (each subject's cases stay in one fold).
         components: PCA components (fewer when a training fold is smaller).
         c: inverse L2 strength of the logistic regression; fixed, never tuned on test folds.
-        channel: the channel of the ``[N, 3, S, S]`` stacks used (they are repeats).
+        channel: the channel of the ``[N, 3, S, S]`` stacks used (they are repeats); None
+            uses each whole stack as it is (e.g. encoder features ``[N, F]``).
     """
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -65,6 +69,23 @@ def probe_auc(dataset: Any, seed: int = 0, folds: int = 5, components: int = 20,
     return float(roc_auc_score(y, probs))
 
 
+def feature_probe_auc(config: Any, dataset: Any, seed: int = 0, folds: int = 5) -> float | None:
+    """:func:`probe_auc` on the frozen student encoder's features of ``dataset`` (``[N, F]`` per
+    case, concatenated over slices; PCA 50, C = 0.01, set on development cohort 1001), or None
+    when the run's student encoder is not frozen. The features come from the run's feature
+    cache (``Training.features``), so the cross-validation that follows reuses them."""
+    from AmyloidKDLib.models import build_model
+    from Training.features import feature_dataset
+
+    model_config = config.model_config("student")
+    if not getattr(model_config, "freeze_encoder", False):
+        return None
+    encoder = build_model(model_config).slices.encoder
+    cache = getattr(config.data, "cache_dir", "") or None
+    features, _ = feature_dataset(dataset, encoder, cache)
+    return probe_auc(features, seed=seed, folds=folds, components=50, c=0.01, channel=None)
+
+
 def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: int = 0
                     ) -> dict[str, Any]:
     """Oracle and probe AUC of one cohort.
@@ -85,6 +106,7 @@ def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: in
     return {
         "oracle_auc": oracle_auc(with_mri, seed=seed),
         "probe_auc": probe_auc(dataset, seed=seed, folds=folds),
+        "feature_probe_auc": feature_probe_auc(config, dataset, seed=seed, folds=folds),
         "n_cases": int(labels.size), "n_positive": int(labels.sum()),
         "n_subjects": len(set(dataset.subjects)), "n_truth_sessions": len(with_mri),
         "meaning": dict(MEANINGS),

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from Training.benchmark import (DEVELOPMENT_SEEDS, PROTOCOL_PRESET, file_sha256, forest_plot,
+from Training.benchmark import (DEVELOPMENT_SEEDS, _fmt, PROTOCOL_PRESET, file_sha256, forest_plot,
                                 is_development_seed, markdown_report, pool_cohorts, summarize_cohort)
 from Training.config import PRESET_DIR, RunConfig, load_config
 from Training.report import write_json
@@ -110,7 +110,8 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     ceilings = cohort_ceilings(config, dataset, sample_cohort(subjects, seed, phantom))
     timings["ceilings"] = time.perf_counter() - t
     print(f"[benchmark] cohort {seed}: {len(dataset)} cases of {len(set(dataset.subjects))} subjects; "
-          f"ceilings: oracle AUC {ceilings['oracle_auc']:.3f}, probe AUC {ceilings['probe_auc']:.3f}",
+          f"ceilings: oracle AUC {ceilings['oracle_auc']:.3f}, probe AUC {ceilings['probe_auc']:.3f}, "
+          f"feature probe AUC {_fmt(ceilings.get('feature_probe_auc'))}",
           flush=True)
     t = time.perf_counter()
     cv = cross_validate(config, source, out / "cv", PHASES)

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     result.update(subjects=args.subjects, seed=args.seed, phantom=phantom.to_dict())
     print(f"oracle AUC {result['oracle_auc']:.3f}  ({MEANINGS['oracle_auc']})")
     print(f"probe AUC  {result['probe_auc']:.3f}  ({MEANINGS['probe_auc']})")
+    if result.get("feature_probe_auc") is not None:
+        print(f"feature probe AUC {result['feature_probe_auc']:.3f}  ({MEANINGS['feature_probe_auc']})")
     print(f"{result['n_cases']} cases, {result['n_positive']} amyloid-positive, "
           f"{result['n_subjects']} subjects")
     write_text_atomic(out / "ceilings.json", json.dumps(result, indent=1))

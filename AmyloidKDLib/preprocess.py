@@ -155,9 +155,14 @@ def _n4_on_coarse_grid(ants, image, mask, spacing: float, settings: dict) -> np.
     if coarse_mask is not None and not coarse_mask.numpy().any():
         coarse_mask = None  # a brain smaller than one coarse voxel: fit on the whole box
     field = ants.n4_bias_field_correction(coarse, mask=coarse_mask, return_bias_field=True, **settings)
-    log_field = field.new_image_like(np.log(np.maximum(field.numpy(), 1e-6)).astype(np.float32))
+    # The log field, padded by one coarse voxel (edge values) so that every native voxel lies
+    # inside the grid it is interpolated from (the coarse grid stops short of the box's edge).
+    log_field = np.pad(np.log(np.maximum(field.numpy(), 1e-6)), 1, mode="edge").astype(np.float32)
+    direction = np.asarray(field.direction, dtype=np.float64)
+    origin = np.asarray(field.origin) - direction @ np.asarray(field.spacing, dtype=np.float64)
+    log_field = ants.from_numpy(log_field, origin=tuple(origin.tolist()), spacing=field.spacing,
+                                direction=direction)
     fine = ants.resample_image_to_target(log_field, image, interp_type="linear").numpy()
-    # ITK gives 0 (a field of 1) just outside the coarse grid: at most a voxel of background
     return (image.numpy() * np.exp(-fine)).astype(np.float32)
 
 

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "thread and PyTorch uses deterministic algorithms. "
                              "--no-deterministic lets ITK use every core (or "
                              "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS), faster on an idle machine, "
-                             "with probabilities that may differ slightly (~1e-3) between runs; "
+                             "with probabilities that may differ slightly between runs; "
                              "see docs/inference.md")
     executor.add_arguments(
         parser, jobs_help="cases predicted in parallel: worker processes with --scheduler local "

@@ -84,6 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="numeric precision of the model step (auto: bf16 on GPUs and on CPUs "
                              "with AVX512_BF16/AMX, else fp32; fp16 GPU only; int8 CPU only); "
                              "see docs/inference.md")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                        help="repeatable results, bit for bit (the default): ANTs/ITK runs on one "
+                             "thread and PyTorch uses deterministic algorithms. "
+                             "--no-deterministic lets ITK use every core (or "
+                             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS), faster on an idle machine, "
+                             "with probabilities that may differ slightly between runs; "
+                             "see docs/inference.md")
     executor.add_arguments(
         parser, jobs_help="cases predicted in parallel: worker processes with --scheduler local "
                           "(each loads the checkpoint once)",
@@ -365,8 +372,9 @@ def run(args: argparse.Namespace) -> int:
     if distributed:
         executor.check_scheduler(args.scheduler)
         executor.read_cluster_config(args.cluster_config)  # a bad file stops before any work
+    deterministic = getattr(args, "deterministic", True)
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
-                          precision=args.precision)
+                          precision=args.precision, deterministic=deterministic)
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
                "allow_missing_orientation": args.allow_missing_orientation,
                "precision": args.precision}
@@ -378,7 +386,8 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(out_dir / RUN_RECORD, record)
     if distributed:  # the workers load the checkpoint themselves; this one gave the threshold
         options = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device,
-                   "skull_strip": args.skull_strip, "precision": args.precision}
+                   "skull_strip": args.skull_strip, "precision": args.precision,
+                   "deterministic": deterministic}
         rows = predict_on_workers(cases, options, out_dir, threshold=predictor.threshold,
                                   scheduler=args.scheduler, jobs=args.jobs, threads=args.threads,
                                   cluster_config=args.cluster_config, progress=progress,

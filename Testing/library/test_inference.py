@@ -133,8 +133,8 @@ import json, sys
 import numpy as np
 from AmyloidKDLib.inference import Predictor
 checkpoint, t1 = sys.argv[1:3]
-first = Predictor(checkpoint, device="cpu").predict_file(t1)
-second = Predictor(checkpoint, device="cpu").predict_file(t1)
+first = Predictor(checkpoint, device="cpu", deterministic=True).predict_file(t1)
+second = Predictor(checkpoint, device="cpu", deterministic=True).predict_file(t1)
 print(json.dumps({
     "probabilities": [first.probability, second.probability],
     "saliency_equal": bool(np.array_equal(first.saliency.data, second.saliency.data)),

@@ -177,6 +177,37 @@ def test_bad_options_are_usage_errors(tmp_path, mni_t1_path):
     assert stop.value.code == 2
 
 
+@pytest.mark.parametrize("flag, expected", [([], True), (["--deterministic"], True),
+                                            (["--no-deterministic"], False)])
+def test_deterministic_flag_reaches_the_predictor(flag, expected, tmp_path, mni_t1_path,
+                                                   monkeypatch):
+    import AmyloidKDLib.inference as inference
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_predictor(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(inference, "Predictor", fake_predictor)
+    try:
+        cli_run(["predict", str(mni_t1_path), "--checkpoint", str(tmp_path), "--out",
+                 str(tmp_path / "out"), "--device", "cpu", *flag])
+    except Stop:
+        pass
+    assert seen["deterministic"] is expected
+
+
+def test_predict_help_documents_the_deterministic_flag(capsys):
+    with pytest.raises(SystemExit):
+        cli_run(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--deterministic, --no-deterministic" in text and "one thread" in text
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -158,7 +158,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
              "| seed | subjects / cases | oracle AUC | probe AUC | feature probe AUC | "
              + " | ".join(MODEL_LABELS[p] + " AUC" for p in phases)
              + " | student − baseline ΔAUC [95 % CI] | p | minutes |",
-             "| --- " * (6 + len(phases) + 1) + "|"]
+             "| --- " * (5 + len(phases) + 3) + "|"]
     for c in cohorts:
         s = c["summary"]
         comparison = s["comparisons"].get("student - baseline")

@@ -77,7 +77,7 @@ def feature_probe_auc(config: Any, dataset: Any, seed: int = 0, folds: int = 5) 
     from AmyloidKDLib.models import build_model
     from Training.features import feature_dataset
 
-    model_config = config.model_config("student")
+    model_config = config.model_config("student") if hasattr(config, "model_config") else None
     if not getattr(model_config, "freeze_encoder", False):
         return None
     encoder = build_model(model_config).slices.encoder

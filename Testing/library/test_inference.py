@@ -50,8 +50,9 @@ def write_moved_mni_t1(path: Path, mni_img, spacing: float = 2.0, scale: float =
 
 
 def write_test_checkpoint(folder: Path, kind: str = "student", seed: int = 0,
-                          threshold: float = 0.5) -> Path:
-    """An untrained CPU-preset student saved as a real checkpoint with the ``fast`` preparation."""
+                          threshold: float = 0.5, prep_config: dict | None = None) -> Path:
+    """An untrained CPU-preset student saved as a real checkpoint with the ``fast`` preparation
+    (or ``prep_config``, a PrepConfig dict)."""
     from AmyloidKDLib.checkpoint import save_checkpoint
     from AmyloidKDLib.models import ModelConfig, build_model
     from AmyloidKDLib.pipeline import PrepConfig
@@ -61,7 +62,8 @@ def write_test_checkpoint(folder: Path, kind: str = "student", seed: int = 0,
     torch.manual_seed(seed)
     model = build_model(config)
     slices = SliceConfig(n_slices=config.n_slices, image_size=config.image_size)
-    return save_checkpoint(folder, model, config, prep_config=PrepConfig.preset("fast").to_dict(),
+    prep = prep_config if prep_config is not None else PrepConfig.preset("fast").to_dict()
+    return save_checkpoint(folder, model, config, prep_config=prep,
                            slice_config=slices.to_dict(), threshold=threshold,
                            provenance={"note": "untrained weights, for tests"})
 

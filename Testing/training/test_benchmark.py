@@ -136,7 +136,11 @@ def test_demo_picks_held_out_cases_of_one_fold_half_positive():
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_end_to_end(tmp_path):
-    from Training.cli import run
+    from AmyloidKDLib.cli import run as cli_run
+    from Training.cli import TRAINING_COMMANDS
+
+    def run(argv):
+        return cli_run(argv, TRAINING_COMMANDS)
 
     out = tmp_path / "bench"
     code = run(["--progress", "none", "benchmark", "--quick", "--cohort-seeds", "1000", "1001",
@@ -150,6 +154,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         assert set(summary["models"]) == {"teacher", "student", "baseline", "light"}
         assert all(0.0 <= m["auc"] <= 1.0 for m in summary["models"].values())
         assert 0.0 < cohort["ceilings"]["oracle_auc"] <= 1.0
+        assert 0.0 < cohort["ceilings"]["feature_probe_auc"] <= 1.0  # the protocol's frozen encoder
         assert summary["n_subjects"] >= 20
     pooled = result["pooled"]["comparisons"]["student - baseline"]
     assert pooled["n_cohorts"] == 2

@@ -119,6 +119,7 @@ def test_demo_reading_explains_an_auc_below_chance():
     text = "\n".join(demo_reading(summary, 2.0, 5))
     assert "2x the realistic default" in text
     assert "compatible with chance" in text
+    assert "baseline: AUC 0.600 (95 % CI 0.450 to 0.750) - its CI includes 0.5" in text
     assert "no difference" in text
     assert "-0.150" in text
 

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"student checkpoint (fold 0): {checkpoint}")
     if not args.skip_predict:
         t = time.perf_counter()
-        predict_held_out(out, pooled, checkpoint)
+        predict_held_out(out, pooled, checkpoint, progress=args.progress)
         print(f"[demo] predict: {time.perf_counter() - t:.0f} s")
     print(f"[demo] total {time.perf_counter() - started:.0f} s")
     return 0
@@ -132,6 +132,8 @@ def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int) -> lis
             text += (" - below 0.5, i.e. worse than chance; "
                      + ("its CI includes 0.5, so it is compatible with chance on this cohort."
                         if row["ci_high"] >= 0.5 else "its CI lies below 0.5: a real failure to look into."))
+        elif phase != "teacher" and row["ci_low"] <= 0.5:
+            text += " - its CI includes 0.5: not clearly better than chance on this cohort."
         lines.append(text)
     comparison = summary["comparisons"].get("student - baseline")
     if comparison:
@@ -174,7 +176,7 @@ def held_out_cases(pooled: dict[str, Any], fold: int, n: int) -> list[int]:
 
 
 def predict_held_out(out: Path, pooled: dict[str, Any], checkpoint: Path,
-                     n: int = DEMO_PREDICTIONS) -> None:
+                     n: int = DEMO_PREDICTIONS, progress: str = "bar") -> None:
     """Run ``amyloidkd predict`` on the raw MRI of held-out cases of fold 0 (the fold whose
     student ``checkpoint`` is) and print truth beside prediction."""
     from AmyloidKDLib.cli import run as library_cli
@@ -193,13 +195,15 @@ def predict_held_out(out: Path, pooled: dict[str, Any], checkpoint: Path,
     cases_csv = target / "held_out_cases.csv"
     cases_csv.write_text("\n".join(lines) + "\n")
     code = library_cli(["predict", str(cases_csv), "--checkpoint", str(checkpoint),
-                        "--out", str(target), "--device", "cpu"])
+                        "--out", str(target), "--device", "cpu", "--progress", progress])
     results = target / "results.csv"
     if code != 0 or not results.is_file():
         print(f"[demo] prediction failed (exit {code}); see above")
         return
     rows = {row["case"]: row for row in csv.DictReader(results.open())}
-    print(f"\nHeld-out cases of fold 0 predicted from their raw MRI by fold 0's student "
+    thresholds = {row.get("threshold") for row in rows.values() if row.get("threshold")}
+    theta = f" at its threshold θ = {float(thresholds.pop()):.2f}" if len(thresholds) == 1 else ""
+    print(f"\nHeld-out cases of fold 0 predicted from their raw MRI by fold 0's student{theta} "
           f"(amyloidkd predict; outputs in {target}):")
     print(f"  {'case':28s} {'truth':8s} {'Centiloid':>9s} {'probability':>11s}  call")
     for i in picks:

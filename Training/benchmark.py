@@ -165,8 +165,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         ceilings = c.get("ceilings", {})
         lines.append(
             f"| {c['seed']} | {s['n_subjects']} / {s['n_cases']} | "
-            f"{_fmt(ceilings.get('oracle_auc'))} | {_fmt(ceilings.get('probe_auc'))} | "
-            f"{_fmt(ceilings.get('feature_probe_auc'))} | "
+            f"{format_number(ceilings.get('oracle_auc'))} | {format_number(ceilings.get('probe_auc'))} | "
+            f"{format_number(ceilings.get('feature_probe_auc'))} | "
             + " | ".join(_auc(s["models"][p]) if p in s["models"] else "n/a" for p in phases)
             + (f" | {_ci(comparison['difference'], comparison['ci_low'], comparison['ci_high'])} | "
                f"{comparison['p_value']:.3f}" if comparison else " | n/a | n/a")
@@ -176,8 +176,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     for name, row in result["pooled"]["comparisons"].items():
         lines.append(f"| {name} | {row['n_positive']} of {row['n_cohorts']} | {row['mean']:+.3f} | "
-                     f"{_ci(row['pooled'], row['ci_low'], row['ci_high'])} | {_fmt(row['p_value'])} | "
-                     f"{_fmt(row['i2'], 2)} |")
+                     f"{_ci(row['pooled'], row['ci_low'], row['ci_high'])} | {format_number(row['p_value'])} | "
+                     f"{format_number(row['i2'], 2)} |")
     lines += ["", "Mean AUC over cohorts: " + ", ".join(
         f"{MODEL_LABELS[p]} {v:.3f}" for p, v in result["pooled"]["mean_auc"].items()), "",
         "## Reading", "", *reading(result), ""]
@@ -186,8 +186,18 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def student_baseline_verdict(ci_low: float, ci_high: float) -> str:
+    """What a student − baseline ΔAUC CI says, in words (the benchmark's and the demo's reading)."""
+    if ci_low > 0:
+        return "the distilled student ranks cases better than the MRI-only baseline"
+    if ci_high < 0:
+        return "the distilled student ranks cases worse than the MRI-only baseline"
+    return ("no difference between the distilled student and the MRI-only baseline can be seen: "
+            "the CI includes 0")
 
 
 def reading(result: Mapping[str, Any]) -> list[str]:
@@ -195,13 +205,7 @@ def reading(result: Mapping[str, Any]) -> list[str]:
     out = []
     row = result["pooled"]["comparisons"].get("student - baseline")
     if row and math.isfinite(row["pooled"]):
-        if row["ci_low"] > 0:
-            verdict = "the distilled student ranks cases better than the MRI-only baseline"
-        elif row["ci_high"] < 0:
-            verdict = "the distilled student ranks cases worse than the MRI-only baseline"
-        else:
-            verdict = ("no difference between the distilled student and the MRI-only baseline "
-                       "can be seen: the CI includes 0")
+        verdict = student_baseline_verdict(row["ci_low"], row["ci_high"])
         out.append(f"- Student − baseline, pooled over {row['n_cohorts']} cohort(s): "
                    f"ΔAUC {row['pooled']:+.3f} (95 % CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}); "
                    f"{verdict}. {row['n_positive']} of {row['n_cohorts']} cohorts favour the student.")

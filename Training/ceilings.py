@@ -74,13 +74,13 @@ def feature_probe_auc(config: Any, dataset: Any, seed: int = 0, folds: int = 5) 
     case, concatenated over slices; PCA 50, C = 0.01, set on development cohort 1001), or None
     when the run's student encoder is not frozen. The features come from the run's feature
     cache (``Training.features``), so the cross-validation that follows reuses them."""
-    from AmyloidKDLib.models import build_model
+    from AmyloidKDLib.models.student import build_encoder
     from Training.features import feature_dataset
 
     model_config = config.model_config("student") if hasattr(config, "model_config") else None
     if not getattr(model_config, "freeze_encoder", False):
         return None
-    encoder = build_model(model_config).slices.encoder
+    encoder = build_encoder(model_config)
     cache = getattr(config.data, "cache_dir", "") or None
     features, _ = feature_dataset(dataset, encoder, cache)
     return probe_auc(features, seed=seed, folds=folds, components=50, c=0.01, channel=None)

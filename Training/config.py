@@ -212,6 +212,11 @@ class RunConfig:
 
         return SliceConfig(n_slices=self.data.n_slices, image_size=self.data.image_size)
 
+    def cache_root(self, run_dir: str | Path) -> Path:
+        """Where prepared cases, slice stacks and encoder features go: ``data.cache_dir``, else
+        ``<run_dir>/cache``."""
+        return Path(self.data.cache_dir) if self.data.cache_dir else Path(run_dir) / "cache"
+
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""
         from Training.report import write_json

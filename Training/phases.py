@@ -102,10 +102,6 @@ def _is_frozen(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "freeze_encoder", False))
 
 
-def _cache_root(config: RunConfig, run_dir: str | Path) -> Path:
-    return Path(config.data.cache_dir) if config.data.cache_dir else Path(run_dir) / "cache"
-
-
 def _check_frozen(config: RunConfig, kind: str, section: str, augment: bool) -> bool:
     """True when the ``kind`` model of this run has a frozen encoder; then image augmentation of
     the phase (``<section>.augment`` with ``augment.enabled``) is a ConfigError."""
@@ -128,7 +124,7 @@ def features_for(config: RunConfig, model: nn.Module, dataset: SliceDataset, run
     from Training.features import feature_dataset
 
     model = getattr(model, "module", model)
-    return feature_dataset(dataset, model.slices.encoder, _cache_root(config, run_dir))
+    return feature_dataset(dataset, model.slices.encoder, config.cache_root(run_dir))
 
 
 def _serving(model: nn.Module, dataset: SliceDataset) -> SliceDataset:

@@ -85,9 +85,8 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
 def build_dataset(config: RunConfig, records: Sequence[Any], run_dir: str | Path,
                   with_pet: bool = True) -> SliceDataset:
     """Prepare (or reuse from the cache) every case and load the slice stacks."""
-    cache = Path(config.data.cache_dir) if config.data.cache_dir else Path(run_dir) / "cache"
     files = prepare_cohort(records, config.data.contrast, config.prep_config(), config.slice_config(),
-                           cache, jobs=config.data.jobs, with_pet=with_pet, progress=config.engine.progress,
+                           config.cache_root(run_dir), jobs=config.data.jobs, with_pet=with_pet, progress=config.engine.progress,
                            scheduler=config.data.scheduler, cluster_config=config.data.cluster_config)
     return SliceDataset(records, files)
 

@@ -87,8 +87,7 @@ def check_slice_stack(images: torch.Tensor, config: ModelConfig, what: str = "MR
     expected = [config.n_slices, 3, config.image_size, config.image_size]
     if images.ndim == 5 and list(images.shape[1:]) == expected:
         return
-    if num_features is not None and images.ndim == 3 and list(images.shape[1:]) == [config.n_slices,
-                                                                                   num_features]:
+    if is_feature_stack(images, num_features) and images.shape[1] == config.n_slices:
         return
     features = (f", or encoder features [B, {config.n_slices}, {num_features}]"
                 if num_features is not None else "")

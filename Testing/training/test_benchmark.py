@@ -37,6 +37,19 @@ def test_a_cohort_without_a_standard_error_gets_no_weight():
     assert math.isnan(pool_differences([0.1], [float("nan")])["pooled"])
 
 
+def test_phase_seconds_add_fitting_and_feature_encoding_over_folds(tmp_path):
+    from Training.commands.benchmark import _phase_seconds
+
+    for fold, (fit, encode) in enumerate(((10.0, 4.0), (12.0, 0.5))):
+        (tmp_path / f"fold{fold}" / "student").mkdir(parents=True)
+        (tmp_path / f"fold{fold}" / "student" / "history.json").write_text(json.dumps(
+            {"seconds": fit, "features": {"encode_seconds": encode, "source": "disk"}}))
+    (tmp_path / "fold0" / "baseline").mkdir()
+    (tmp_path / "fold0" / "baseline" / "history.json").write_text(json.dumps({"seconds": 3.0,
+                                                                              "features": {}}))
+    assert _phase_seconds(tmp_path) == {"student": pytest.approx(26.5), "baseline": pytest.approx(3.0)}
+
+
 def test_development_seed_range():
     assert is_development_seed(DEVELOPMENT_SEEDS.start) and is_development_seed(1999)
     assert not is_development_seed(2000) and not is_development_seed(999)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from Training.benchmark import (DEVELOPMENT_SEEDS, _fmt, PROTOCOL_PRESET, file_sha256, forest_plot,
+from Training.benchmark import (DEVELOPMENT_SEEDS, format_number, PROTOCOL_PRESET, file_sha256, forest_plot,
                                 is_development_seed, markdown_report, pool_cohorts, summarize_cohort)
 from Training.config import PRESET_DIR, RunConfig, load_config
 from Training.report import write_json
@@ -73,13 +73,15 @@ def _phantom_config(mri_effect_scale: float):
 
 
 def _phase_seconds(cv_dir: Path) -> dict[str, float]:
-    """Seconds each phase trained, summed over the folds (from the folds' history.json)."""
+    """Seconds each phase took (fitting plus encoding or reading its frozen encoder's features),
+    summed over the folds, from the folds' history.json."""
     seconds: dict[str, float] = {}
     for history in sorted(cv_dir.glob("fold*/*/history.json")):
         data = json.loads(history.read_text())
         phase = history.parent.name
-        seconds[phase] = seconds.get(phase, 0.0) + float(data.get("seconds") or 0.0) + float(
-            data.get("encode_seconds") or 0.0)
+        encoding = data.get("features") or {}
+        seconds[phase] = (seconds.get(phase, 0.0) + float(data.get("seconds") or 0.0)
+                          + float(encoding.get("encode_seconds") or 0.0))
     return seconds
 
 
@@ -111,7 +113,7 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     timings["ceilings"] = time.perf_counter() - t
     print(f"[benchmark] cohort {seed}: {len(dataset)} cases of {len(set(dataset.subjects))} subjects; "
           f"ceilings: oracle AUC {ceilings['oracle_auc']:.3f}, probe AUC {ceilings['probe_auc']:.3f}, "
-          f"feature probe AUC {_fmt(ceilings.get('feature_probe_auc'))}",
+          f"feature probe AUC {format_number(ceilings.get('feature_probe_auc'))}",
           flush=True)
     t = time.perf_counter()
     cv = cross_validate(config, source, out / "cv", PHASES)
@@ -162,12 +164,13 @@ def run(args: argparse.Namespace) -> int:
         cohort_dir = out / f"cohort-{seed}"
         done = cohort_dir / "cohort.json"
         identity_file = cohort_dir / "benchmark_identity.json"
-        if done.is_file() and identity_file.is_file() and json.loads(identity_file.read_text()) == identity:
+        previous = json.loads(identity_file.read_text()) if identity_file.is_file() else None
+        if previous is not None and previous != identity:
+            raise ConfigError(f"{cohort_dir} holds a run with other settings; use a new --out folder.")
+        if previous is not None and done.is_file():
             print(f"[benchmark] cohort {seed}: reusing the finished run in {cohort_dir}", flush=True)
             cohorts.append(json.loads(done.read_text()))
             continue
-        if cohort_dir.exists() and identity_file.is_file() and json.loads(identity_file.read_text()) != identity:
-            raise ConfigError(f"{cohort_dir} holds a run with other settings; use a new --out folder.")
         write_json(identity_file, identity)
         result = run_cohort(seed, subjects, config, cohort_dir, args.mri_effect_scale,
                             progress=config.engine.progress)

@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
 def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int) -> list[str]:
     """What the demo's numbers say, in plain words (every number comes from ``summary``)."""
+    from Training.benchmark import student_baseline_verdict
+
     models = summary["models"]
     lines = ["What this shows:",
              f"- Data: {summary['n_subjects']} synthetic subjects ({summary['n_cases']} sessions, "
@@ -138,10 +140,7 @@ def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int) -> lis
     comparison = summary["comparisons"].get("student - baseline")
     if comparison:
         d, lo, hi = comparison["difference"], comparison["ci_low"], comparison["ci_high"]
-        verdict = ("the student ranks cases better than the baseline" if lo > 0 else
-                   "the student ranks cases worse than the baseline" if hi < 0 else
-                   "the CI includes 0: on this cohort no difference between distilling and "
-                   "training on labels alone can be claimed")
+        verdict = student_baseline_verdict(lo, hi)
         lines.append(f"- Student - baseline: ΔAUC {d:+.3f} (95 % CI {lo:+.3f} to {hi:+.3f}, "
                      f"clustered DeLong p = {comparison['p_value']:.2g}): {verdict}.")
     lines.append("- One synthetic cohort decides nothing; `amyloidkd benchmark` replicates the "

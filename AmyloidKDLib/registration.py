@@ -38,6 +38,8 @@ TRANSFORM_TYPES = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
 INTERPOLATIONS = {"linear": "linear", "nearest": "nearestNeighbor", "label": "genericLabel",
                   "bspline": "bSpline"}
 DIRECTIONS = ("forward", "inverse")
+#: RAS <-> LPS (ITK's physical space): flip x and y.
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TRANSFORM_FILE = "transform.json"
 ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
@@ -187,6 +189,39 @@ class Transform:
                                       interpolator=INTERPOLATIONS[interpolation])
         return ants_to_volume(moved, volume.modality, volume.source)
 
+    def reach(self, support: np.ndarray, volume: Volume, direction: str,
+              reference: "Volume | Grid") -> tuple[slice, ...] | None:
+        """The box of ``reference``'s voxels that resampling ``volume`` can make non-zero.
+
+        ``support`` marks where ``volume`` is non-zero (on its grid). Resampling outside the
+        box gives 0 with any interpolation that reads at most one voxel beyond the point
+        (linear, nearest), so it is enough to resample the box. Exact for transforms made of
+        linear parts (rigid, affine: the box of the support maps to a parallelepiped); None
+        when a part is not linear (SyN: resample everything) or ``support`` is empty (the
+        result is all 0: an empty box).
+        """
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        grid = Grid.of(reference)
+        inside = np.argwhere(np.asarray(support, bool))
+        if inside.size == 0:
+            return tuple(slice(0, 0) for _ in grid.shape)
+        files, flags = ((self.forward_files, [False] * len(self.forward_files))
+                        if direction == "forward" else (self.inverse_files, self.inverse_flags))
+        points = linear_point_map(files, flags)
+        if points is None:
+            return None
+        # reference voxel -> volume voxel; the volume's non-zero reach is its support's box
+        # widened by one voxel (the interpolation footprint), pulled back to reference voxels
+        to_volume = np.linalg.inv(volume.affine) @ points @ np.asarray(grid.affine, np.float64)
+        lo, hi = inside.min(0) - 1.0, inside.max(0) + 1.0
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                            for c in (lo[2], hi[2])])
+        back = (np.linalg.inv(to_volume) @ corners.T)[:3].T
+        start = np.maximum(np.floor(back.min(0)).astype(int) - 1, 0)
+        stop = np.minimum(np.ceil(back.max(0)).astype(int) + 2, np.asarray(grid.shape))
+        return tuple(slice(int(a), int(max(a, b))) for a, b in zip(start, stop))
+
     def then(self, other: "Transform") -> "Transform":
         """The composition ``other`` after ``self`` (e.g. PET->MRI then MRI->MNI = PET->MNI)."""
         return Transform(other.forward_files + self.forward_files,
@@ -296,6 +331,31 @@ def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = 
             raise RuntimeError(f"ANTs wrote {name} outside the transform folder")
     return Transform(forward, inverse, flags, Grid.of(fixed), Grid.of(moving),
                      config.transform, (owner,))
+
+
+def linear_point_map(files: list[str], flags: list[bool]) -> np.ndarray | None:
+    """The 4x4 RAS point map of an ANTs transform list, or None if a part is not linear.
+
+    ANTs resamples by pulling: the value at output point ``p`` is read from the input image at
+    ``T1(T2(...Tn(p)))`` for ``transformlist=[T1, ..., Tn]`` (each inverted where flagged).
+    Linear parts are the ``.mat`` files of rigid and affine registrations; the matrix of each
+    is recovered from the images of four points.
+    """
+    if not files or not all(str(f).endswith(".mat") for f in files):
+        return None
+    ants = import_ants()
+    basis = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0]])
+    combined = np.eye(4)
+    for path, invert in zip(files, flags):
+        part = ants.read_transform(str(path))
+        if invert:
+            part = part.invert()
+        moved = np.array([part.apply_to_point(tuple(point)) for point in basis], np.float64)
+        matrix = np.eye(4)
+        matrix[:3, :3] = ((moved[1:] - moved[0]) / 100.0).T
+        matrix[:3, 3] = moved[0]
+        combined = combined @ matrix
+    return _RAS_LPS @ combined @ _RAS_LPS
 
 
 def register_to_mni(mri: Volume, config: RegistrationConfig | None = None,

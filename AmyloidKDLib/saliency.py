@@ -244,6 +244,8 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
         transform: the case's ``mri_to_mni`` Transform; its inverse maps MNI -> native.
         native: the user's MRI, whose grid the native outputs share.
     """
+    from AmyloidKDLib.registration import Grid
+
     mni_data = np.asarray(place_back(slice_maps, mni_reference), dtype=np.float32)
     if mni_data.shape != mni_reference.shape:
         raise RuntimeError(f"place_back returned shape {mni_data.shape}, expected the MNI grid "
@@ -254,14 +256,24 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
     mni_volume = mni_reference.with_data(mni_scaled, modality="saliency")
     labels_mni_volume = mni_reference.with_data(labels_mni, modality="label")
 
-    native_saliency = transform.apply(mni_volume, direction="inverse", interpolation="linear",
-                                      reference=native)
-    native_labels = transform.apply(labels_mni_volume, direction="inverse",
-                                    interpolation="nearest", reference=native)
-    native_saliency = Volume(np.clip(native_saliency.data, 0.0, 1.0), native.affine.copy(),
+    # Only the part of the native grid that the brain maps onto can receive saliency: resample
+    # that box (the whole grid when the transform is not linear) and leave the rest 0.
+    box = transform.reach(mni_scaled > 0, mni_volume, "inverse", native)
+    box = box or tuple(slice(0, n) for n in native.shape)
+    native_saliency = np.zeros(native.shape, np.float32)
+    native_labels = np.zeros(native.shape, np.float32)
+    if all(b.stop > b.start for b in box):
+        start = np.array([b.start for b in box], np.float64)
+        affine = native.affine.copy()
+        affine[:3, 3] = native.affine[:3, :3] @ start + native.affine[:3, 3]
+        part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
+        native_saliency[box] = transform.apply(mni_volume, direction="inverse",
+                                               interpolation="linear", reference=part).data
+        native_labels[box] = transform.apply(labels_mni_volume, direction="inverse",
+                                             interpolation="nearest", reference=part).data
+    native_saliency = Volume(np.clip(native_saliency, 0.0, 1.0), native.affine.copy(),
                              "saliency", native.source)
-    native_labels = Volume(np.rint(native_labels.data), native.affine.copy(), "label",
-                           native.source)
+    native_labels = Volume(np.rint(native_labels), native.affine.copy(), "label", native.source)
     return SaliencyResult(mni=mni_volume, native=native_saliency,
                           top_regions_mni=labels_mni_volume, top_regions=native_labels,
                           slice_maps=slice_maps, target_label=int(target_label),

@@ -259,3 +259,64 @@ def test_saliency_is_confined_to_the_slab_the_model_uses(kind, template, known_t
     assert result.native.data[native_inside].mean() > 0.05
     assert result.native.data[native_outside].max() < 1e-3
     assert result.native.data[native_inside].mean() > 50 * result.native.data[native_outside].mean()
+
+
+def test_linear_point_map_is_the_hand_written_affine(known_transform):
+    from AmyloidKDLib.registration import linear_point_map
+
+    transform, _, _, mni_to_native_ras = known_transform
+    # the inverse direction pulls MNI values to native points: native point -> MNI point
+    native_to_mni = linear_point_map(transform.inverse_files, transform.inverse_flags)
+    np.testing.assert_allclose(native_to_mni, np.linalg.inv(mni_to_native_ras), atol=1e-9)
+    np.testing.assert_allclose(linear_point_map(transform.forward_files, [False]),
+                               mni_to_native_ras, atol=1e-9)
+    assert linear_point_map(["warp.nii.gz", "affine.mat"], [False, False]) is None
+
+
+def test_reach_box_holds_every_voxel_the_warp_can_make_nonzero(template, known_transform):
+    from AmyloidKDLib.registration import Grid, Transform
+
+    transform, native, _, _ = known_transform
+    # a blob in one corner of the brain: its reach is a small part of the native grid
+    blob = np.zeros(template.shape, np.float32)
+    blob[20:35, 60:80, 40:55] = 1.0
+    blob *= template.mask.data > 0.5
+    source = template.t1.with_data(blob, modality="saliency")
+    box = transform.reach(blob > 0, source, "inverse", native)
+    full = transform.apply(source, "inverse", "linear", reference=native).data
+    outside = full.copy()
+    outside[box] = 0.0
+    assert full.max() > 0.5 and not outside.any()
+    assert np.prod([b.stop - b.start for b in box]) < 0.25 * np.prod(native.shape)
+    # warping only the box gives the same voxels as warping everything
+    start = np.array([b.start for b in box], np.float64)
+    affine = native.affine.copy()
+    affine[:3, 3] += native.affine[:3, :3] @ start
+    part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
+    cropped = transform.apply(source, "inverse", "linear", reference=part).data
+    np.testing.assert_allclose(cropped, full[box], atol=1e-6)
+    # nothing to warp: an empty box; a non-linear part: no box (warp everything)
+    empty = transform.reach(np.zeros(template.shape, bool), source, "inverse", native)
+    assert all(b.stop == b.start for b in empty)
+    syn = Transform(["warp.nii.gz"], ["warp.nii.gz"], [False], transform.fixed, transform.moving,
+                    "syn")
+    assert syn.reach(blob > 0, source, "inverse", native) is None
+
+
+def test_saliency_volumes_equal_warping_the_whole_grid(template, known_transform):
+    from AmyloidKDLib.saliency import saliency_volumes
+    from AmyloidKDLib.slicing import SliceConfig, sagittal_slices
+
+    transform, native, _, _ = known_transform
+    stack = sagittal_slices(template.t1, template.mask, SliceConfig(**SLICE_CONFIG))
+    size = SLICE_CONFIG["image_size"]
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    maps = np.stack([np.exp(-((rows - 0.6) ** 2 + (cols - 0.5) ** 2) / 0.01)] *
+                    SLICE_CONFIG["n_slices"]).astype(np.float32)
+    result = saliency_volumes(maps, stack.place_back, template.t1, template.mask, transform,
+                              native, SaliencyConfig())
+    whole = transform.apply(result.mni, "inverse", "linear", reference=native).data
+    labels = transform.apply(result.top_regions_mni, "inverse", "nearest", reference=native).data
+    np.testing.assert_allclose(result.native.data, np.clip(whole, 0.0, 1.0), atol=1e-6)
+    np.testing.assert_array_equal(result.top_regions.data, np.rint(labels))
+    assert result.top_regions.data.max() >= 1

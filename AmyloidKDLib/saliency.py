@@ -231,6 +231,25 @@ def top_region_labels(saliency: np.ndarray, mask: np.ndarray, percentile: float,
     return new_label[components], threshold
 
 
+def _warp_within_reach(transform: Any, volume: Volume, support: np.ndarray, native: Volume,
+                       interpolation: str) -> np.ndarray:
+    """``volume`` (zero outside ``support``) pulled onto ``native``'s grid through the inverse
+    of ``transform``, resampling only the box it can reach (``Transform.reach``)."""
+    from AmyloidKDLib.registration import Grid
+
+    out = np.zeros(native.shape, np.float32)
+    box = transform.reach(support, volume, "inverse", native)
+    box = box or tuple(slice(0, n) for n in native.shape)
+    if any(b.stop <= b.start for b in box):
+        return out
+    affine = native.affine.copy()
+    affine[:3, 3] += native.affine[:3, :3] @ np.array([b.start for b in box], np.float64)
+    part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
+    out[box] = transform.apply(volume, direction="inverse", interpolation=interpolation,
+                               reference=part).data
+    return out
+
+
 def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, Volume], np.ndarray],
                      mni_reference: Volume, mni_mask: Volume, transform: Any, native: Volume,
                      config: SaliencyConfig, target_label: int = 1) -> SaliencyResult:
@@ -244,8 +263,6 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
         transform: the case's ``mri_to_mni`` Transform; its inverse maps MNI -> native.
         native: the user's MRI, whose grid the native outputs share.
     """
-    from AmyloidKDLib.registration import Grid
-
     mni_data = np.asarray(place_back(slice_maps, mni_reference), dtype=np.float32)
     if mni_data.shape != mni_reference.shape:
         raise RuntimeError(f"place_back returned shape {mni_data.shape}, expected the MNI grid "
@@ -256,21 +273,11 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
     mni_volume = mni_reference.with_data(mni_scaled, modality="saliency")
     labels_mni_volume = mni_reference.with_data(labels_mni, modality="label")
 
-    # Only the part of the native grid that the brain maps onto can receive saliency: resample
+    # Only the part of the native grid that the evidence maps onto can be non-zero: resample
     # that box (the whole grid when the transform is not linear) and leave the rest 0.
-    box = transform.reach(mni_scaled > 0, mni_volume, "inverse", native)
-    box = box or tuple(slice(0, n) for n in native.shape)
-    native_saliency = np.zeros(native.shape, np.float32)
-    native_labels = np.zeros(native.shape, np.float32)
-    if all(b.stop > b.start for b in box):
-        start = np.array([b.start for b in box], np.float64)
-        affine = native.affine.copy()
-        affine[:3, 3] = native.affine[:3, :3] @ start + native.affine[:3, 3]
-        part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
-        native_saliency[box] = transform.apply(mni_volume, direction="inverse",
-                                               interpolation="linear", reference=part).data
-        native_labels[box] = transform.apply(labels_mni_volume, direction="inverse",
-                                             interpolation="nearest", reference=part).data
+    native_saliency = _warp_within_reach(transform, mni_volume, mni_scaled > 0, native, "linear")
+    native_labels = _warp_within_reach(transform, labels_mni_volume, labels_mni > 0, native,
+                                       "nearest")
     native_saliency = Volume(np.clip(native_saliency, 0.0, 1.0), native.affine.copy(),
                              "saliency", native.source)
     native_labels = Volume(np.rint(native_labels), native.affine.copy(), "label", native.source)

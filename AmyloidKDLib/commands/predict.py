@@ -178,26 +178,42 @@ def finished_rows(out_dir: Path, record: dict) -> dict[tuple[str, str], dict]:
 
 
 def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
-    """Write one case's saliency NIfTIs, label map and overview PNG; return their paths."""
+    """Write one case's saliency NIfTIs, label map and overview PNG; return their paths.
+
+    The NIfTIs are compressed in a second thread while the PNG is drawn (zlib releases the
+    GIL). Each file is written atomically; if any fails, the others of the case are removed.
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
     from AmyloidKDLib.report_png import render_overview
 
-    written = []
     explains = "amyloid-positive class" if result.saliency_target == 1 else "amyloid-negative class"
-    try:
-        if result.saliency is not None:
-            written.append(save_volume(result.saliency, out_dir / f"{case}_saliency.nii.gz"))
-            written.append(save_volume(result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz"))
-            written.append(save_volume(result.top_regions, out_dir / f"{case}_top_regions.nii.gz",
-                                       dtype=np.uint8))
-        written.append(render_overview(result.mri, result.saliency, result.top_regions,
-                                       out_dir / f"{case}_overview.png", case=case,
-                                       probability=result.probability, label=result.label,
-                                       threshold=result.threshold, explains=explains))
-    except BaseException:
-        for path in written:
-            Path(path).unlink(missing_ok=True)
-        raise
-    return written
+    niftis = []
+    if result.saliency is not None:
+        niftis = [(result.saliency, out_dir / f"{case}_saliency.nii.gz", np.float32),
+                  (result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz", np.float32),
+                  (result.top_regions, out_dir / f"{case}_top_regions.nii.gz", np.uint8)]
+    written: list[Path] = []
+
+    def write_niftis() -> None:
+        for volume, path, dtype in niftis:
+            written.append(save_volume(volume, path, dtype=dtype))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        background = pool.submit(write_niftis)
+        try:
+            png = render_overview(
+                result.mri, result.saliency, result.top_regions, out_dir / f"{case}_overview.png",
+                case=case, probability=result.probability, label=result.label,
+                threshold=result.threshold, explains=explains)
+            written.append(png)
+            background.result()
+        except BaseException:
+            wait([background])  # the writer finishes its file before the case is removed
+            for path in written:
+                Path(path).unlink(missing_ok=True)
+            raise
+    return [path for _, path, _ in niftis] + [png]
 
 
 def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:

@@ -6,8 +6,10 @@ a dropout call per adapted layer. ``int8`` additionally replaces the Linear laye
 blocks below the Grad-CAM target layer with PyTorch's dynamically quantised Linear
 (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch).
 Grad-CAM needs gradients only from its target layer (the last block) upward, and those layers
-stay in floating point, so saliency works unchanged. bf16 and fp16 need no change of the model:
-they are autocast contexts (:func:`AmyloidKDLib.inference.autocast_for`).
+stay in floating point, so saliency works unchanged. bf16 and fp16 run under autocast
+(:func:`AmyloidKDLib.inference.autocast_for`); their Linear layers also store their weights in
+that dtype, which autocast would cast them to on every call anyway: the outputs are the same
+and the model takes half the memory (a ViT-B/16 student: about 170 MB less).
 """
 
 from __future__ import annotations
@@ -59,8 +61,23 @@ def quantize_below_gradcam_layer(model: nn.Module) -> int:
     return replaced
 
 
+def store_linear_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every ``nn.Linear``'s weight and bias in ``dtype``, in place; returns how many.
+
+    Only for running under autocast to that ``dtype``, which casts a Linear's inputs and
+    weights to it on each call: a weight already stored in it is used as it is.
+    """
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+            converted += 1
+    return converted
+
+
 def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
-    """``model`` (in eval mode) with LoRA merged and, for ``int8``, its lower blocks quantised.
+    """``model`` (in eval mode) with LoRA merged; for ``int8`` its lower blocks quantised, for
+    ``bf16``/``fp16`` its Linear weights stored in that dtype (run it under autocast).
 
     ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16`` or ``int8``); the model is
     changed in place and returned. Call it once, after loading and before the first forward pass.
@@ -69,7 +86,10 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     merge_lora_adapters(model)
     if precision == "int8":
         quantize_below_gradcam_layer(model)
+    elif precision in ("bf16", "fp16"):
+        store_linear_weights_in(model, torch.bfloat16 if precision == "bf16" else torch.float16)
     return model
 
 
-__all__ = ["merge_lora_adapters", "prepare_for_inference", "quantize_below_gradcam_layer"]
+__all__ = ["merge_lora_adapters", "prepare_for_inference", "quantize_below_gradcam_layer",
+           "store_linear_weights_in"]

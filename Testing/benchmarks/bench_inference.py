@@ -76,15 +76,18 @@ def gemm_floor(dtype_name: str, repeats: int = 5) -> float:
     return 2.0 * m * k * n / best
 
 
-def model_flops(model, n_slices: int, image_size: int) -> float:
+def model_flops(model, n_slices: int, image_size: int, precision: str = "fp32") -> float:
     """FLOPs of one forward pass of ``model`` over one case (``n_slices`` slices), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions)."""
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions), run as the
+    Predictor runs it (under autocast for bf16/fp16)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from AmyloidKDLib.inference import autocast_for
+
     slices = torch.zeros(1, n_slices, 3, image_size, image_size)
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.inference_mode(), autocast_for(precision, torch.device("cpu")):
         model(slices)
     return float(counter.get_total_flops())
 
@@ -146,7 +149,8 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     floors = {"fp32": gemm_floor("fp32")}
     if cpu_has_bf16():
         floors["bf16"] = gemm_floor("bf16")
-    flops = model_flops(predictor.model, config.n_slices, config.image_size)
+    flops = model_flops(predictor.model, config.n_slices, config.image_size,
+                        predictor.precision)
 
     cases = []
     out = work / f"out_{prep}_{student}"

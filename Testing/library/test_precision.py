@@ -155,3 +155,27 @@ def test_auto_keeps_the_light_cnn_in_fp32_on_one_thread_and_restores_threads(tmp
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_bf16_stores_linear_weights_in_bf16_with_the_autocast_output(tmp_path):
+    """Stored bf16 weights are what autocast casts fp32 weights to: same logits, half the bytes."""
+    from AmyloidKDLib.checkpoint import load_checkpoint
+    from AmyloidKDLib.inference import autocast_for
+
+    model, _ = load_checkpoint(write_test_checkpoint(tmp_path / "student", seed=5), device="cpu")
+    model.eval()
+    slices = torch.rand(1, model.config.n_slices, 3, model.config.image_size,
+                        model.config.image_size, generator=torch.Generator().manual_seed(1))
+    reference = prepare_for_inference(copy.deepcopy(model), "fp32")
+    stored = prepare_for_inference(copy.deepcopy(model), "bf16")
+
+    def linear_bytes(net):
+        return sum(p.numel() * p.element_size() for m in net.modules()
+                   if isinstance(m, torch.nn.Linear) for p in m.parameters())
+
+    linears = [m for m in stored.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert linear_bytes(stored) * 2 == linear_bytes(reference)
+    with torch.inference_mode(), autocast_for("bf16", torch.device("cpu")):
+        expected, got = reference(slices).logits, stored(slices).logits
+    assert torch.equal(got, expected)

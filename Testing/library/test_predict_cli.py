@@ -211,3 +211,40 @@ def test_predict_help_documents_the_deterministic_flag(capsys):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("failing", ["png", "nifti"])
+def test_a_case_whose_outputs_fail_leaves_none_of_them(failing, tmp_path, monkeypatch):
+    """The NIfTIs are written beside the PNG; when either fails, nothing of the case remains."""
+    from types import SimpleNamespace
+
+    from AmyloidKDLib import report_png
+    from AmyloidKDLib.commands import predict
+    from AmyloidKDLib.volume import Volume
+
+    grid = np.zeros((12, 14, 10), np.float32)
+    grid[4:8, 5:9, 3:7] = 0.8
+    volume = Volume(grid, np.eye(4), "saliency")
+    result = SimpleNamespace(saliency=volume, saliency_mni=volume, saliency_target=1,
+                             top_regions=volume.with_data((grid > 0.5).astype(np.float32)),
+                             mri=volume.with_data(grid * 100), probability=0.7, label=1,
+                             threshold=0.5)
+    written = predict.write_case_outputs(result, tmp_path / "ok", "c")
+    assert [p.name for p in written] == ["c_saliency.nii.gz", "c_saliency_mni.nii.gz",
+                                         "c_top_regions.nii.gz", "c_overview.png"]
+    assert all(p.is_file() for p in written)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing == "png":
+        monkeypatch.setattr(report_png, "render_overview", broken)
+    else:
+        real_save = predict.save_volume
+        monkeypatch.setattr(predict, "save_volume", lambda volume, path, dtype: (
+            broken() if "mni" in path.name else real_save(volume, path, dtype=dtype)))
+    out = tmp_path / "failed"
+    out.mkdir()
+    with pytest.raises(OSError, match="No space"):
+        predict.write_case_outputs(result, out, "c")
+    assert list(out.iterdir()) == []

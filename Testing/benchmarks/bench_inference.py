@@ -17,7 +17,9 @@ forward pass of its slices (``torch.utils.flop_counter``) and the ratio of the m
 step to ``FLOPs / floor`` for the dtype the Predictor chose.
 
 Targets (issue 20), on an idle 2-core machine: fast preparation <= 5 s, light student <= 6 s
-per case, paper preparation <= 60 s, peak RSS <= 3 GB, model step <= 1.5x the floor.
+per case, paper preparation <= 60 s, peak RSS <= 3 GB; for the BiomedCLIP-size student on the
+fast path, model step <= 1.5x the floor and total <= preparation + 1.5x floor + 1 s. The
+light CNN's ratio is reported too (its 1.7 GFLOP are too few for a GEMM floor to bind).
 """
 
 from __future__ import annotations
@@ -76,19 +78,20 @@ def gemm_floor(dtype_name: str, repeats: int = 5) -> float:
     return 2.0 * m * k * n / best
 
 
-def model_flops(model, n_slices: int, image_size: int, precision: str = "fp32") -> float:
+def model_flops(model, n_slices: int, image_size: int) -> float:
     """FLOPs of one forward pass of ``model`` over one case (``n_slices`` slices), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions), run as the
-    Predictor runs it (under autocast for bf16/fp16)."""
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions) on an fp32 copy
+    (the count does not depend on the dtype; bf16 students store bf16 weights). Call it after
+    the peak memory is read: the copy is as large as the model."""
+    import copy
+
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from AmyloidKDLib.inference import autocast_for
-
     slices = torch.zeros(1, n_slices, 3, image_size, image_size)
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), autocast_for(precision, torch.device("cpu")):
-        model(slices)
+    with counter, torch.inference_mode():
+        copy.deepcopy(model).float()(slices)
     return float(counter.get_total_flops())
 
 
@@ -149,8 +152,6 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     floors = {"fp32": gemm_floor("fp32")}
     if cpu_has_bf16():
         floors["bf16"] = gemm_floor("bf16")
-    flops = model_flops(predictor.model, config.n_slices, config.image_size,
-                        predictor.precision)
 
     cases = []
     out = work / f"out_{prep}_{student}"
@@ -166,6 +167,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
                       "cpu": time.process_time() - cpu_started, "load_average": os.getloadavg()[0],
                       **{k: v for k, v in result.timings.items() if k != "total"}})
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    flops = model_flops(predictor.model, config.n_slices, config.image_size)
     return {"prep": prep, "student": student, "encoder": config.encoder,
             "parameters": sum(p.numel() for p in predictor.model.parameters()),
             "load_checkpoint": load_seconds, "cases": cases, "peak_rss_gb": peak_kb / 2**20,
@@ -200,6 +202,8 @@ def print_floor(results: list[dict]) -> None:
         model = _median([c.get("model", 0.0) for c in r["cases"]])
         ratio = model / floor_seconds if floor_seconds > 0 else float("nan")
         verdict = f"<= {TARGET_FLOOR_RATIO}x {'met' if ratio <= TARGET_FLOOR_RATIO else 'MISSED'}"
+        if r["student"] != "biomedclip":  # issue 20 sets the floor target for the ViT only
+            verdict = "(reported; the target is the BiomedCLIP-size student's)"
         print(f"{r['prep']:6} {r['student']:10} {r['precision']:9} {r['model_flops'] / 1e9:7.1f} "
               f"{floor_seconds:8.2f} {model:8.2f} {ratio:6.2f}  {verdict}")
     print("(floor s = model FLOPs / GEMM FLOP/s of the chosen dtype; model s = slicing + forward "
@@ -219,11 +223,14 @@ def _verdicts(r: dict, m: dict) -> list[str]:
             out.append(check(f"total <= {TARGET_LIGHT_TOTAL:.0f} s", m["total"] <= TARGET_LIGHT_TOTAL))
     else:
         out.append(check(f"total <= {TARGET_PREPARE['paper']:.0f} s", m["total"] <= TARGET_PREPARE["paper"]))
-    if r["student"] == "biomedclip" and "model_flops" in r:
+    if r["prep"] == "fast" and r["student"] == "biomedclip" and "model_flops" in r:
         dtype = "bf16" if r["precision"] == "bf16" else "fp32"
         floor = r["model_flops"] / r["floor_flops"].get(dtype, r["floor_flops"]["fp32"])
-        allowed = m["prepare"] + TARGET_FLOOR_RATIO * floor + 1.0
-        out.append(check(f"total <= prep + 1.5 floor + 1 ({allowed:.1f} s)", m["total"] <= allowed))
+        # per case: what the case costs beyond its own preparation (median over the cases)
+        beyond = _median([c["total"] - c.get("prepare", 0.0) for c in r["cases"]])
+        allowed = TARGET_FLOOR_RATIO * floor + 1.0
+        out.append(check(f"total - prepare {beyond:.2f} <= 1.5 floor + 1 = {allowed:.2f} s",
+                         beyond <= allowed))
     out.append(check(f"RSS <= {TARGET_RSS_GB:.0f} GB", r["peak_rss_gb"] <= TARGET_RSS_GB))
     return out
 

@@ -8,7 +8,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -164,9 +165,9 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarray, np.ndarray],
                maps_by_kind: dict[str, TemplateMaps], box: tuple[np.ndarray, np.ndarray], seed: int,
-               config: PhantomConfig, out_dir: Path, writer: ThreadPoolExecutor,
-               pending: list[Future]) -> dict[str, Volume]:
-    """Synthesise one scan, queue its files for writing and save its geometry."""
+               config: PhantomConfig, out_dir: Path) -> tuple[dict[str, Volume], list[tuple]]:
+    """Synthesise one scan and save its geometry; return its volumes and the files to write
+    (``write_scan`` arguments). Depends only on its own seed: scans can be made in any order."""
     truth = scan.truth
     is_mri = scan.kind == "mri"
     rng = _rng(seed, subject.index, 10 + truth.session_index, 0 if is_mri else 1, scan.day)
@@ -186,18 +187,47 @@ def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarra
     else:
         volumes = {"PET": synthesize_pet(maps_by_kind["pet"], truth, geometry, rng, config, subject)}
         paths = {"PET": pet_relpath(truth.session_id)}
-    codes = {}
+    codes, writes = {}, []
     for name, volume in volumes.items():
         codes[name] = _orientation(rng, config)
-        pending.append(writer.submit(write_scan, volume, codes[name], out_dir / paths[name],
-                                     np.float32 if name == "PET" else np.int16))
-    while len(pending) > 3:
-        pending.pop(0).result()
+        writes.append((volume, codes[name], out_dir / paths[name],
+                       np.float32 if name == "PET" else np.int16))
     record = geometry.to_dict()
     record.update(stored_orientation=codes, files=paths, kind=scan.kind)
     write_text_atomic(out_dir / "ground_truth" / "geometry" / f"{scan.label}.json",
                  json.dumps(record, sort_keys=True))
-    return volumes
+    return volumes, writes
+
+
+#: Scans synthesised at once (threads: torch, numpy and zlib release the GIL), and how many
+#: finished scans may wait for the writer before the next is started (bounds the memory).
+SCAN_THREADS = 2
+WRITES_IN_FLIGHT = 4
+
+
+def _made_scans(scans: list[_Scan], make) -> Iterator[dict[str, Volume]]:
+    """``make(scan)`` for every scan, two at a time, yielded in the order of ``scans``.
+
+    Each scan's random numbers come from its own seed, so the files are the same as one at a
+    time. Torch runs one intra-op thread per scan meanwhile (restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(max_workers=SCAN_THREADS)
+    started: deque[Future] = deque()
+    try:
+        for scan in scans:
+            started.append(pool.submit(make, scan))
+            if len(started) > SCAN_THREADS:
+                yield started.popleft().result()
+        while started:
+            yield started.popleft().result()
+    finally:
+        for future in started:
+            future.cancel()
+        pool.shutdown(wait=True)
+        torch.set_num_threads(threads)
 
 
 def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
@@ -243,14 +273,24 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     by_id = {s.subject_id: s for s in subjects}
     t1_by_session: dict[str, Volume] = {}
     shown: list[tuple[SessionTruth, Volume, Volume]] = []
-    # compression runs in a second thread (zlib releases the GIL) while the next scan is built
+
+    def make(scan: _Scan) -> tuple[dict[str, Volume], list[tuple]]:
+        subject_id = scan.truth.subject_id
+        return _make_scan(scan, by_id[subject_id], displacements[subject_id], maps_by_kind, box,
+                          seed, config, out_dir)
+
+    # compression runs in its own thread (zlib releases the GIL) while the next scans are built
     writer = ThreadPoolExecutor(max_workers=1)
-    pending: list[Future] = []
+    pending: deque[Future] = deque()
+    made = _made_scans(scans, make)
     try:
-        for scan in tqdm(scans, desc="phantom scans", unit="scan", disable=not progress):
+        for scan, (volumes, writes) in tqdm(zip(scans, made), total=len(scans),
+                                            desc="phantom scans", unit="scan",
+                                            disable=not progress):
             truth = scan.truth
-            volumes = _make_scan(scan, by_id[truth.subject_id], displacements[truth.subject_id],
-                                 maps_by_kind, box, seed, config, out_dir, writer, pending)
+            pending.extend(writer.submit(write_scan, *arguments) for arguments in writes)
+            while len(pending) > WRITES_IN_FLIGHT:
+                pending.popleft().result()
             quota = math.ceil(config.montage_subjects / 2)  # as many A+ as A- where possible
             if (len(shown) >= config.montage_subjects or truth.session_index
                     or sum(t.label == truth.label for t, _, _ in shown) >= quota):
@@ -261,6 +301,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
                 shown.append((truth, t1_by_session.pop(truth.session_id), volumes["PET"]))
         t1_by_session.clear()
     finally:
+        made.close()  # stops and joins the synthesis threads if the loop ended early
         for future in pending:
             future.result()
         writer.shutdown()

@@ -166,6 +166,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
         cases.append({"read": read, "write": write, "total": time.perf_counter() - started,
                       "cpu": time.process_time() - cpu_started, "load_average": os.getloadavg()[0],
                       **{k: v for k, v in result.timings.items() if k != "total"}})
+        del result, mri  # as in `amyloidkd predict`: a finished case is not kept during the next
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flops = model_flops(predictor.model, config.n_slices, config.image_size)
     return {"prep": prep, "student": student, "encoder": config.encoder,

@@ -90,6 +90,22 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     assert [s.centiloid for s in other] != [s.centiloid for s in sample_cohort(2, 3)]
 
 
+def test_scans_made_in_parallel_give_the_files_of_one_at_a_time(tmp_path, monkeypatch):
+    from AmyloidKDLib.phantom import writing
+
+    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w", "FLAIR"), montage_subjects=2)
+    folders = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(writing, "SCAN_THREADS", threads)
+        folders[threads] = generate_cohort(tmp_path / str(threads), 4, 8, config=config,
+                                           progress=False).parent
+    files = sorted(p.relative_to(folders[1]) for p in folders[1].rglob("*") if p.is_file())
+    assert len([f for f in files if str(f).endswith(".nii.gz")]) >= 12
+    assert files == sorted(p.relative_to(folders[3]) for p in folders[3].rglob("*") if p.is_file())
+    for name in files:
+        assert (folders[1] / name).read_bytes() == (folders[3] / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("prevalence", [0.32, 0.5])
 def test_label_prevalence_matches_the_config(prevalence):
     config = PhantomConfig(prevalence=prevalence)

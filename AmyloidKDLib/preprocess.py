@@ -27,13 +27,19 @@ def import_ants():
     return ants
 
 
+def lps_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spacing (3,), direction (3, 3) and origin (3,) of a RAS voxel-to-world affine, in the
+    LPS physical space of ITK (ANTs, SimpleITK)."""
+    affine = np.asarray(affine, np.float64)
+    linear = _RAS_TO_LPS @ affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    return spacing, linear / spacing, _RAS_TO_LPS @ affine[:3, 3]
+
+
 def volume_to_ants(volume: Volume):
     """The volume as an ``ants.ANTsImage`` in the same physical space (RAS affine -> LPS header)."""
     ants = import_ants()
-    linear = _RAS_TO_LPS @ volume.affine[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    direction = linear / spacing
-    origin = _RAS_TO_LPS @ volume.affine[:3, 3]
+    spacing, direction, origin = lps_geometry(volume.affine)
     return ants.from_numpy(np.asarray(volume.data, dtype=np.float32), origin=tuple(origin.tolist()),
                            spacing=tuple(spacing.tolist()), direction=direction)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from AmyloidKDLib.atomic import atomic_path, write_text_atomic
 from AmyloidKDLib.errors import ConfigError, InputError
-from AmyloidKDLib.preprocess import ants_to_volume, import_ants, volume_to_ants
+from AmyloidKDLib.preprocess import ants_to_volume, import_ants, lps_geometry, volume_to_ants
 from AmyloidKDLib.template import load_template
 from AmyloidKDLib.volume import Volume
 
@@ -41,7 +41,7 @@ DIRECTIONS = ("forward", "inverse")
 #: Interpolations that :func:`resample_linear` (SimpleITK) performs for linear transforms,
 #: bit-identical to ANTs' ``apply_transforms`` and about twice as fast; the others use ANTs.
 SITK_INTERPOLATIONS = {"linear": "sitkLinear", "nearest": "sitkNearestNeighbor"}
-#: RAS <-> LPS (ITK's physical space): flip x and y.
+#: RAS <-> LPS (ITK's physical space) for points: flip x and y.
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TRANSFORM_FILE = "transform.json"
 ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
@@ -135,6 +135,12 @@ class Grid:
         if isinstance(volume, Grid):
             return volume
         return cls(volume.shape, tuple(tuple(float(x) for x in row) for row in volume.affine))
+
+    def crop(self, box: tuple[slice, ...]) -> "Grid":
+        """The sub-grid of the voxels in ``box`` (slices with explicit start and stop)."""
+        affine = np.asarray(self.affine, np.float64).copy()
+        affine[:3, 3] += affine[:3, :3] @ np.array([b.start for b in box], np.float64)
+        return Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
 
     def empty_volume(self, modality: str = "T1w") -> Volume:
         """A zero volume on this grid (the reference image ANTs resamples onto)."""
@@ -369,25 +375,16 @@ def _all_linear(files: list[str]) -> bool:
     return bool(files) and all(str(f).endswith(".mat") for f in files)
 
 
-def _lps_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
-    """Spacing, direction (row-major) and origin of a RAS voxel-to-world affine in ITK's LPS."""
-    affine = np.asarray(affine, np.float64)
-    linear = _RAS_LPS[:3, :3] @ affine[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    return (spacing.tolist(), (linear / spacing).ravel().tolist(),
-            (_RAS_LPS[:3, :3] @ affine[:3, 3]).tolist())
-
-
 def _sitk_image(volume: Volume):
     """The volume as a float32 SimpleITK image in the same physical space."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(volume.data).transpose(2, 1, 0),
                                                         dtype=np.float32))
-    spacing, direction, origin = _lps_geometry(volume.affine)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    image.SetOrigin(origin)
+    spacing, direction, origin = lps_geometry(volume.affine)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(origin.tolist())
     return image
 
 
@@ -410,11 +407,11 @@ def resample_linear(volume: Volume, files: list[str], flags: list[bool], referen
         part = sitk.ReadTransform(str(path))
         composite.AddTransform(part.GetInverse() if invert else part)
     resampler = sitk.ResampleImageFilter()
-    spacing, direction, origin = _lps_geometry(np.asarray(reference.affine))
+    spacing, direction, origin = lps_geometry(reference.affine)
     resampler.SetSize([int(n) for n in reference.shape])
-    resampler.SetOutputSpacing(spacing)
-    resampler.SetOutputDirection(direction)
-    resampler.SetOutputOrigin(origin)
+    resampler.SetOutputSpacing(spacing.tolist())
+    resampler.SetOutputDirection(direction.ravel().tolist())
+    resampler.SetOutputOrigin(origin.tolist())
     resampler.SetTransform(composite)
     resampler.SetInterpolator(getattr(sitk, SITK_INTERPOLATIONS[interpolation]))
     resampler.SetDefaultPixelValue(0.0)

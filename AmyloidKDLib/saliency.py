@@ -242,11 +242,8 @@ def _warp_within_reach(transform: Any, volume: Volume, support: np.ndarray, nati
     box = box or tuple(slice(0, n) for n in native.shape)
     if any(b.stop <= b.start for b in box):
         return out
-    affine = native.affine.copy()
-    affine[:3, 3] += native.affine[:3, :3] @ np.array([b.start for b in box], np.float64)
-    part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
     out[box] = transform.apply(volume, direction="inverse", interpolation=interpolation,
-                               reference=part).data
+                               reference=Grid.of(native).crop(box)).data
     return out
 
 

@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -165,7 +165,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarray, np.ndarray],
                maps_by_kind: dict[str, TemplateMaps], box: tuple[np.ndarray, np.ndarray], seed: int,
-               config: PhantomConfig, out_dir: Path) -> tuple[dict[str, Volume], list[tuple]]:
+               config: PhantomConfig, out_dir: Path) -> _Made:
     """Synthesise one scan and save its geometry; return its volumes and the files to write
     (``write_scan`` arguments). Depends only on its own seed: scans can be made in any order."""
     truth = scan.truth
@@ -203,10 +203,12 @@ def _make_scan(scan: _Scan, subject: SubjectTruth, displacement: tuple[np.ndarra
 #: finished scans may wait for the writer before the next is started (bounds the memory).
 SCAN_THREADS = 2
 WRITES_IN_FLIGHT = 4
+#: A synthesised scan: its volumes and the ``write_scan`` arguments of its files.
+_Made = tuple[dict[str, Volume], list[tuple]]
 
 
-def _made_scans(scans: list[_Scan], make) -> Iterator[dict[str, Volume]]:
-    """``make(scan)`` for every scan, two at a time, yielded in the order of ``scans``.
+def _made_scans(scans: list[_Scan], make: Callable[[_Scan], _Made]) -> Iterator[_Made]:
+    """``make(scan)`` for every scan, ``SCAN_THREADS`` at a time, yielded in scan order.
 
     Each scan's random numbers come from its own seed, so the files are the same as one at a
     time. Torch runs one intra-op thread per scan meanwhile (restored after)."""
@@ -274,7 +276,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     t1_by_session: dict[str, Volume] = {}
     shown: list[tuple[SessionTruth, Volume, Volume]] = []
 
-    def make(scan: _Scan) -> tuple[dict[str, Volume], list[tuple]]:
+    def make(scan: _Scan) -> _Made:
         subject_id = scan.truth.subject_id
         return _make_scan(scan, by_id[subject_id], displacements[subject_id], maps_by_kind, box,
                           seed, config, out_dir)

@@ -289,10 +289,9 @@ def test_reach_box_holds_every_voxel_the_warp_can_make_nonzero(template, known_t
     assert full.max() > 0.5 and not outside.any()
     assert np.prod([b.stop - b.start for b in box]) < 0.25 * np.prod(native.shape)
     # warping only the box gives the same voxels as warping everything
-    start = np.array([b.start for b in box], np.float64)
-    affine = native.affine.copy()
-    affine[:3, 3] += native.affine[:3, :3] @ start
-    part = Grid(tuple(b.stop - b.start for b in box), tuple(map(tuple, affine)))
+    part = Grid.of(native).crop(box)
+    np.testing.assert_allclose(np.asarray(part.affine)[:3, 3],
+                               (native.affine @ [*(b.start for b in box), 1.0])[:3])
     cropped = transform.apply(source, "inverse", "linear", reference=part).data
     np.testing.assert_allclose(cropped, full[box], atol=1e-6)
     # nothing to warp: an empty box; a non-linear part: no box (warp everything)

@@ -1,0 +1,225 @@
+"""Linear read-outs of regional measures: the MRI-only baseline, generalised distillation from
+a PET teacher, and a Centiloid-target read-out, all on the same features, differing only in
+their training target.
+
+Every read-out is a standardised linear score ``f = x·w + b`` fitted in float64 by L-BFGS
+(deterministic, and independent of torch's CPU kernels). With λ the weight of the privileged
+target ``z``:
+
+    loss = (1 − λ)·mean BCE(y, σ(f)) + λ·mean (f − z)² / 2 + α·|w|² / 2
+
+- ``baseline``: λ = 0 (the label alone; an L2 logistic regression).
+- ``distilled``: generalised distillation (Lopez-Paz et al. 2016, after Vapnik's learning using
+  privileged information): ``z`` is a PET teacher's logit for each training case, *cross-fitted*
+  (the teacher that scores a case never trained on it), so it carries what PET knows about that
+  case rather than a memorised label.
+- ``centiloid``: λ = 1 on the measured Centiloid, put on the logit scale around the label
+  threshold (``z = (CL − threshold) / CENTILOID_PER_LOGIT``): a ridge regression whose score
+  ranks cases by predicted amyloid burden.
+
+The teacher is the same kind of read-out on the MRI and the PET regional measures together.
+Each read-out's probability is Platt-scaled, and its decision threshold chosen for F1, on its
+own cross-fitted training-fold scores (inner folds), never on a small validation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Centiloid units per logit unit of the Centiloid target (so that ±2 logits ≈ ±50 CL around
+#: the threshold; fixed, not tuned).
+CENTILOID_PER_LOGIT = 25.0
+#: Teacher logits are clipped to ±this (a near-separating teacher has unbounded logits).
+LOGIT_CLIP = 8.0
+#: The read-outs, in report order: name -> (target, λ).
+READOUTS = ("baseline", "distilled", "centiloid")
+
+
+@dataclass
+class ReadoutConfig:
+    """Settings of the regional read-outs (fixed on development seeds; see docs/benchmarks.md)."""
+
+    alpha: float = 0.1            # L2 strength on the standardised weights (all read-outs)
+    teacher_alpha: float = 0.1    # L2 strength of the PET teacher
+    distill_weight: float = 0.5   # λ of the distilled read-out
+    inner_folds: int = 5          # cross-fitting folds inside a training fold
+    seed: int = 0
+
+
+@dataclass
+class LinearReadout:
+    """A fitted standardised linear score with Platt scaling and an F1 threshold."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    platt: tuple[float, float] = (1.0, 0.0)
+    threshold: float = 0.5
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The raw linear score (logit scale before calibration)."""
+        return ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """Platt-scaled probability of amyloid positivity."""
+        a, c = self.platt
+        return _sigmoid(a * self.score(x) + c)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(v, dtype=np.float64)))
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, lam: float = 0.0,
+               alpha: float = 0.1) -> LinearReadout:
+    """Minimise ``(1 − λ)·BCE(y, σ(f)) + λ·(f − z)²/2 + α·|w|²/2`` over standardised ``x``."""
+    from scipy.optimize import minimize
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    xs = (x - mean) / scale
+    n, d = xs.shape
+    target = np.zeros(n) if z is None else np.asarray(z, dtype=np.float64)
+    if lam > 0 and z is None:
+        raise ValueError("a regression weight λ > 0 needs a target z")
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d], theta[d]
+        f = xs @ w + b
+        # BCE with logits, stable: log(1 + e^f) - y f
+        bce = np.logaddexp(0.0, f) - y * f
+        residual = f - target
+        loss = ((1 - lam) * bce.mean() + lam * 0.5 * np.mean(residual ** 2)
+                + 0.5 * alpha * float(w @ w))
+        g_f = ((1 - lam) * (_sigmoid(f) - y) + lam * residual) / n
+        grad = np.concatenate([xs.T @ g_f + alpha * w, [g_f.sum()]])
+        return float(loss), grad
+
+    start = np.zeros(d + 1)
+    if lam >= 1.0:
+        start[d] = float(target.mean())
+    result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                      options={"maxiter": 5000, "gtol": 1e-9})
+    return LinearReadout(mean, scale, result.x[:d].copy(), float(result.x[d]))
+
+
+def _inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k = max(2, min(folds, len(set(groups.tolist()))))
+    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def cross_fitted_teacher_logits(x_teacher: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                                config: ReadoutConfig) -> np.ndarray:
+    """Each case's teacher logit from a teacher that never trained on its subject."""
+    logits = np.zeros(len(y))
+    for inner_train, inner_test in _inner_splits(y, groups, config.inner_folds, config.seed):
+        teacher = fit_linear(x_teacher[inner_train], y[inner_train], alpha=config.teacher_alpha)
+        logits[inner_test] = teacher.score(x_teacher[inner_test])
+    return np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
+
+
+def centiloid_target(centiloids: np.ndarray, threshold: float) -> np.ndarray:
+    """The measured Centiloid on the logit scale around the label threshold."""
+    return (np.asarray(centiloids, dtype=np.float64) - threshold) / CENTILOID_PER_LOGIT
+
+
+def _targets(name: str, x_teacher: np.ndarray | None, y: np.ndarray, centiloids: np.ndarray,
+             groups: np.ndarray, config: ReadoutConfig, threshold: float
+             ) -> tuple[np.ndarray | None, float]:
+    if name == "baseline":
+        return None, 0.0
+    if name == "distilled":
+        if x_teacher is None:
+            raise ValueError("the distilled read-out needs PET regional measures for its teacher")
+        return cross_fitted_teacher_logits(x_teacher, y, groups, config), config.distill_weight
+    if name == "centiloid":
+        return centiloid_target(centiloids, threshold), 1.0
+    raise ValueError(f"unknown read-out {name!r}; choose from {READOUTS}")
+
+
+def _fit_calibrated(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, lam: float,
+                    groups: np.ndarray, config: ReadoutConfig) -> LinearReadout:
+    """Fit on all of ``x``; Platt scaling and the F1 threshold from inner cross-fitted scores."""
+    from AmyloidKDLib.calibration import fit_platt
+    from Training.metrics import f1_optimal_threshold
+
+    scores = np.zeros(len(y))
+    for inner_train, inner_test in _inner_splits(y, groups, config.inner_folds, config.seed + 1):
+        model = fit_linear(x[inner_train], y[inner_train], None if z is None else z[inner_train],
+                           lam, config.alpha)
+        scores[inner_test] = model.score(x[inner_test])
+    readout = fit_linear(x, y, z, lam, config.alpha)
+    platt = fit_platt(scores, y)
+    if platt is not None:
+        readout.platt = (float(platt.scale), float(platt.offset))
+    readout.threshold = float(f1_optimal_threshold(y, _sigmoid(readout.platt[0] * scores + readout.platt[1])))
+    return readout
+
+
+@dataclass
+class ReadoutFold:
+    """One outer fold's test predictions of every read-out."""
+
+    fold: int
+    test: np.ndarray
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    teacher_train_auc: float = float("nan")
+
+
+def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels: Sequence[int],
+                            centiloids: Sequence[float], subjects: Sequence[str],
+                            splits: Sequence[Any], config: ReadoutConfig | None = None,
+                            label_threshold: float = 20.6, readouts: Sequence[str] = READOUTS
+                            ) -> dict[str, Any]:
+    """Out-of-fold predictions of the read-outs (and the PET teacher) over ``splits``.
+
+    ``splits`` are the run's outer folds (``.fold``, ``.train``, ``.val``, ``.test`` index
+    tuples); train and val together are a fold's training cases (cross-fitting replaces the
+    validation set). Returns ``probabilities``/``scores`` (name -> array over all cases),
+    ``thresholds`` and ``fold_auc`` (name -> per-fold AUCs), and ``folds`` of each case.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    config = config or ReadoutConfig()
+    y = np.asarray(labels, dtype=int)
+    cl = np.asarray(centiloids, dtype=np.float64)
+    groups = np.asarray([str(s) for s in subjects])
+    x_mri = np.asarray(x_mri, dtype=np.float64)
+    x_teacher = None if x_pet is None else np.concatenate([x_mri, np.asarray(x_pet, np.float64)], axis=1)
+    names = list(readouts) + (["teacher"] if x_teacher is not None else [])
+    out = {"probabilities": {n: np.full(len(y), np.nan) for n in names},
+           "scores": {n: np.full(len(y), np.nan) for n in names},
+           "thresholds": {n: [] for n in names}, "fold_auc": {n: [] for n in names},
+           "folds": np.full(len(y), -1), "teacher_target_auc": []}
+    for split in splits:
+        train = np.asarray(sorted(set(split.train) | set(split.val)), dtype=int)
+        test = np.asarray(split.test, dtype=int)
+        out["folds"][test] = split.fold
+        for name in names:
+            if name == "teacher":
+                z, lam, x = None, 0.0, x_teacher
+            else:
+                z, lam = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
+                                  cl[train], groups[train], config, label_threshold)
+                x = x_mri
+                if name == "distilled":
+                    out["teacher_target_auc"].append(float(roc_auc_score(y[train], z)))
+            readout = _fit_calibrated(x[train], y[train], z, lam, groups[train], config)
+            out["scores"][name][test] = readout.score(x[test])
+            out["probabilities"][name][test] = readout.probability(x[test])
+            out["thresholds"][name].append(readout.threshold)
+            if len(set(y[test].tolist())) == 2:
+                out["fold_auc"][name].append(float(roc_auc_score(y[test], out["scores"][name][test])))
+    return out

@@ -32,10 +32,19 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("student - baseline", "student", "baseline"),
     ("light - baseline", "light", "baseline"),
     ("light - student", "light", "student"),
+    # the regional read-outs: PET guidance on one read-out (only the target differs), and the
+    # regional read-out against the slice model trained on the same labels
+    ("distilled - regional", "regional_distilled", "regional"),
+    ("centiloid - regional", "regional_centiloid", "regional"),
+    ("regional - baseline", "regional", "baseline"),
 )
 #: Display names of the phases.
 MODEL_LABELS = {"teacher": "teacher (MRI+PET)", "student": "student (distilled, MRI)",
-                "baseline": "baseline (MRI only)", "light": "light student (CNN, MRI)"}
+                "baseline": "baseline (MRI only)", "light": "light student (CNN, MRI)",
+                "regional_teacher": "regional teacher (MRI+PET)",
+                "regional": "regional read-out (MRI only)",
+                "regional_distilled": "regional, distilled from PET (MRI)",
+                "regional_centiloid": "regional, Centiloid target (MRI)"}
 _Z95 = 1.959963984540054
 
 

@@ -25,7 +25,44 @@ MEANINGS = {
     "feature_probe_auc": "linear probe on the frozen student encoder's cached features (all slices "
                          "concatenated, PCA 50, L2 logistic C = 0.01), subject-grouped CV: what a "
                          "linear read-out of the features the student's heads see can reach",
+    "regional_auc": "regional read-out: GM-weighted mean MRI intensity in 100 parcels of the MNI152 "
+                    "grey matter + GM/WM means, L2 logistic regression, on the run's outer folds "
+                    "(the classic volumetric approach; Training/readouts.py)",
 }
+
+#: The ladder's rungs after the ceilings: (key in a cohort summary's models, label).
+LADDER_MODELS = (("regional_teacher", "regional teacher (MRI+PET; not MRI-only)"),
+                 ("teacher", "slice teacher (MRI+PET; not MRI-only)"),
+                 ("regional_distilled", "regional, distilled from PET teacher"),
+                 ("regional_centiloid", "regional, Centiloid target"),
+                 ("student", "slice student (paper method, distilled)"),
+                 ("baseline", "slice baseline (labels only)"),
+                 ("light", "light CNN student (distilled)"))
+
+
+def ladder_rows(ceilings: dict[str, Any], models: dict[str, Any]) -> list[tuple[str, float | None, str]]:
+    """The ladder of one cohort, top to bottom: (rung, AUC, what it is). ``models`` is a
+    cohort summary's ``models`` (phase -> {"auc", ...}); missing rungs are left out."""
+    rows: list[tuple[str, float | None, str]] = [
+        ("oracle (generator truth)", ceilings.get("oracle_auc"), "ceiling"),
+        ("regional read-out (MRI)", (models.get("regional") or {}).get("auc", ceilings.get("regional_auc")),
+         "classic peer"),
+        ("pixel probe (slices)", ceilings.get("probe_auc"), "ceiling of the slice input"),
+        ("feature probe (frozen encoder)", ceilings.get("feature_probe_auc"), "ceiling of the heads' input")]
+    rows += [(label, models[key]["auc"], "model") for key, label in LADDER_MODELS if key in models]
+    return [row for row in rows if row[1] is not None]
+
+
+def format_ladder(ceilings: dict[str, Any], models: dict[str, Any]) -> str:
+    """The ladder as a plain-text table (printed by the demo and the benchmark)."""
+    rows = ladder_rows(ceilings, models)
+    width = max(len(r[0]) for r in rows)
+    oracle = ceilings.get("oracle_auc")
+    lines = [f"{'rung':{width}s}  AUC    vs oracle  kind", "-" * (width + 32)]
+    for name, auc, kind in rows:
+        gap = f"{auc - oracle:+.3f}" if oracle is not None and name != rows[0][0] else ""
+        lines.append(f"{name:{width}s}  {auc:.3f}  {gap:>9s}  {kind}")
+    return "\n".join(lines)
 
 
 def _features(dataset: Any, channel: int | None) -> np.ndarray:
@@ -86,8 +123,8 @@ def feature_probe_auc(config: Any, dataset: Any, seed: int = 0, folds: int = 5) 
     return probe_auc(features, seed=seed, folds=folds, components=50, c=0.01, channel=None)
 
 
-def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: int = 0
-                    ) -> dict[str, Any]:
+def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: int = 0,
+                    regional: dict[str, Any] | None = None) -> dict[str, Any]:
     """Oracle and probe AUC of one cohort.
 
     Args:
@@ -97,7 +134,11 @@ def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: in
         sessions: the cohort's :class:`AmyloidKDLib.phantom.SessionTruth` list (e.g.
             ``sample_cohort(n, seed, phantom_config)``; the same truth the images were made from).
             The oracle uses those with an MR session (``mr_session_id``), as the manifest does.
+        regional: :func:`Training.readouts.regional_cross_validation`'s result, when computed:
+            adds ``regional_auc`` (the baseline read-out's pooled out-of-fold AUC).
     """
+    from sklearn.metrics import roc_auc_score
+
     from AmyloidKDLib.phantom.ceilings import oracle_auc
 
     folds = int(getattr(getattr(config, "split", None), "n_folds", 5) or 5)
@@ -107,6 +148,8 @@ def cohort_ceilings(config: Any, dataset: Any, sessions: Sequence[Any], seed: in
         "oracle_auc": oracle_auc(with_mri, seed=seed),
         "probe_auc": probe_auc(dataset, seed=seed, folds=folds),
         "feature_probe_auc": feature_probe_auc(config, dataset, seed=seed, folds=folds),
+        "regional_auc": (float(roc_auc_score(regional["labels"], regional["scores"]["baseline"]))
+                         if regional is not None else None),
         "n_cases": int(labels.size), "n_positive": int(labels.sum()),
         "n_subjects": len(set(dataset.subjects)), "n_truth_sessions": len(with_mri),
         "meaning": dict(MEANINGS),

@@ -164,6 +164,20 @@ class LightConfig:
 
 
 @dataclass
+class RegionalConfig:
+    """The regional read-outs (Training/readouts.py): parcels of the MNI grey matter, L2
+    strengths, the distillation weight λ and the cross-fitting folds. Fixed on development
+    cohorts (docs/benchmarks.md), never on a confirmation."""
+
+    enabled: bool = True
+    n_parcels: int = 100
+    alpha: float = 0.1
+    teacher_alpha: float = 0.1
+    distill_weight: float = 0.5
+    inner_folds: int = 5
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs; stored as ``config.json`` in the run directory."""
 
@@ -179,6 +193,7 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    regional: RegionalConfig = field(default_factory=RegionalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-serialisable)."""

@@ -330,6 +330,8 @@ def _end_epoch(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: An
     model.eval()
     with torch.no_grad():
         metrics = dict(validate(unwrapped, epoch))
+    # monitor "epoch" (mode max) keeps the last epoch: a fixed training budget, no selection
+    metrics.setdefault("epoch", float(epoch))
     if settings.monitor not in metrics:
         raise ConfigError(f"{description}: monitored metric {settings.monitor!r} is not among "
                           f"the validation metrics {sorted(metrics)}.")

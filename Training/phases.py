@@ -611,14 +611,25 @@ def _fit_harmonization(config: RunConfig, model: nn.Module, dataset: SliceDatase
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence[int],
                     batch_size: int = 8) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """The frozen teacher's (PET-guided embedding, logit) per case, on unaugmented stacks."""
+    """The frozen teacher's (PET-guided embedding, logit) per case, on unaugmented stacks,
+    rounded to :data:`TARGET_GRID` so that the last-bit differences of the CPU's float kernels
+    (``ATEN_CPU_CAPABILITY``) do not reach the students' targets."""
     teacher.eval()
     targets = {}
     for chunk, mri, pet, tracer in _eval_batches(dataset, indices, batch_size, _device_of(teacher), True):
         out = teacher(mri, pet, tracer)
         for k, i in enumerate(chunk):
-            targets[i] = (out.guided[k].float().cpu(), out.logits[k].float().cpu())
+            targets[i] = (_on_grid(out.guided[k]), _on_grid(out.logits[k]))
     return targets
+
+
+#: Teacher targets are rounded to multiples of this (2^-10: far below any effect on training,
+#: far above float32 rounding differences between kernel sets).
+TARGET_GRID = 2.0 ** -10
+
+
+def _on_grid(value: torch.Tensor) -> torch.Tensor:
+    return torch.round(value.float().cpu() / TARGET_GRID) * TARGET_GRID
 
 
 @torch.no_grad()

@@ -78,37 +78,49 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 def fit_linear(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, lam: float = 0.0,
                alpha: float = 0.1) -> LinearReadout:
     """Minimise ``(1 − λ)·BCE(y, σ(f)) + λ·(f − z)²/2 + α·|w|²/2`` over standardised ``x``."""
-    from scipy.optimize import minimize
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-12] = 1.0
-    xs = (x - mean) / scale
-    n, d = xs.shape
+    xs = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
+    n, d1 = xs.shape
     target = np.zeros(n) if z is None else np.asarray(z, dtype=np.float64)
     if lam > 0 and z is None:
         raise ValueError("a regression weight λ > 0 needs a target z")
+    penalty = np.full(d1, alpha)
+    penalty[-1] = 0.0                      # the bias is not penalised
 
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[:d], theta[d]
-        f = xs @ w + b
-        # BCE with logits, stable: log(1 + e^f) - y f
+    def loss(theta: np.ndarray) -> float:
+        f = xs @ theta
         bce = np.logaddexp(0.0, f) - y * f
-        residual = f - target
-        loss = ((1 - lam) * bce.mean() + lam * 0.5 * np.mean(residual ** 2)
-                + 0.5 * alpha * float(w @ w))
-        g_f = ((1 - lam) * (_sigmoid(f) - y) + lam * residual) / n
-        grad = np.concatenate([xs.T @ g_f + alpha * w, [g_f.sum()]])
-        return float(loss), grad
+        return float((1 - lam) * bce.mean() + lam * 0.5 * np.mean((f - target) ** 2)
+                     + 0.5 * float(np.sum(penalty * theta ** 2)))
 
-    start = np.zeros(d + 1)
+    # Damped Newton: the loss is smooth and strictly convex, so a few steps reach the optimum
+    # exactly; plain linear algebra in float64 keeps the result independent of thread counts.
+    theta = np.zeros(d1)
     if lam >= 1.0:
-        start[d] = float(target.mean())
-    result = minimize(objective, start, jac=True, method="L-BFGS-B",
-                      options={"maxiter": 5000, "gtol": 1e-9})
-    return LinearReadout(mean, scale, result.x[:d].copy(), float(result.x[d]))
+        theta[-1] = float(target.mean())
+    current = loss(theta)
+    for _ in range(100):
+        f = xs @ theta
+        p = _sigmoid(f)
+        gradient = xs.T @ ((1 - lam) * (p - y) + lam * (f - target)) / n + penalty * theta
+        curvature = (1 - lam) * p * (1 - p) + lam
+        hessian = (xs.T * curvature) @ xs / n + np.diag(penalty) + 1e-12 * np.eye(d1)
+        step = np.linalg.solve(hessian, gradient)
+        size = 1.0
+        while size > 1e-6:
+            candidate = theta - size * step
+            value = loss(candidate)
+            if value <= current:
+                break
+            size *= 0.5
+        theta, improvement, current = candidate, current - value, value
+        if improvement < 1e-14 or float(np.max(np.abs(gradient))) < 1e-10:
+            break
+    return LinearReadout(mean, scale, theta[:-1].copy(), float(theta[-1]))
 
 
 def _inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int):
@@ -223,3 +235,46 @@ def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels:
             if len(set(y[test].tolist())) == 2:
                 out["fold_auc"][name].append(float(roc_auc_score(y[test], out["scores"][name][test])))
     return out
+
+
+#: Names the regional read-outs carry next to the slice models (pooled predictions, reports).
+ARM_NAMES = {"baseline": "regional", "distilled": "regional_distilled",
+             "centiloid": "regional_centiloid", "teacher": "regional_teacher"}
+
+
+def regional_cross_validation(config: Any, dataset: Any, records: Sequence[Any],
+                              cache_root: Any, progress: bool = False) -> dict[str, Any]:
+    """The regional read-outs of a prepared cohort, cross-validated on the run's own outer
+    folds (``config.split``, the folds ``amyloidkd cv`` uses), so every arm is paired case by
+    case with the slice models. Adds ``case_ids``, ``labels`` and ``subjects`` to
+    :func:`cross_validate_readouts`' result."""
+    from Training.regional import regional_data
+    from Training.splits import cross_validation_splits
+
+    settings = config.regional
+    data = regional_data(records, config, cache_root, settings.n_parcels, progress)
+    splits = cross_validation_splits(dataset.subjects, dataset.labels, config.split)
+    readout_config = ReadoutConfig(alpha=settings.alpha, teacher_alpha=settings.teacher_alpha,
+                                   distill_weight=settings.distill_weight,
+                                   inner_folds=settings.inner_folds, seed=config.split.seed)
+    labels = np.asarray(dataset.labels, dtype=int)
+    result = cross_validate_readouts(data.mri, data.pet, labels, [c.centiloid for c in dataset.info],
+                                     dataset.subjects, splits, readout_config,
+                                     float(config.data.label_threshold))
+    result.update(case_ids=[c.case_id for c in dataset.info], labels=labels,
+                  subjects=list(dataset.subjects))
+    return result
+
+
+def add_to_pooled(pooled: dict[str, Any], regional: dict[str, Any]) -> dict[str, Any]:
+    """Put the regional arms into ``pooled`` (:func:`Training.pooling.pool_fold_predictions`'
+    arrays) under :data:`ARM_NAMES`, aligned by case id; each case keeps its own fold's θ."""
+    position = {c: i for i, c in enumerate(regional["case_ids"])}
+    order = np.array([position[c] for c in pooled["case_ids"]])
+    folds = np.asarray(regional["folds"])[order]
+    for name, probabilities in regional["probabilities"].items():
+        arm = ARM_NAMES[name]
+        pooled["probabilities"][arm] = np.asarray(probabilities)[order]
+        per_fold = dict(enumerate(regional["thresholds"][name]))
+        pooled.setdefault("thresholds", {})[arm] = np.array([per_fold[int(f)] for f in folds])
+    return pooled

@@ -90,8 +90,9 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     """Generate cohort ``seed``, measure its ceilings, run the cross-validation; the cohort's
     summary (also written to ``out/cohort.json``)."""
     from AmyloidKDLib.phantom import GENERATOR_VERSION, generate_cohort, sample_cohort
-    from Training.ceilings import cohort_ceilings
+    from Training.ceilings import cohort_ceilings, format_ladder
     from Training.commands.cv import cross_validate
+    from Training.readouts import ARM_NAMES, add_to_pooled, regional_cross_validation
     from Training.workflow import CohortSource, build_dataset, load_records
 
     started = time.perf_counter()
@@ -106,10 +107,15 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     config.data.cache_dir = str(out / "cache")
     source = CohortSource(manifest=str(manifest))
     t = time.perf_counter()
-    dataset = build_dataset(config, load_records(source, config), out)
+    records = load_records(source, config)
+    dataset = build_dataset(config, records, out)
     timings["prepare"] = time.perf_counter() - t
     t = time.perf_counter()
-    ceilings = cohort_ceilings(config, dataset, sample_cohort(subjects, seed, phantom))
+    regional = (regional_cross_validation(config, dataset, records, config.cache_root(out), progress)
+                if config.regional.enabled else None)
+    timings["regional read-outs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ceilings = cohort_ceilings(config, dataset, sample_cohort(subjects, seed, phantom), regional=regional)
     timings["ceilings"] = time.perf_counter() - t
     print(f"[benchmark] cohort {seed}: {len(dataset)} cases of {len(set(dataset.subjects))} subjects; "
           f"ceilings: oracle AUC {ceilings['oracle_auc']:.3f}, probe AUC {ceilings['probe_auc']:.3f}, "
@@ -119,7 +125,12 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     cv = cross_validate(config, source, out / "cv", PHASES)
     timings["cross-validation"] = time.perf_counter() - t
     timings.update({f"  {phase}": s for phase, s in _phase_seconds(out / "cv").items()})
-    summary = summarize_cohort(cv["pooled"], config.evaluation)
+    pooled = cv["pooled"] if regional is None else add_to_pooled(cv["pooled"], regional)
+    summary = summarize_cohort(pooled, config.evaluation)
+    if regional is not None:
+        summary["regional_fold_auc"] = {ARM_NAMES[k]: v for k, v in regional["fold_auc"].items()}
+        summary["regional_teacher_target_auc"] = regional["teacher_target_auc"]
+    print(format_ladder(ceilings, summary["models"]), flush=True)
     result = {"seed": seed, "generator_version": GENERATOR_VERSION, "summary": summary,
               "ceilings": ceilings, "timings": timings, "seconds": time.perf_counter() - started}
     write_json(out / "cohort.json", result)

@@ -1,0 +1,138 @@
+"""Regional read-outs: the parcellation, the per-parcel measures, the linear fits against
+scikit-learn, cross-fitting, and the ladder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from Training.readouts import (ReadoutConfig, add_to_pooled, centiloid_target,
+                               cross_fitted_teacher_logits, cross_validate_readouts, fit_linear)
+from Training.learning_curve import grouped_splits
+
+
+def _standardised(x):
+    return (x - x.mean(0)) / x.std(0)
+
+
+def _data(n=120, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    logit = x[:, 0] - 0.8 * x[:, 1] + rng.normal(0, 1.0, n)
+    return x, (logit > 0).astype(int), logit
+
+
+def test_lambda_zero_is_l2_logistic_regression_as_scikit_learn_fits_it():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _ = _data()
+    alpha = 0.05
+    ours = fit_linear(x, y, alpha=alpha)
+    # mean BCE + α/2 |w|² has the optimum of scikit-learn's C = 1 / (α n)
+    theirs = LogisticRegression(C=1 / (alpha * len(y)), tol=1e-12, max_iter=10000).fit(_standardised(x), y)
+    np.testing.assert_allclose(ours.weights, theirs.coef_[0], atol=1e-6)
+    assert ours.bias == pytest.approx(theirs.intercept_[0], abs=1e-6)
+
+
+def test_lambda_one_is_ridge_regression_on_the_target():
+    from sklearn.linear_model import Ridge
+
+    x, y, z = _data(seed=1)
+    alpha = 0.2
+    ours = fit_linear(x, y, z, lam=1.0, alpha=alpha)
+    # mean (f − z)²/2 + α/2 |w|²  ==  (|f − z|² + α n |w|²) / 2n
+    theirs = Ridge(alpha=alpha * len(y)).fit(_standardised(x), z)
+    np.testing.assert_allclose(ours.weights, theirs.coef_, atol=1e-8)
+    assert ours.bias == pytest.approx(theirs.intercept_, abs=1e-8)
+    np.testing.assert_allclose(ours.score(x), theirs.predict(_standardised(x)), atol=1e-8)
+
+
+def test_a_mixed_loss_lies_between_its_two_ends():
+    x, y, z = _data(seed=2)
+    z = -z   # a target that disagrees with the labels pulls the weights away from them
+    ends = [fit_linear(x, y, z, lam, 0.1).weights for lam in (0.0, 1.0)]
+    mixed = fit_linear(x, y, z, 0.5, 0.1).weights
+    # the mixed fit's first weight sits strictly between the label-only and target-only fits
+    low, high = sorted(e[0] for e in ends)
+    assert low < mixed[0] < high
+
+
+def test_cross_fitted_teacher_logits_do_not_memorise_the_training_cases():
+    rng = np.random.default_rng(3)
+    n = 100
+    x = rng.normal(size=(n, 60))            # pure noise: nothing to learn
+    y = rng.integers(0, 2, n)
+    groups = np.array([f"s{i}" for i in range(n)])
+    from sklearn.metrics import roc_auc_score
+
+    in_sample = fit_linear(x, y, alpha=1e-4).score(x)
+    assert roc_auc_score(y, in_sample) > 0.95          # an in-sample teacher memorises
+    crossed = cross_fitted_teacher_logits(x, y, groups, ReadoutConfig(teacher_alpha=1e-4))
+    assert roc_auc_score(y, crossed) < 0.7             # a cross-fitted one cannot
+
+
+def test_centiloid_target_is_zero_at_the_threshold_and_one_logit_per_25_cl():
+    np.testing.assert_allclose(centiloid_target(np.array([20.6, 45.6, -4.4]), 20.6), [0.0, 1.0, -1.0])
+
+
+def test_cross_validation_scores_each_case_once_and_pet_guidance_can_help():
+    rng = np.random.default_rng(4)
+    n_subjects = 150
+    subjects = np.array([f"s{i}" for i in range(n_subjects)])
+    burden = rng.normal(0, 1, n_subjects)                       # the amyloid burden
+    mri = np.stack([burden + rng.normal(0, 1.5, n_subjects) for _ in range(5)], axis=1)
+    pet = (burden + rng.normal(0, 0.1, n_subjects))[:, None]    # PET sees it almost exactly
+    labels = (burden > 0.4).astype(int)
+    centiloids = 20.6 + 30 * (burden - 0.4)
+    splits = grouped_splits(labels, subjects, 5, 0)
+    result = cross_validate_readouts(mri, pet, labels, centiloids, subjects, splits, ReadoutConfig())
+    assert sorted(set(result["folds"].tolist())) == [0, 1, 2, 3, 4]
+    for name in ("baseline", "distilled", "centiloid", "teacher"):
+        assert np.isfinite(result["probabilities"][name]).all()
+        assert len(result["fold_auc"][name]) == 5
+    from sklearn.metrics import roc_auc_score
+
+    auc = {k: roc_auc_score(labels, v) for k, v in result["scores"].items()}
+    assert auc["teacher"] > 0.97
+    assert auc["baseline"] > 0.75
+    # the continuous burden carries more than its threshold: the Centiloid target is no worse
+    assert auc["centiloid"] >= auc["baseline"] - 0.01
+
+
+def test_regional_arms_join_the_pooled_predictions_by_case_id():
+    regional = {"case_ids": ["a", "b", "c"], "folds": np.array([0, 1, 0]),
+                "probabilities": {"baseline": np.array([0.1, 0.2, 0.3])},
+                "thresholds": {"baseline": [0.4, 0.6]}}
+    pooled = {"case_ids": ["c", "a", "b"], "probabilities": {"student": np.zeros(3)},
+              "thresholds": {"student": np.zeros(3)}}
+    add_to_pooled(pooled, regional)
+    np.testing.assert_allclose(pooled["probabilities"]["regional"], [0.3, 0.1, 0.2])
+    np.testing.assert_allclose(pooled["thresholds"]["regional"], [0.4, 0.4, 0.6])
+
+
+def test_parcellation_is_mirrored_and_measures_are_parcel_means():
+    from Training.regional import build_parcellation, case_features
+
+    parcellation = build_parcellation(2, 20)
+    labels = parcellation.labels
+    half = 10
+    assert sorted(set(np.unique(labels).tolist())) == list(range(21))
+    # a parcel and its homologue have mirrored centroids
+    np.testing.assert_allclose(parcellation.centroids_mm[:half, 0], -parcellation.centroids_mm[half:, 0])
+    # an image equal to the parcel number gives each parcel its own number back
+    features = case_features(labels.astype(float), parcellation)
+    np.testing.assert_allclose(features[:20], np.arange(1, 21), atol=1e-9)
+    # a uniform image gives the same value everywhere, GM and WM means included
+    np.testing.assert_allclose(case_features(np.full(labels.shape, 0.7), parcellation), 0.7, atol=1e-12)
+
+
+def test_ladder_orders_rungs_and_measures_the_gap_to_the_oracle():
+    from Training.ceilings import format_ladder, ladder_rows
+
+    ceilings = {"oracle_auc": 0.8, "probe_auc": 0.6, "feature_probe_auc": None}
+    models = {"regional": {"auc": 0.75}, "student": {"auc": 0.55}}
+    rows = ladder_rows(ceilings, models)
+    assert [r[0] for r in rows][:3] == ["oracle (generator truth)", "regional read-out (MRI)",
+                                        "pixel probe (slices)"]
+    text = format_ladder(ceilings, models)
+    assert "-0.050" in text and "-0.250" in text

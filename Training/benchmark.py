@@ -180,6 +180,16 @@ def markdown_report(result: Mapping[str, Any]) -> str:
             + (f" | {_ci(comparison['difference'], comparison['ci_low'], comparison['ci_high'])} | "
                f"{comparison['p_value']:.3f}" if comparison else " | n/a | n/a")
             + f" | {c['seconds'] / 60:.1f} |")
+    lines += ["", "### Per fold", "",
+              "AUC of each fold's own test subjects (the pooled AUCs above mix folds whose "
+              "calibrations differ, which can lower them):", ""]
+    for c in cohorts:
+        per_fold = c["summary"].get("fold_auc") or {}
+        for phase in phases:
+            if per_fold.get(phase):
+                values = ", ".join(format_number(v) for v in per_fold[phase])
+                lines.append(f"- {c['seed']} {MODEL_LABELS[phase]}: {values} "
+                             f"(mean {format_number(float(np.mean(per_fold[phase])))})")
     lines += ["", "## Over cohorts", "",
               "| comparison | cohorts with Δ > 0 | mean Δ | pooled Δ [95 % CI] | p | I² |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -209,29 +219,88 @@ def student_baseline_verdict(ci_low: float, ci_high: float) -> str:
             "the CI includes 0")
 
 
+#: Half-width of the equivalence margin for the light student (ΔAUC vs the distilled student).
+EQUIVALENCE_MARGIN = 0.03
+#: The rungs a model is measured against: (ceilings key, words).
+READ_OUTS = (("regional_auc", "regional read-out"), ("probe_auc", "pixel probe"),
+             ("feature_probe_auc", "feature probe"))
+
+
+def distance_lines(aucs: Mapping[str, float], ceilings: Mapping[str, Any]) -> list[str]:
+    """Each MRI-only model's AUC with its distance to the oracle and to the best read-out of
+    the ladder (all numbers from the arguments)."""
+    oracle = ceilings.get("oracle_auc")
+    reads = [(ceilings.get(key), words) for key, words in READ_OUTS
+             if isinstance(ceilings.get(key), (int, float)) and math.isfinite(ceilings[key])]
+    best = max(reads, default=None)
+    out = []
+    for phase in MODEL_LABELS:
+        if phase not in aucs or "teacher" in phase or phase == "regional":
+            continue
+        auc = aucs[phase]
+        text = f"- {MODEL_LABELS[phase]}: AUC {auc:.3f}"
+        if isinstance(oracle, (int, float)):
+            text += f", {auc - oracle:+.3f} from the oracle ({oracle:.3f})"
+        if best is not None:
+            text += f", {auc - best[0]:+.3f} from the best read-out ({best[1]}, {best[0]:.3f})"
+        out.append(text + ".")
+    return out
+
+
+def light_equivalence(row: Mapping[str, float], light_lows: Sequence[float],
+                      student_lows: Sequence[float]) -> str:
+    """Whether light ≈ student can be claimed: its ΔAUC CI inside ±:data:`EQUIVALENCE_MARGIN`
+    *and* both models above chance (every cohort's AUC CI above 0.5)."""
+    inside = (row["ci_low"] >= -EQUIVALENCE_MARGIN and row["ci_high"] <= EQUIVALENCE_MARGIN)
+    above = bool(light_lows) and bool(student_lows) and min(light_lows) > 0.5 and min(student_lows) > 0.5
+    if inside and above:
+        return "equivalent within ±0.03 (CI inside the margin, both above chance)"
+    reasons = []
+    if not inside:
+        reasons.append(f"its CI is not inside ±{EQUIVALENCE_MARGIN:g}")
+    if not above:
+        reasons.append("at least one of the two is not clearly above chance in every cohort")
+    return "equivalence not shown: " + " and ".join(reasons)
+
+
 def reading(result: Mapping[str, Any]) -> list[str]:
     """Plain-language sentences that say what the pooled numbers show (and do not show)."""
     out = []
-    row = result["pooled"]["comparisons"].get("student - baseline")
-    if row and math.isfinite(row["pooled"]):
-        verdict = student_baseline_verdict(row["ci_low"], row["ci_high"])
-        out.append(f"- Student − baseline, pooled over {row['n_cohorts']} cohort(s): "
-                   f"ΔAUC {row['pooled']:+.3f} (95 % CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}); "
-                   f"{verdict}. {row['n_positive']} of {row['n_cohorts']} cohorts favour the student.")
-    row = result["pooled"]["comparisons"].get("light - student")
-    if row and math.isfinite(row["pooled"]):
-        within = abs(row["pooled"]) <= 0.03
-        out.append(f"- Light CNN student − distilled student: ΔAUC {row['pooled']:+.3f} "
-                   f"(95 % CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}); the point estimate is "
-                   + ("within" if within else "outside") + " the 0.03 goal.")
+    cohorts = result["cohorts"]
+    for name, a, b in COMPARISONS:
+        row = result["pooled"]["comparisons"].get(name)
+        if not row or not math.isfinite(row["pooled"]):
+            continue
+        if row["ci_low"] > 0:
+            verdict = f"{MODEL_LABELS[a]} ranks cases better than {MODEL_LABELS[b]}"
+        elif row["ci_high"] < 0:
+            verdict = f"{MODEL_LABELS[a]} ranks cases worse than {MODEL_LABELS[b]}"
+        else:
+            verdict = "no difference can be seen (the CI includes 0)"
+        text = (f"- {name}, pooled over {row['n_cohorts']} cohort(s): ΔAUC {row['pooled']:+.3f} "
+                f"(95 % CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, half-width "
+                f"{(row['ci_high'] - row['ci_low']) / 2:.3f}); {verdict}; {row['n_positive']} of "
+                f"{row['n_cohorts']} cohorts positive.")
+        if name == "light - student":
+            lows = {p: [c["summary"]["models"][p]["ci_low"] for c in cohorts if p in c["summary"]["models"]]
+                    for p in ("light", "student")}
+            text += " Light vs student: " + light_equivalence(row, lows["light"], lows["student"]) + "."
+        out.append(text)
+    mean_ceilings = {}
+    for key in ("oracle_auc",) + tuple(k for k, _ in READ_OUTS):
+        values = [c.get("ceilings", {}).get(key) for c in cohorts]
+        values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if values:
+            mean_ceilings[key] = float(np.mean(values))
+    out.append("- Mean over cohorts, each MRI-only model against the ladder:")
+    out += ["  " + line for line in distance_lines(result["pooled"]["mean_auc"], mean_ceilings)]
     if result["kind"] == "development":
         out.append("- At least one seed lies in the development range: this is a development run, "
                    "not a confirmation.")
     out.append("- The cohorts are synthetic (MNI152 template, generated anatomy and PET). The oracle "
-               "column is the MRI signal the generator put in; the probe columns are what a linear "
-               "read-out of the prepared slices (probe) and of the frozen encoder's features the "
-               "MRI models' heads see (feature probe) reaches. An MRI model far below the feature "
-               "probe is not learning what its input holds.")
+               "is the MRI signal the generator put in; the regional read-out is the classic "
+               "volumetric peer; the probes are linear read-outs of the prepared slices and of the "
+               "frozen encoder's features.")
     return out
 
 

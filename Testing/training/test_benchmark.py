@@ -114,7 +114,7 @@ def test_the_reading_follows_the_pooled_ci(differences, phrase):
     result = _result(differences)
     text = " ".join(reading(result))
     assert phrase in text
-    assert f"{sum(d > 0 for d in differences)} of 3 cohorts favour the student" in text
+    assert f"{sum(d > 0 for d in differences)} of 3 cohorts positive" in text
     report = markdown_report(result)
     assert "| 5000 |" in report and "student - baseline" in report
 
@@ -132,9 +132,33 @@ def test_demo_reading_explains_an_auc_below_chance():
     text = "\n".join(demo_reading(summary, 2.0, 5))
     assert "2x the realistic default" in text
     assert "compatible with chance" in text
-    assert "baseline: AUC 0.600 (95 % CI 0.450 to 0.750) - its CI includes 0.5" in text
+    assert "baseline (MRI only): AUC 0.600 (95 % CI 0.450 to 0.750) - its CI includes 0.5" in text
     assert "no difference" in text
     assert "-0.150" in text
+
+
+def test_light_equivalence_needs_a_narrow_ci_and_both_models_above_chance():
+    from Training.benchmark import light_equivalence
+
+    narrow = {"ci_low": -0.02, "ci_high": 0.025}
+    assert light_equivalence(narrow, [0.6], [0.62]).startswith("equivalent")
+    # near chance: the same narrow CI shows nothing
+    assert "not clearly above chance" in light_equivalence(narrow, [0.45], [0.62])
+    # a CI of -0.082 to +0.071 is no equivalence, whatever the point estimate
+    assert "not inside" in light_equivalence({"ci_low": -0.082, "ci_high": 0.071}, [0.6], [0.6])
+
+
+def test_each_model_is_placed_against_the_oracle_and_the_best_read_out():
+    from Training.benchmark import distance_lines
+
+    lines = distance_lines({"student": 0.55, "regional_distilled": 0.74, "teacher": 0.9},
+                           {"oracle_auc": 0.8, "regional_auc": 0.75, "probe_auc": 0.6,
+                            "feature_probe_auc": 0.62})
+    text = "\n".join(lines)
+    assert "student (distilled, MRI): AUC 0.550, -0.250 from the oracle (0.800), -0.200 from the best " \
+           "read-out (regional read-out, 0.750)" in text
+    assert "-0.010 from the best read-out" in text
+    assert "teacher" not in text.replace("PET teacher", "")  # teachers are not MRI-only models
 
 
 def test_demo_picks_held_out_cases_of_one_fold_half_positive():
@@ -165,7 +189,11 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert [c["seed"] for c in result["cohorts"]] == [1000, 1001]
     for cohort in result["cohorts"]:
         summary = cohort["summary"]
-        assert set(summary["models"]) == {"teacher", "student", "baseline", "light"}
+        assert set(summary["models"]) == {"teacher", "student", "baseline", "light", "regional",
+                                          "regional_distilled", "regional_centiloid", "regional_teacher"}
+        assert 0.0 <= cohort["ceilings"]["regional_auc"] <= 1.0
+        assert cohort["ceilings"]["regional_auc"] == pytest.approx(summary["models"]["regional"]["auc"], abs=1e-9)
+        assert len(summary["fold_auc"]["regional_distilled"]) == 3
         assert all(0.0 <= m["auc"] <= 1.0 for m in summary["models"].values())
         assert 0.0 < cohort["ceilings"]["oracle_auc"] <= 1.0
         assert 0.0 < cohort["ceilings"]["feature_probe_auc"] <= 1.0  # the protocol's frozen encoder

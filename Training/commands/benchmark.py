@@ -127,8 +127,9 @@ def run_cohort(seed: int, subjects: int, config: RunConfig, out: Path, mri_effec
     timings.update({f"  {phase}": s for phase, s in _phase_seconds(out / "cv").items()})
     pooled = cv["pooled"] if regional is None else add_to_pooled(cv["pooled"], regional)
     summary = summarize_cohort(pooled, config.evaluation)
+    summary["fold_auc"] = {p: [row[f"{p}_auc"] for row in cv["folds"]] for p in PHASES}
     if regional is not None:
-        summary["regional_fold_auc"] = {ARM_NAMES[k]: v for k, v in regional["fold_auc"].items()}
+        summary["fold_auc"].update({ARM_NAMES[k]: v for k, v in regional["fold_auc"].items()})
         summary["regional_teacher_target_auc"] = regional["teacher_target_auc"]
     print(format_ladder(ceilings, summary["models"]), flush=True)
     result = {"seed": seed, "generator_version": GENERATOR_VERSION, "summary": summary,

@@ -54,21 +54,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def make_cohort(out_dir: Path, subjects: int, seed: int, mri_effect_scale: float = 1.0,
                 progress: bool = True) -> Path:
     """The demo's phantom cohort (2 mm MRI, T1w only) as a manifest; reused when already there."""
-    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
+    from AmyloidKDLib.phantom import generate_cohort
 
     manifest = out_dir / "manifest.csv"
     if manifest.is_file():
         return manifest
-    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",), mri_effect_scale=mri_effect_scale)
-    return generate_cohort(out_dir, subjects, seed, "manifest", config, overwrite=True, progress=progress)
+    return generate_cohort(out_dir, subjects, seed, "manifest", demo_phantom(mri_effect_scale),
+                           overwrite=True, progress=progress)
+
+
+def demo_phantom(mri_effect_scale: float = 1.0):
+    """The demo cohort's generator settings: 2 mm MRI, T1w only."""
+    from AmyloidKDLib.phantom import PhantomConfig
+
+    return PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",), mri_effect_scale=mri_effect_scale)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; print the table, the comparison, the reading and the predictions."""
+    from AmyloidKDLib.phantom import sample_cohort
     from Training.benchmark import summarize_cohort
+    from Training.ceilings import cohort_ceilings, format_ladder
     from Training.commands.cv import cross_validate
+    from Training.readouts import add_to_pooled, regional_cross_validation
     from Training.report import format_comparison
-    from Training.workflow import CohortSource
+    from Training.workflow import CohortSource, build_dataset, load_records
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -87,14 +97,25 @@ def run(args: argparse.Namespace) -> int:
                         ("teacher", "student", "baseline", "light"))
     print(f"[demo] prepare + {args.folds}-fold cross-validation: {time.perf_counter() - t:.0f} s",
           flush=True)
-    pooled = cv["pooled"]
+    t = time.perf_counter()
+    source = CohortSource(manifest=str(manifest))
+    records = load_records(source, config)
+    dataset = build_dataset(config, records, out / "cv")
+    regional = regional_cross_validation(config, dataset, records, config.cache_root(out / "cv"))
+    pooled = add_to_pooled(cv["pooled"], regional)
     summary = summarize_cohort(pooled, config.evaluation)
+    ceilings = cohort_ceilings(config, dataset, sample_cohort(args.subjects, args.seed,
+                                                              demo_phantom(args.mri_effect_scale)),
+                               regional=regional)
+    print(f"[demo] regional read-outs and ceilings: {time.perf_counter() - t:.0f} s", flush=True)
     print()
     print(cv["table"])
     for comparison in cv["comparisons"]:
         print(format_comparison(comparison))
+    print("\nThe ladder (pooled out-of-fold AUC; every MRI-only model against the ceilings):")
+    print(format_ladder(ceilings, summary["models"]))
     print()
-    for line in reading(summary, args.mri_effect_scale, args.folds):
+    for line in reading(summary, args.mri_effect_scale, args.folds, ceilings):
         print(line)
     print(f"\nreport: {cv['report']}")
     checkpoint = _publish_student(out)
@@ -107,9 +128,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int) -> list[str]:
-    """What the demo's numbers say, in plain words (every number comes from ``summary``)."""
-    from Training.benchmark import student_baseline_verdict
+def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int,
+            ceilings: dict[str, Any] | None = None) -> list[str]:
+    """What the demo's numbers say, in plain words (every number comes from the arguments)."""
+    from Training.benchmark import (MODEL_LABELS, distance_lines, light_equivalence,
+                                    student_baseline_verdict)
 
     models = summary["models"]
     lines = ["What this shows:",
@@ -120,29 +143,46 @@ def reading(summary: dict[str, Any], mri_effect_scale: float, folds: int) -> lis
                 if mri_effect_scale != 1.0 else "The MRI effect of amyloid is the realistic default."),
              f"- Every subject was tested once, by the {folds}-fold models that never trained on it; "
              "CIs resample subjects.",
-             "- The teacher sees MRI and PET: it is an upper reference, not usable without PET. "
-             "The student and the baseline see only MRI: the student learned from the teacher, "
-             "the baseline from the labels alone. The light student is a small CNN distilled "
-             "from the teacher."]
-    for phase, name in (("teacher", "teacher (MRI+PET)"), ("student", "student"),
-                        ("baseline", "baseline"), ("light", "light student")):
+             "- The teachers see MRI and PET: upper references, not usable without PET. All other "
+             "models see only MRI. The slice models follow the paper (frozen encoder, attention "
+             "heads; the student distilled from the slice teacher, the baseline from labels alone, "
+             "the light CNN distilled). The regional read-outs are linear models on 100 regional "
+             "grey-matter measures: one on labels alone, one distilled from a PET teacher "
+             "(cross-fitted), one trained on the measured Centiloid."]
+    for phase, name in MODEL_LABELS.items():
         if phase not in models:
             continue
         row = models[phase]
         text = f"- {name}: AUC {row['auc']:.3f} (95 % CI {row['ci_low']:.3f} to {row['ci_high']:.3f})"
-        if phase != "teacher" and row["auc"] < 0.5:
+        if "teacher" not in phase and row["auc"] < 0.5:
             text += (" - below 0.5, i.e. worse than chance; "
                      + ("its CI includes 0.5, so it is compatible with chance on this cohort."
                         if row["ci_high"] >= 0.5 else "its CI lies below 0.5: a real failure to look into."))
-        elif phase != "teacher" and row["ci_low"] <= 0.5:
+        elif "teacher" not in phase and row["ci_low"] <= 0.5:
             text += " - its CI includes 0.5: not clearly better than chance on this cohort."
         lines.append(text)
-    comparison = summary["comparisons"].get("student - baseline")
+    if ceilings:
+        lines.append("- Against the ladder:")
+        lines += ["  " + line for line in distance_lines({p: r["auc"] for p, r in models.items()}, ceilings)]
+    comparisons = summary["comparisons"]
+    comparison = comparisons.get("student - baseline")
     if comparison:
         d, lo, hi = comparison["difference"], comparison["ci_low"], comparison["ci_high"]
         verdict = student_baseline_verdict(lo, hi)
         lines.append(f"- Student - baseline: ΔAUC {d:+.3f} (95 % CI {lo:+.3f} to {hi:+.3f}, "
                      f"clustered DeLong p = {comparison['p_value']:.2g}): {verdict}.")
+    for name in ("distilled - regional", "centiloid - regional"):
+        row = comparisons.get(name)
+        if row:
+            lines.append(f"- Regional read-out, {name.split(' - ')[0]} target - labels only: ΔAUC "
+                         f"{row['difference']:+.3f} (95 % CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f})"
+                         + (": the CI includes 0, no difference can be seen." if row["ci_low"] <= 0 <= row["ci_high"]
+                            else "."))
+    row = comparisons.get("light - student")
+    if row and "light" in models and "student" in models:
+        lines.append(f"- Light - student: ΔAUC {row['difference']:+.3f} (95 % CI {row['ci_low']:+.3f} to "
+                     f"{row['ci_high']:+.3f}): " + light_equivalence(
+                         row, [models["light"]["ci_low"]], [models["student"]["ci_low"]]) + ".")
     lines.append("- One synthetic cohort decides nothing; `amyloidkd benchmark` replicates the "
                  "protocol on fresh cohorts (docs/training.md).")
     return lines

@@ -237,3 +237,42 @@ def test_interim_pet_scale_does_not_depend_on_the_scanner_units():
     np.testing.assert_allclose(once.data, scaled.data, rtol=1e-5)
     head = pet.data > 0.25 * np.percentile(pet.data[pet.data > 0], 99)
     assert once.data[head].mean() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_phantoms_adni_layout_reads_back_as_its_ground_truth_from_either_generation(tmp_path):
+    import csv
+
+    from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
+
+    config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",))
+    root = generate_cohort(tmp_path / "adni", 3, seed=3, layout="adni", config=config, progress=False)
+    truth = [row for row in csv.DictReader((root / "ground_truth" / "sessions.csv").open())
+             if row["mr_day"]]
+    expected = [(f"{int(row['subject_id'][3:]):04d}", {"AV45": "AV45", "PIB": "FBB"}[row["tracer"]],
+                 int(row["label"]), float(row["centiloid"]), float(row["age"])) for row in truth]
+    new = read_adni(root)
+    assert sorted((c.subject_id[-4:], c.tracer, c.label, c.centiloid, c.age) for c in new) == sorted(expected)
+    assert {c.mri["T1w"].is_dir() for c in new} == {True, False}        # DICOM series and NIfTI
+    assert all(c.selection["pairing"].startswith("same visit") for c in new)
+    assert load_volume(new[0].pet_path, "PET").data.max() > 100           # counts, not SUVR
+    for name in ("UCBERKELEY_AMY_6MM_31Jul2024.csv", "MRI_All_Images_14Nov2024.csv",
+                 "PET_All_Images_14Nov2024.csv"):
+        (root / "tables" / name).unlink()
+    old = read_adni(root)                                     # the old tables: the same cases
+    assert [(c.session_id, c.label, c.mri["T1w"]) for c in old] == [(c.session_id, c.label, c.mri["T1w"]) for c in new]
+    assert [c.centiloid for c in old] == pytest.approx([c.centiloid for c in new], abs=0.02)
+
+
+def test_the_command_line_reads_adni_and_says_in_one_line_why_nothing_was_found(tmp_path, capsys):
+    from AmyloidKDLib.cli import run as cli
+    from Training.cli import TRAINING_COMMANDS
+
+    (tmp_path / "empty").mkdir()
+    code = cli(["cv", "--adni", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
+                "--progress", "none"], TRAINING_COMMANDS)
+    stderr = capsys.readouterr().err.strip()
+    assert code == 2 and len(stderr.splitlines()) == 1
+    assert stderr.startswith("amyloidkd cv: error: ") and "no ADNI case found: 0 T1 image folders" in stderr
+    code = cli(["train", "teacher", "--adni", str(tmp_path / "empty"), "--out", str(tmp_path / "run2"),
+                "--contrast", "FLAIR", "--progress", "none"], TRAINING_COMMANDS)
+    assert code == 2 and "pairs amyloid PET with T1 only" in capsys.readouterr().err

@@ -386,6 +386,16 @@ def choose_scan(scans: list[MRScan]) -> tuple[MRScan | None, list[str]]:
     return best, notes
 
 
+def step_account(steps: list[tuple[str, int]], skipped: dict[str, int]) -> str:
+    """One line for a reader's summary: each step's count in order, the first step that left
+    none, and the counts left out for other reasons."""
+    counts = ", ".join(f"{n} {what}" for what, n in steps)
+    empty = next((what for what, n in steps if n == 0), None)
+    reasons = "; ".join(f"{n} {why}" for why, n in skipped.items())
+    return (counts + (f"; none left at: {empty}" if empty else "")
+            + (f" (skipped: {reasons})" if reasons else ""))
+
+
 @dataclass
 class Oasis3Summary:
     """What an OASIS-3 root held at each step, for messages when cases go missing."""
@@ -411,11 +421,7 @@ class Oasis3Summary:
                  ("of those with an SUVR image", self.rows_with_image),
                  (f"PET/MR pairs ({self.pairing})", self.pairs),
                  ("cases", self.cases)]
-        counts = ", ".join(f"{n} {what}" for what, n in steps)
-        empty = next((what for what, n in steps if n == 0), None)
-        reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.items())
-        return (counts + (f"; none left at: {empty}" if empty else "")
-                + (f" (skipped: {reasons})" if reasons else ""))
+        return step_account(steps, self.skipped)
 
 
 def _day_of(label: str, pattern: re.Pattern) -> tuple[str, int] | None:
@@ -927,11 +933,7 @@ class AdniSummary:
                  ("scans after duplicates and QC", self.scans), (f"with a label ({label})", self.labelled),
                  ("with their PET image", self.with_pet), (f"with a T1 within {max_days} days", self.with_t1),
                  ("cases", self.cases)]
-        counts = ", ".join(f"{n} {what}" for what, n in steps)
-        empty = next((what for what, n in steps if n == 0), None)
-        reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.items())
-        return (counts + (f"; none left at: {empty}" if empty else "")
-                + (f" (skipped: {reasons})" if reasons else ""))
+        return step_account(steps, self.skipped)
 
 
 def _choose_adni_pet(candidates: list[AdniImage], scan: _AmyloidScan) -> tuple[AdniImage | None, str]:

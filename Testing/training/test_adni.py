@@ -245,7 +245,7 @@ def test_the_phantoms_adni_layout_reads_back_as_its_ground_truth_from_either_gen
     from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
 
     config = PhantomConfig(mri_spacing_mm=2.0, contrasts=("T1w",))
-    root = generate_cohort(tmp_path / "adni", 3, seed=3, layout="adni", config=config, progress=False)
+    root = generate_cohort(tmp_path / "adni", 2, seed=3, layout="adni", config=config, progress=False)
     truth = [row for row in csv.DictReader((root / "ground_truth" / "sessions.csv").open())
              if row["mr_day"]]
     expected = [(f"{int(row['subject_id'][3:]):04d}", {"AV45": "AV45", "PIB": "FBB"}[row["tracer"]],

@@ -1,6 +1,6 @@
-"""Cohort records: the list of PET/MRI cases a training run reads, from either data layout.
+"""Cohort records: the list of PET/MRI cases a training run reads, from any of the data layouts.
 
-Two layouts are supported (documented in ``docs/data_layouts.md``), and both parse into the
+Three layouts are supported (documented in ``docs/data_layouts.md``), and all parse into the
 same :class:`CaseRecord` list:
 
 * a plain **manifest CSV** - one row per case, MRI and PET paths relative to the CSV;
@@ -8,7 +8,10 @@ same :class:`CaseRecord` list:
   them, PET Unified Pipeline (PUP) folders as the PUP download scripts write them (4dfp or
   NIfTI SUVR images), and the OASIS-3 CSVs. Each PET session is paired with the MR session
   its PUP run used (``OASIS3_PUP.csv``, column ``MRId``), or with the nearest MR session in
-  time; see :func:`read_oasis3`.
+  time; see :func:`read_oasis3`;
+* an **ADNI download** - IDA image folders (DICOM series or NIfTI) and the UC Berkeley amyloid
+  table (old per-tracer or current combined), each amyloid scan paired with a T1 of the same
+  visit or the nearest within a window; see :func:`read_adni`.
 
 File and column names come from :mod:`AmyloidKDLib.layouts`.
 """

@@ -708,12 +708,12 @@ def _adni_image_file(folder: Path, image_id: str) -> Path | None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     niftis = [p for p in files if layouts.is_nifti(p)]
     if niftis:
-        named = [p for p in niftis if case_stem_has_id(p.name, image_id)]
+        named = [p for p in niftis if _ends_with_image_id(p.name, image_id)]
         return (named or niftis)[0]
     return folder if files else None
 
 
-def case_stem_has_id(name: str, image_id: str) -> bool:
+def _ends_with_image_id(name: str, image_id: str) -> bool:
     """Whether a file name ends in ``_I<image id>`` before its suffix (how IDA names files)."""
     return re.search(rf"_I{image_id}\.(?:nii|nii\.gz|dcm)$", name, re.IGNORECASE) is not None
 

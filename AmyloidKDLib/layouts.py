@@ -293,3 +293,76 @@ def collect_image_cases(input_path: str | os.PathLike) -> list[ImageCase]:
         return [ImageCase(case_name(path), path, where=str(path))]
     raise InputError(f"{path}: not a NIfTI file (.nii/.nii.gz), a folder or a manifest .csv")
 
+
+
+# -- ADNI (folder, file and column names of an IDA download; see docs/data_layouts.md) -------
+#: Subject folder / PTID: ``011_S_6303`` (site, ``S``, RID: the last four digits are the RID).
+ADNI_PTID_PATTERN = r"^(\d{3})_S_(\d{4})$"
+#: Acquisition folder below the description: ``2018-04-12_13_06_54.0``.
+ADNI_DATE_FOLDER_PATTERN = r"^(\d{4}-\d{2}-\d{2})_\d{2}_\d{2}_\d{2}(?:\.\d+)?$"
+#: Image folder below the acquisition folder: ``I985197`` (I + the LONI image id).
+ADNI_IMAGE_FOLDER_PATTERN = r"^I(\d+)$"
+#: Suffix IDA adds to a CSV's name since the October 2024 change: ``ADNIMERGE_14Nov2024.csv``
+#: (also accepted: ``_04_26_22``, the older Berkeley tables' date).
+ADNI_DATE_SUFFIX_PATTERN = r"(?:_\d{1,2}[A-Za-z]{3}\d{4}|_\d{2}_\d{2}_\d{2})?"
+
+#: UC Berkeley amyloid tables. Old (one per tracer, until 2023): ``UCBERKELEYAV45_04_26_22.csv``,
+#: ``UCBERKELEYFBB_8mm_02_17_23.csv``; new (both tracers): ``UCBERKELEY_AMY_6MM_31Jul2024.csv``,
+#: optionally prefixed (``All_Subjects_UCBERKELEY_AMY_6MM_10Aug2025.csv``).
+ADNI_BERKELEY_OLD_PATTERN = r"^UCBERKELEY(AV45|FBB)(?:_\dmm)?" + ADNI_DATE_SUFFIX_PATTERN + r"\.csv$"
+ADNI_BERKELEY_NEW_PATTERN = r"^(?:.+_)?UCBERKELEY_AMY_6MM" + ADNI_DATE_SUFFIX_PATTERN + r"\.csv$"
+#: Old tables: the tracer is the file's; the scan date is EXAMDATE; status from the cut-off column.
+ADNI_OLD_DATE_COLUMN = "EXAMDATE"
+ADNI_OLD_SUVR_COLUMN = "SUMMARYSUVR_WHOLECEREBNORM"
+ADNI_OLD_STATUS_COLUMNS = {"AV45": "SUMMARYSUVR_WHOLECEREBNORM_1.11CUTOFF",
+                           "FBB": "SUMMARYSUVR_WHOLECEREBNORM_1.08CUTOFF"}
+#: New table columns.
+ADNI_RID_COLUMN = "RID"
+ADNI_PTID_COLUMN = "PTID"
+ADNI_VISCODE_COLUMNS = ("VISCODE2", "VISCODE")
+ADNI_NEW_DATE_COLUMN = "SCANDATE"
+ADNI_TRACER_COLUMN = "TRACER"
+ADNI_STATUS_COLUMN = "AMYLOID_STATUS"
+ADNI_CENTILOID_COLUMN = "CENTILOIDS"
+ADNI_QC_COLUMN = "qc_flag"
+ADNI_PROCESS_DATE_COLUMN = "PROCESSDATE"
+ADNI_UPDATE_COLUMN = "update_stamp"
+ADNI_LONIUID_COLUMN = "LONIUID"
+#: ``qc_flag`` 2 is a pass; duplicates keep the highest flag.
+ADNI_QC_PASS = 2
+#: The Berkeley table's tracer names -> ours (florbetapir is AV45 here, as in OASIS-3).
+ADNI_TRACERS = {"FBP": "AV45", "AV45": "AV45", "FBB": "FBB"}
+#: Centiloid from the whole-cerebellum summary SUVR (ADNI's "Instructions for converting ADNI
+#: processing results to Centiloids"), for old tables without a CENTILOIDS column.
+ADNI_CENTILOID_EQUATIONS = {"AV45": (188.22, -189.16), "FBB": (157.15, -151.87)}
+
+#: Clinical table: ``ADNIMERGE.csv`` / ``ADNIMERGE_14Nov2024.csv`` (PTID, VISCODE, EXAMDATE, AGE).
+ADNI_ADNIMERGE_PATTERN = r"^ADNIMERGE" + ADNI_DATE_SUFFIX_PATTERN + r"\.csv$"
+ADNI_MERGE_COLUMNS = ("PTID", "VISCODE", "EXAMDATE", "AGE")
+#: Image metadata before the 2024 change: ``MPRAGEMETA.csv`` (T1) and ``PET_META_LIST.csv``
+#: (or with a date suffix): image id -> subject, date, description.
+ADNI_OLD_META_PATTERN = r"^(MPRAGEMETA|PET_META_LIST)" + ADNI_DATE_SUFFIX_PATTERN + r"\.csv$"
+ADNI_OLD_META_COLUMNS = {"image": ("ImageUID", "Image ID"), "subject": ("SubjectID", "Subject"),
+                         "date": ("ScanDate", "Scan Date"), "description": ("Sequence",),
+                         "type": ("Orig/Proc",), "visit": ("VISCODE2", "VISCODE", "Visit")}
+#: After the change: ``<prefix>_All_Images_<date>.csv`` (e.g. ``MRI_All_Images_14Nov2024.csv``).
+ADNI_NEW_META_PATTERN = r"^(?:.+_)?All_Images" + ADNI_DATE_SUFFIX_PATTERN + r"\.csv$"
+ADNI_NEW_META_COLUMNS = {"image": ("image_id",), "subject": ("subject_id",),
+                         "date": ("image_date",), "description": ("image_description",),
+                         "type": ("image_type",), "visit": ("VISCODE2",)}
+
+#: Amyloid PET descriptions, best first: the "Co-registered, Averaged" image clinica converts,
+#: then the PET core's standardised ones. Early frames and dynamic series are never used.
+ADNI_PET_DESCRIPTIONS = ("co registered averaged", "coreg avg standardized image and voxel size",
+                         "coreg avg std img and vox siz", "coreg avg std img and vox siz uniform resolution")
+ADNI_PET_EXCLUDED_WORDS = ("early", "dynamic", "raw")
+#: Words naming an amyloid tracer in a description -> tracer.
+ADNI_PET_TRACER_WORDS = {"av45": "AV45", "florbetapir": "AV45", "fbp": "AV45", "fbb": "FBB",
+                         "florbetaben": "FBB"}
+#: T1 descriptions (lower-cased, punctuation as spaces), by rank: processed "Scaled" (ADNI1/GO/2,
+#: clinica's first choice), processed "N3m", the ADNI3 original accelerated MPRAGE, any other
+#: MPRAGE / IR-SPGR. Names ending in ``_ND`` (not distortion-corrected) are never used.
+ADNI_T1_RANKS = (("processed scaled", r"\bscaled(?: \d)?$"), ("processed n3m", r"\bn3m$"),
+                 ("original accelerated mprage", r"\baccel\w*\b.*\bmp ?rage\b|\bmp ?rage\b.*\baccel"),
+                 ("original mprage", r"\bmp ?rage\b|\bmpr\b|\bmt1\b|\bir ?f?spgr\b|\bspgr\b"))
+ADNI_T1_EXCLUDED = r"(?:^|\s)nd$|\blocali[sz]er\b|\bscout\b|\bsurvey\b|\bcalibration\b|\b3 plane\b"

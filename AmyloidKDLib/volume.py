@@ -177,6 +177,54 @@ def check_volume(volume: Volume) -> list[str]:
     return found
 
 
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order (SimpleITK / GDCM).
+
+    Raises:
+        InputError: no DICOM series in the folder, or several (name the one to use).
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: is a folder without a DICOM series; give a NIfTI file or a "
+                         "folder holding the DICOM files of one series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: holds {len(series)} DICOM series; put each series in its own "
+                         "folder (as an IDA download does) and give that folder")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
+    """A DICOM series folder as an in-memory NIfTI image (RAS affine, sform set), read with
+    SimpleITK so that slice order, spacing and orientation come from the DICOM headers.
+
+    Raises:
+        InputError: no single series in the folder, or it cannot be read.
+    """
+    import SimpleITK as sitk
+
+    files = dicom_series_files(folder)
+    try:
+        image = sitk.ReadImage(files)
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: DICOM series cannot be read ({_one_line(exc)})") from None
+    data = sitk.GetArrayFromImage(image)            # (z, y, x [, components])
+    if data.ndim != 3:
+        raise InputError(f"{folder}: DICOM series is not one grey-level volume (array {data.shape})")
+    data = np.transpose(data, (2, 1, 0))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = lps_to_ras @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    nifti = nib.Nifti1Image(data, affine)
+    nifti.set_sform(affine, code=1)
+    nifti.set_qform(affine, code=1)
+    return nifti
+
+
 def load_volume(
     path: str | os.PathLike,
     modality: str = "T1w",
@@ -185,10 +233,11 @@ def load_volume(
     max_megabytes: float | None = None,
     allow_missing_orientation: bool = False,
 ) -> Volume:
-    """Read a NIfTI file, validate it and return it reoriented to RAS+.
+    """Read a NIfTI file (or a DICOM series folder), validate it and return it reoriented to RAS+.
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file, or a 4dfp image (``.4dfp.img`` with its ``.ifh``).
+        path: a ``.nii`` or ``.nii.gz`` file, a 4dfp image (``.4dfp.img`` with its ``.ifh``),
+            or a folder holding one DICOM series.
         modality: what the image is (``T1w``, ``T2w``, ``FLAIR``, ``T2star``, ``PET``, ...).
         replace_nonfinite: replace NaN/Inf voxels with 0 (reported as a warning) instead of
             refusing the file.
@@ -208,9 +257,9 @@ def load_volume(
         raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a NIfTI file")
-    if is_fourdfp(path):  # PUP's 4dfp SUVR images (OASIS-3), see AmyloidKDLib/fourdfp.py
+    if path.is_dir():  # a DICOM series, as an ADNI/IDA download holds it
+        img = read_dicom_series(path)
+    elif is_fourdfp(path):  # PUP's 4dfp SUVR images (OASIS-3), see AmyloidKDLib/fourdfp.py
         img = load_fourdfp(path)
     elif not _is_nifti(path):
         raise InputError(f"{path}: not a NIfTI file (expected .nii or .nii.gz, or a 4dfp "
@@ -288,3 +337,58 @@ def save_volume(volume: Volume, path: str | os.PathLike, dtype: np.dtype | type 
     with atomic_path(path) as temporary:
         nib.save(volume.to_nifti(dtype), temporary)
     return path
+
+
+def save_dicom_series(volume: Volume, folder: str | os.PathLike, *, description: str = "",
+                      patient_id: str = "", study_date: str = "", modality: str = "MR",
+                      prefix: str = "slice") -> Path:
+    """Write ``volume`` as a DICOM series (one int16 file per axial plane) into ``folder``.
+
+    Used by the synthetic ADNI layout and the tests, so DICOM input is read through the same
+    path as a scanner's (SimpleITK/GDCM, the inverse of :func:`read_dicom_series`). The
+    files are written to a temporary folder that is renamed when complete.
+
+    Args:
+        description: SeriesDescription (0008,103E); study_date: ``YYYYMMDD`` (0008,0020).
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    linear = ras_to_lps @ volume.affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / spacing
+    image = sitk.GetImageFromArray(np.rint(np.transpose(volume.data, (2, 1, 0))).astype(np.int16))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(direction.flatten().tolist())
+    image.SetOrigin((ras_to_lps @ volume.affine[:3, 3]).tolist())
+    digest = hashlib.sha256(f"{folder.name}|{patient_id}|{description}|{study_date}".encode()).hexdigest()
+    uid = f"1.2.826.0.1.3680043.8.498.{int(digest[:12], 16)}"
+    orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
+    try:
+        for k in range(image.GetSize()[2]):
+            plane = image[:, :, k]
+            position = image.TransformIndexToPhysicalPoint((0, 0, k))
+            for tag, value in (("0008|0060", modality), ("0008|103e", description),
+                               ("0008|0020", study_date), ("0010|0020", patient_id),
+                               ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
+                               ("0008|0018", f"{uid}.3.{k + 1}"), ("0020|0013", str(k + 1)),
+                               ("0020|0037", orientation),
+                               ("0020|0032", "\\".join(f"{v:.6f}" for v in position)),
+                               ("0018|0050", f"{spacing[2]:.6f}")):
+                plane.SetMetaData(tag, value)
+            writer.SetFileName(str(Path(temporary) / f"{prefix}_{k + 1:04d}.dcm"))
+            writer.Execute(plane)
+        os.replace(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return folder

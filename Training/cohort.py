@@ -1,6 +1,6 @@
-"""Cohort records: the list of PET/MRI cases a training run reads, from either data layout.
+"""Cohort records: the list of PET/MRI cases a training run reads, from any of the data layouts.
 
-Two layouts are supported (documented in ``docs/data_layouts.md``), and both parse into the
+Three layouts are supported (documented in ``docs/data_layouts.md``), and all parse into the
 same :class:`CaseRecord` list:
 
 * a plain **manifest CSV** - one row per case, MRI and PET paths relative to the CSV;
@@ -8,13 +8,17 @@ same :class:`CaseRecord` list:
   them, PET Unified Pipeline (PUP) folders as the PUP download scripts write them (4dfp or
   NIfTI SUVR images), and the OASIS-3 CSVs. Each PET session is paired with the MR session
   its PUP run used (``OASIS3_PUP.csv``, column ``MRId``), or with the nearest MR session in
-  time; see :func:`read_oasis3`.
+  time; see :func:`read_oasis3`;
+* an **ADNI download** - IDA image folders (DICOM series or NIfTI) and the UC Berkeley amyloid
+  table (old per-tracer or current combined), each amyloid scan paired with a T1 of the same
+  visit or the nearest within a window; see :func:`read_adni`.
 
 File and column names come from :mod:`AmyloidKDLib.layouts`.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -34,7 +38,7 @@ CONTRASTS = {"T1w": (layouts.CONTRAST_COLUMNS["T1w"], ("T1w",)),
              "T2w": (layouts.CONTRAST_COLUMNS["T2w"], ("T2w",)),
              "FLAIR": (layouts.CONTRAST_COLUMNS["FLAIR"], ("FLAIR",)),
              "T2star": (layouts.CONTRAST_COLUMNS["T2star"], ("T2starw", "T2star"))}
-TRACERS = ("AV45", "PIB")
+TRACERS = ("AV45", "PIB", "FBB")
 DEFAULT_LABEL_THRESHOLD = layouts.DEFAULT_LABEL_THRESHOLD
 DEFAULT_CENTILOID_COLUMN = layouts.DEFAULT_CENTILOID_COLUMN
 PAIRINGS = ("auto", "pup-mrid", "nearest")
@@ -53,12 +57,15 @@ class CaseRecord:
         session_id: the case's own label (the PET session in the OASIS-3 layout).
         mri: contrast name (``T1w``, ``T2w``, ``FLAIR``, ``T2star``) -> absolute file path.
         pet_path: the SUVR image, or None for an MRI-only case.
-        tracer: ``AV45`` or ``PIB`` (None if unknown).
+        tracer: ``AV45``, ``PIB`` or ``FBB`` (None if unknown).
         centiloid: amyloid burden in Centiloid units (None if unknown).
         label: 1 amyloid-positive, 0 negative (None if unknown).
         age: age in years at the PET scan (None if unknown).
-        selection: how the OASIS-3 reader chose the files (PET image, pairing, the scan per
-            contrast and the scans it passed over); not part of equality.
+        selection: how the OASIS-3 or ADNI reader chose the files (PET image, pairing, the scan
+            per contrast and the scans it passed over); not part of equality.
+        pet_scale: ``suvr`` (the PET is an SUVR map, as the manifest and OASIS-3 give it) or
+            ``counts`` (not reference-normalised, as ADNI's IDA images are; training scales it
+            first, see ``Training.data.pet_to_interim_suvr``).
     """
 
     subject_id: str
@@ -70,6 +77,7 @@ class CaseRecord:
     label: int | None = None
     age: float | None = None
     selection: dict[str, str] = field(default_factory=dict, compare=False)
+    pet_scale: str = "suvr"
 
 
 def _number(value: str | None, what: str, where: str) -> float | None:
@@ -317,14 +325,27 @@ def _walk(root: Path) -> _Download:
 
 def _scan_problem(scan: MRScan) -> tuple[str | None, float]:
     """Why a scan is unusable (None if usable) and its largest voxel edge, from its header."""
+    return image_problem(scan.path)
+
+
+def image_problem(path: Path) -> tuple[str | None, float]:
+    """Why an MR image (a NIfTI file or a DICOM series folder) is unusable as a 3-D structural
+    scan (None if usable), and its largest voxel edge, from its header: 2-D localizers and
+    slabs, multi-frame series and thick-slice scans are refused."""
     import nibabel as nib
 
-    path = scan.path
     try:
         if path.name.lower().endswith(".4dfp.img"):
             return "4dfp MR images are not read (convert with nifti_4dfp)", 0.0
-        header = nib.load(str(path)).header
+        if path.is_dir():
+            from AmyloidKDLib.volume import read_dicom_series
+
+            header = read_dicom_series(path).header
+        else:
+            header = nib.load(str(path)).header
         shape, zooms = header.get_data_shape(), header.get_zooms()
+    except InputError as exc:
+        return f"unreadable ({exc})", 0.0
     except Exception as exc:  # nibabel raises several types for damaged files
         return f"unreadable ({type(exc).__name__})", 0.0
     if len(shape) < 3 or min(shape[:3]) < MIN_SCAN_MATRIX:
@@ -368,6 +389,16 @@ def choose_scan(scans: list[MRScan]) -> tuple[MRScan | None, list[str]]:
     return best, notes
 
 
+def step_account(steps: list[tuple[str, int]], skipped: dict[str, int]) -> str:
+    """One line for a reader's summary: each step's count in order, the first step that left
+    none, and the counts left out for other reasons."""
+    counts = ", ".join(f"{n} {what}" for what, n in steps)
+    empty = next((what for what, n in steps if n == 0), None)
+    reasons = "; ".join(f"{n} {why}" for why, n in skipped.items())
+    return (counts + (f"; none left at: {empty}" if empty else "")
+            + (f" (skipped: {reasons})" if reasons else ""))
+
+
 @dataclass
 class Oasis3Summary:
     """What an OASIS-3 root held at each step, for messages when cases go missing."""
@@ -393,11 +424,7 @@ class Oasis3Summary:
                  ("of those with an SUVR image", self.rows_with_image),
                  (f"PET/MR pairs ({self.pairing})", self.pairs),
                  ("cases", self.cases)]
-        counts = ", ".join(f"{n} {what}" for what, n in steps)
-        empty = next((what for what, n in steps if n == 0), None)
-        reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.items())
-        return (counts + (f"; none left at: {empty}" if empty else "")
-                + (f" (skipped: {reasons})" if reasons else ""))
+        return step_account(steps, self.skipped)
 
 
 def _day_of(label: str, pattern: re.Pattern) -> tuple[str, int] | None:
@@ -604,3 +631,459 @@ def _ages_at_entry(path: Path | None) -> dict[str, float]:
         if age is not None:
             ages[row[subject_column]] = age
     return ages
+
+
+# -- ADNI ------------------------------------------------------------------------------------
+
+#: Where an ADNI case's label comes from: the table's own status, or Centiloid > threshold.
+ADNI_LABEL_SOURCES = ("status", "centiloid")
+_ADNI_PTID = re.compile(layouts.ADNI_PTID_PATTERN)
+_ADNI_DATE_FOLDER = re.compile(layouts.ADNI_DATE_FOLDER_PATTERN)
+_ADNI_IMAGE_FOLDER = re.compile(layouts.ADNI_IMAGE_FOLDER_PATTERN)
+_ADNI_TABLES = {"berkeley_new": re.compile(layouts.ADNI_BERKELEY_NEW_PATTERN, re.IGNORECASE),
+                "berkeley_old": re.compile(layouts.ADNI_BERKELEY_OLD_PATTERN, re.IGNORECASE),
+                "adnimerge": re.compile(layouts.ADNI_ADNIMERGE_PATTERN, re.IGNORECASE),
+                "meta_new": re.compile(layouts.ADNI_NEW_META_PATTERN, re.IGNORECASE),
+                "meta_old": re.compile(layouts.ADNI_OLD_META_PATTERN, re.IGNORECASE)}
+_NON_TRACER_PET = re.compile(r"\b(?:fdg|fluorodeoxyglucose|av1451|flortaucipir|tau|pi2620|mk6240|pib)\b")
+
+
+def adni_description_words(description: str) -> str:
+    """An IDA series description in one spelling: lower case, every run of punctuation,
+    underscores and spaces one space (IDA writes ``MPR; GradWarp; N3; Scaled`` as the folder
+    ``MPR__GradWarp__N3__Scaled``; both give ``mpr gradwarp n3 scaled``)."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", description.lower()).split())
+
+
+def classify_adni_description(description: str) -> tuple[str, int, str | None]:
+    """What an IDA series description names: ``("T1", rank, None)`` (rank 0 best, see
+    ``layouts.ADNI_T1_RANKS``), ``("PET", rank, tracer or None)`` for an amyloid PET image
+    (``layouts.ADNI_PET_DESCRIPTIONS``), ``("excluded", 0, reason)`` for a T1-like name that is
+    never used (``_ND``, localizer, scout, calibration) or an early/dynamic/raw or non-amyloid
+    PET, and ``("", 0, None)`` for anything else."""
+    words = adni_description_words(description)
+    tracer = next((t for w, t in layouts.ADNI_PET_TRACER_WORDS.items() if re.search(rf"\b{w}\b", words)),
+                  None)
+    # the most specific phrase that matches ("... Uniform Resolution" also holds "... Vox Siz")
+    pet_rank = max((i for i, phrase in enumerate(layouts.ADNI_PET_DESCRIPTIONS) if phrase in words),
+                   default=None)
+    if tracer or pet_rank is not None:
+        if _NON_TRACER_PET.search(words):
+            return "excluded", 0, "not an amyloid tracer of the UC Berkeley tables"
+        if any(re.search(rf"\b{w}\b", words) for w in layouts.ADNI_PET_EXCLUDED_WORDS):
+            return "excluded", 0, "early, dynamic or raw PET frames"
+        rank = len(layouts.ADNI_PET_DESCRIPTIONS) if pet_rank is None else pet_rank
+        return "PET", rank if tracer else rank + len(layouts.ADNI_PET_DESCRIPTIONS) + 1, tracer
+    if re.search(layouts.ADNI_T1_EXCLUDED, words):
+        return "excluded", 0, "localizer, calibration or not distortion-corrected (_ND) series"
+    for rank, (_, pattern) in enumerate(layouts.ADNI_T1_RANKS):
+        if re.search(pattern, words):
+            return "T1", rank, None
+    return "", 0, None
+
+
+@dataclass(frozen=True)
+class AdniImage:
+    """One image of an IDA download: ``<PTID>/<description>/<date>_<time>/I<image id>/``.
+
+    ``path`` is the NIfTI file in the image folder, or the folder itself for a DICOM series.
+    """
+
+    path: Path
+    subject: str
+    description: str
+    date: datetime.date
+    image_id: str
+    kind: str                 # "T1", "PET", "excluded" or ""
+    rank: int
+    tracer: str | None
+
+    def describe(self) -> str:
+        """``I985197 Accelerated_Sagittal_MPRAGE 2018-04-12`` (for cohort.json)."""
+        return f"I{self.image_id} {self.description} {self.date.isoformat()}"
+
+
+def _adni_image_file(folder: Path, image_id: str) -> Path | None:
+    """The NIfTI in an image folder (``*_I<id>.nii`` first), the folder for DICOM, else None."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    niftis = [p for p in files if layouts.is_nifti(p)]
+    if niftis:
+        named = [p for p in niftis if _ends_with_image_id(p.name, image_id)]
+        return (named or niftis)[0]
+    return folder if files else None
+
+
+def _ends_with_image_id(name: str, image_id: str) -> bool:
+    """Whether a file name ends in ``_I<image id>`` before its suffix (how IDA names files)."""
+    return re.search(rf"_I{image_id}\.(?:nii|nii\.gz|dcm)$", name, re.IGNORECASE) is not None
+
+
+@dataclass
+class _AdniDownload:
+    images: list[AdniImage] = field(default_factory=list)
+    tables: dict[str, list[Path]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _walk_adni(root: Path) -> _AdniDownload:
+    found = _AdniDownload()
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        here = Path(folder)
+        for name in sorted(files):
+            for kind, pattern in _ADNI_TABLES.items():
+                if pattern.match(name):
+                    found.tables[kind].append(here / name)
+                    break
+        image = _ADNI_IMAGE_FOLDER.match(here.name)
+        date = _ADNI_DATE_FOLDER.match(here.parent.name)
+        if not (image and date and _ADNI_PTID.match(here.parent.parent.parent.name)):
+            continue
+        subfolders.clear()
+        path = _adni_image_file(here, image.group(1))
+        if path is None:
+            continue
+        description = here.parent.parent.name
+        kind, rank, tracer = classify_adni_description(description)
+        found.images.append(AdniImage(path, here.parent.parent.parent.name, description,
+                                      datetime.date.fromisoformat(date.group(1)), image.group(1),
+                                      kind, rank, tracer))
+    for paths in found.tables.values():
+        paths.sort(key=lambda p: (len(p.parts), str(p)))
+    return found
+
+
+def _adni_date(text: str | None) -> datetime.date | None:
+    text = (text or "").strip()
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%Y/%m/%d", "%d-%b-%Y", "%Y%m%d"):
+        try:
+            return datetime.datetime.strptime(text.split(" ")[0].split("T")[0], pattern).date()
+        except ValueError:
+            continue
+    return None
+
+
+@dataclass
+class _AmyloidScan:
+    """One row of a UC Berkeley table (after duplicates are resolved)."""
+
+    rid: int
+    ptid: str
+    date: datetime.date
+    tracer: str
+    visit: str
+    status: int | None
+    centiloid: float | None
+    qc: int | None
+    loniuid: str
+    where: str
+    note: str = ""
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(float(text)) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _berkeley_rows(tables: dict[str, list[Path]]) -> tuple[list[_AmyloidScan], str]:
+    """Every row of the UC Berkeley table(s): the new combined table when present, else the
+    old per-tracer ones. Returns the rows and which files were read."""
+    rows: list[_AmyloidScan] = []
+    if tables.get("berkeley_new"):
+        path = tables["berkeley_new"][0]
+        table = layouts.read_csv_table(path, "UC Berkeley amyloid table")
+        needed = (layouts.ADNI_RID_COLUMN, layouts.ADNI_NEW_DATE_COLUMN, layouts.ADNI_TRACER_COLUMN)
+        missing = [c for c in needed if c not in table.header]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} of the UC Berkeley "
+                             f"amyloid table (columns present: {', '.join(table.header[:12])}, ...)")
+        for index, row in enumerate(table.rows):
+            where = table.where(index)
+            tracer = layouts.ADNI_TRACERS.get(row[layouts.ADNI_TRACER_COLUMN].upper())
+            date = _adni_date(row[layouts.ADNI_NEW_DATE_COLUMN])
+            rid = _int_or_none(row[layouts.ADNI_RID_COLUMN])
+            if tracer is None or date is None or rid is None:
+                continue
+            visit = next((row[c] for c in layouts.ADNI_VISCODE_COLUMNS if row.get(c)), "")
+            rows.append(_AmyloidScan(
+                rid, row.get(layouts.ADNI_PTID_COLUMN, ""), date, tracer, visit,
+                _int_or_none(row.get(layouts.ADNI_STATUS_COLUMN)),
+                _number(row.get(layouts.ADNI_CENTILOID_COLUMN), layouts.ADNI_CENTILOID_COLUMN, where),
+                _int_or_none(row.get(layouts.ADNI_QC_COLUMN)), row.get(layouts.ADNI_LONIUID_COLUMN, ""),
+                where, f"{row.get(layouts.ADNI_PROCESS_DATE_COLUMN, '')}|{row.get(layouts.ADNI_UPDATE_COLUMN, '')}"))
+        return rows, path.name
+    used = []
+    for path in tables.get("berkeley_old", []):
+        tracer = layouts.ADNI_TRACERS[re.match(layouts.ADNI_BERKELEY_OLD_PATTERN, path.name,
+                                               re.IGNORECASE).group(1).upper()]
+        if any(name.startswith(f"UCBERKELEY{'AV45' if tracer == 'AV45' else 'FBB'}") for name in used):
+            continue                                       # one table per tracer: the shallowest
+        table = layouts.read_csv_table(path, "UC Berkeley amyloid table")
+        status_column = layouts.ADNI_OLD_STATUS_COLUMNS[tracer]
+        needed = (layouts.ADNI_RID_COLUMN, layouts.ADNI_OLD_DATE_COLUMN)
+        missing = [c for c in needed if c not in table.header]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} of a UC Berkeley "
+                             f"{tracer} table (columns present: {', '.join(table.header[:12])}, ...)")
+        used.append(path.name)
+        slope, intercept = layouts.ADNI_CENTILOID_EQUATIONS[tracer]
+        for index, row in enumerate(table.rows):
+            where = table.where(index)
+            date, rid = _adni_date(row[layouts.ADNI_OLD_DATE_COLUMN]), _int_or_none(row[layouts.ADNI_RID_COLUMN])
+            if date is None or rid is None:
+                continue
+            centiloid = _number(row.get(layouts.ADNI_CENTILOID_COLUMN), layouts.ADNI_CENTILOID_COLUMN, where)
+            suvr = _number(row.get(layouts.ADNI_OLD_SUVR_COLUMN), layouts.ADNI_OLD_SUVR_COLUMN, where)
+            if centiloid is None and suvr is not None:
+                centiloid = round(slope * suvr + intercept, 2)
+            visit = next((row[c] for c in layouts.ADNI_VISCODE_COLUMNS if row.get(c)), "")
+            rows.append(_AmyloidScan(
+                rid, row.get(layouts.ADNI_PTID_COLUMN, ""), date, tracer, visit,
+                _int_or_none(row.get(status_column)), centiloid, _int_or_none(row.get(layouts.ADNI_QC_COLUMN)),
+                row.get(layouts.ADNI_LONIUID_COLUMN, ""), where,
+                f"{row.get(layouts.ADNI_PROCESS_DATE_COLUMN, '')}|{row.get(layouts.ADNI_UPDATE_COLUMN, '')}"))
+    return rows, " + ".join(used)
+
+
+def _resolve_duplicates(rows: list[_AmyloidScan]) -> tuple[list[_AmyloidScan], int]:
+    """One row per (RID, scan date, tracer): the best ``qc_flag``, then the latest
+    ``PROCESSDATE``, then the latest ``update_stamp``. Returns the rows kept and how many
+    were dropped."""
+    groups: dict[tuple, list[_AmyloidScan]] = defaultdict(list)
+    for row in rows:
+        groups[(row.rid, row.date, row.tracer)].append(row)
+    kept = []
+    for group in groups.values():
+        def order(r: _AmyloidScan) -> tuple:
+            processed, stamp = r.note.split("|", 1)
+            return (-1 if r.qc is None else r.qc, _adni_date(processed) or _adni_date("1900-01-01"), stamp)
+        best = max(group, key=order)
+        if len(group) > 1:
+            best.note = (f"{len(group)} rows for this scan; kept {best.where} (qc_flag "
+                         f"{best.qc}, processed {best.note.split('|')[0] or '?'})")
+        else:
+            best.note = ""
+        kept.append(best)
+    return sorted(kept, key=lambda r: (r.rid, r.date, r.tracer)), len(rows) - len(kept)
+
+
+def _adni_metadata(tables: dict[str, list[Path]]) -> tuple[dict[str, str], str]:
+    """Image id -> visit code from the image metadata lists (the post-2024 ``*_All_Images_*``
+    when present, else ``MPRAGEMETA``/``PET_META_LIST``); and which files were read."""
+    generation = "meta_new" if tables.get("meta_new") else "meta_old"
+    columns = layouts.ADNI_NEW_META_COLUMNS if generation == "meta_new" else layouts.ADNI_OLD_META_COLUMNS
+    visits, used = {}, []
+    for path in tables.get(generation, []):
+        table = layouts.read_csv_table(path, "image metadata list")
+        image_column, visit_column = table.column(*columns["image"]), table.column(*columns["visit"])
+        if image_column is None:
+            log.warning("%s: no image id column (%s); not used", path, "/".join(columns["image"]))
+            continue
+        used.append(path.name)
+        for row in table.rows:
+            image_id = row[image_column].lstrip("Ii").split(".")[0]
+            visit = row.get(visit_column, "") if visit_column else ""
+            if image_id and _is_viscode(visit):
+                visits[image_id] = visit.lower()
+    return visits, " + ".join(used)
+
+
+def _is_viscode(text: str) -> bool:
+    """An ADNI visit code (``bl``, ``sc``, ``m12``, ``y1``, ``init``, ``uns1``), not a visit
+    name such as ``ADNI3 Initial Visit-Cont Pt`` (the old lists' ``Visit``)."""
+    return re.fullmatch(r"(?:bl|sc|scmri|init|m\d+|y\d+|uns\d*|v\d+|4_\w+)", text.strip().lower()) is not None
+
+
+def _adni_ages(paths: list[Path]) -> dict[str, tuple[datetime.date, float]]:
+    """PTID -> (baseline exam date, age at baseline) from ADNIMERGE."""
+    if not paths:
+        return {}
+    table = layouts.read_csv_table(paths[0], "ADNIMERGE")
+    if any(c not in table.header for c in layouts.ADNI_MERGE_COLUMNS):
+        log.warning("%s: no %s columns; ages left empty", paths[0], "/".join(layouts.ADNI_MERGE_COLUMNS))
+        return {}
+    ptid, viscode, examdate, age = layouts.ADNI_MERGE_COLUMNS
+    ages = {}
+    for index, row in enumerate(table.rows):
+        date = _adni_date(row[examdate])
+        value = _number(row.get(age), age, table.where(index))
+        if row[viscode].lower() == "bl" and date and value is not None:
+            ages[row[ptid]] = (date, value)
+    return ages
+
+
+@dataclass
+class AdniSummary:
+    """What an ADNI root held at each step, for the one-line account when no case is left."""
+
+    t1_images: int = 0
+    pet_images: int = 0
+    tables: str = ""
+    rows: int = 0
+    scans: int = 0
+    labelled: int = 0
+    with_pet: int = 0
+    with_t1: int = 0
+    cases: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def describe(self, label: str, max_days: int) -> str:
+        """One line: the counts in order and the first step that left none."""
+        steps = [("T1 image folders", self.t1_images), ("amyloid PET image folders", self.pet_images),
+                 (f"UC Berkeley amyloid rows ({self.tables or 'no UCBERKELEYAV45/FBB_*.csv or UCBERKELEY_AMY_6MM_*.csv'})",
+                  self.rows),
+                 ("scans after duplicates and QC", self.scans), (f"with a label ({label})", self.labelled),
+                 ("with their PET image", self.with_pet), (f"with a T1 within {max_days} days", self.with_t1),
+                 ("cases", self.cases)]
+        return step_account(steps, self.skipped)
+
+
+def _choose_adni_pet(candidates: list[AdniImage], scan: _AmyloidScan) -> tuple[AdniImage | None, str]:
+    """The PET image of a Berkeley row: same subject and date, a compatible tracer; the row's
+    LONIUID first, then the best description (``layouts.ADNI_PET_DESCRIPTIONS``)."""
+    fitting = [i for i in candidates if i.date == scan.date and i.tracer in (None, scan.tracer)]
+    if not fitting:
+        return None, ""
+    uid = scan.loniuid.lstrip("Ii")
+    best = min(fitting, key=lambda i: (i.image_id != uid, i.rank, i.image_id))
+    others = [i.describe() for i in fitting if i is not best]
+    return best, ("" if not others else f" (passed over: {'; '.join(others)})")
+
+
+def _choose_adni_t1(candidates: list[AdniImage], scan: _AmyloidScan, visits: dict[str, str],
+                    max_days: int) -> tuple[AdniImage | None, str, list[str]]:
+    """The T1 of a PET: the same visit first (same visit code in the metadata, else the same
+    day), then the nearest acquisition day within ``max_days`` (ties: the earlier); on that
+    day, the best description (``layouts.ADNI_T1_RANKS``) that passes the header checks."""
+    def same_visit(image: AdniImage) -> bool:
+        code = visits.get(image.image_id)
+        return image.date == scan.date or bool(code and scan.visit and code == scan.visit.lower())
+
+    days = sorted({(not same_visit(i), abs((i.date - scan.date).days), i.date) for i in candidates
+                   if abs((i.date - scan.date).days) <= max_days or same_visit(i)})
+    notes: list[str] = []
+    for other_visit, gap, day in days:
+        on_day = sorted((i for i in candidates if i.date == day), key=lambda i: (i.rank, i.image_id))
+        for image in on_day:
+            problem, _ = image_problem(image.path)
+            if problem:
+                notes.append(f"{image.describe()}: {problem}")
+                continue
+            notes += [f"{i.describe()}: not preferred" for i in on_day if i is not image]
+            code = visits.get(image.image_id, "")
+            how = (f"same visit ({code or 'same day'}, {gap} days)" if not other_visit
+                   else f"nearest ({gap} days)")
+            return image, how, notes
+    return None, "", notes
+
+
+def read_adni(root: str | Path, max_days: int = 365, label: str = "status",
+              label_threshold: float = DEFAULT_LABEL_THRESHOLD) -> list[CaseRecord]:
+    """Cases from an ADNI (IDA) download: each UC Berkeley amyloid scan with its PET image and a T1.
+
+    Everything is searched for below ``root`` (see ``docs/data_layouts.md``):
+
+    * image folders as IDA unpacks them, ``<PTID>/<description>/<date>_<time>/I<image id>/``,
+      holding a DICOM series or a NIfTI (``*_I<image id>.nii``); the description says what the
+      image is (:func:`classify_adni_description`);
+    * the UC Berkeley amyloid table: the current ``UCBERKELEY_AMY_6MM_<date>.csv`` when present,
+      else the older ``UCBERKELEYAV45_*.csv`` / ``UCBERKELEYFBB_*.csv``; duplicate rows of one
+      scan (RID, date, tracer) are resolved by ``qc_flag``, then ``PROCESSDATE``, then
+      ``update_stamp``, and rows whose ``qc_flag`` is present but not 2 (pass) are left out;
+    * optionally the image metadata lists (post-2024 ``*_All_Images_<date>.csv``, or
+      ``MPRAGEMETA``/``PET_META_LIST``) for visit codes, and ``ADNIMERGE`` for ages.
+
+    Each scan's PET image is the subject's amyloid image of that date (the row's ``LONIUID``
+    first, then "Co-registered, Averaged" before the standardised ones); its T1 is chosen by
+    :func:`_choose_adni_t1` (same visit, else nearest within ``max_days``; on that day processed
+    "Scaled", then "N3m", then the ADNI3 original accelerated MPRAGE, then any MPRAGE/IR-SPGR;
+    ``_ND`` never; localizers, scouts and thick-slice scans refused by their header).
+
+    Args:
+        label: ``status`` - the table's own positivity (``AMYLOID_STATUS``; in the old tables
+            ``SUMMARYSUVR_WHOLECEREBNORM_1.11CUTOFF`` for AV45, ``_1.08CUTOFF`` for FBB);
+            ``centiloid`` - ``CENTILOIDS > label_threshold`` (old tables without that column:
+            the Centiloid of ``SUMMARYSUVR_WHOLECEREBNORM`` by ADNI's published equations).
+
+    The PET images IDA serves are not SUVR maps: each record has ``pet_scale="counts"``.
+    ``CaseRecord.selection`` records the table row, the PET, the pairing, the T1 and the label.
+
+    Raises:
+        InputError: no such folder, a table without its columns, or no case at all (one line
+            that lists what was found at each step).
+    """
+    root = Path(root).expanduser().resolve()
+    if label not in ADNI_LABEL_SOURCES:
+        raise InputError(f"ADNI label source {label!r} is not one of {', '.join(ADNI_LABEL_SOURCES)}")
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder (expected the root of an ADNI download: the "
+                         "IDA image folders <PTID>/<description>/<date>/I<id>/ and the UC Berkeley CSVs)")
+    found = _walk_adni(root)
+    t1_by_subject: dict[str, list[AdniImage]] = defaultdict(list)
+    pet_by_subject: dict[str, list[AdniImage]] = defaultdict(list)
+    for image in found.images:
+        {"T1": t1_by_subject, "PET": pet_by_subject}.get(image.kind, {}).setdefault(image.subject, []).append(image)
+    summary = AdniSummary(t1_images=sum(map(len, t1_by_subject.values())),
+                          pet_images=sum(map(len, pet_by_subject.values())))
+    rows, summary.tables = _berkeley_rows(found.tables)
+    summary.rows = len(rows)
+    scans, duplicates = _resolve_duplicates(rows)
+    skipped = summary.skipped
+    if duplicates:
+        skipped["duplicate table rows (one kept per scan)"] += duplicates
+    visits, meta_used = _adni_metadata(found.tables)
+    ages = _adni_ages(found.tables.get("adnimerge", []))
+    ptids = {int(s[-4:]): s for s in {i.subject for i in found.images}}
+    records = []
+    how_label = "AMYLOID_STATUS" if label == "status" else f"Centiloid > {label_threshold:g}"
+    for scan in scans:
+        if scan.qc is not None and scan.qc != layouts.ADNI_QC_PASS:
+            skipped[f"with a {layouts.ADNI_QC_COLUMN} other than {layouts.ADNI_QC_PASS} (pass)"] += 1
+            continue
+        summary.scans += 1
+        value = scan.status if label == "status" else (
+            None if scan.centiloid is None else int(scan.centiloid > label_threshold))
+        if value not in (0, 1):
+            skipped[f"without a label ({how_label})"] += 1
+            continue
+        summary.labelled += 1
+        subject = scan.ptid or ptids.get(scan.rid, "")
+        pet, pet_note = _choose_adni_pet(pet_by_subject.get(subject, []), scan)
+        if pet is None:
+            skipped["without their amyloid PET image in the download"] += 1
+            continue
+        summary.with_pet += 1
+        t1_candidates = t1_by_subject.get(subject, [])
+        t1, how, notes = _choose_adni_t1(t1_candidates, scan, visits, max_days)
+        if t1 is None:
+            near = any(abs((i.date - scan.date).days) <= max_days for i in t1_candidates)
+            if near:
+                summary.with_t1 += 1
+            skipped["whose T1 images within the window are all refused by their header" if near
+                    else f"without a T1 within {max_days} days"] += 1
+            log.info("%s %s %s: no T1 (%s)", subject, scan.tracer, scan.date, "; ".join(notes))
+            continue
+        summary.with_t1 += 1
+        selection = {"table": scan.where + (f" ({scan.note})" if scan.note else ""),
+                     "pet": f"{pet.describe()}: {pet.path}{pet_note}",
+                     "pet_scale": "counts: IDA image, not SUVR (scaled to an interim SUVR in training)",
+                     "pairing": how,
+                     "T1w": f"{t1.describe()}: {t1.path}" + (f" (passed over: {'; '.join(notes)})" if notes else ""),
+                     "label": (f"AMYLOID_STATUS {value}" if label == "status" else
+                               f"Centiloid {scan.centiloid:g} {'>' if value else '<='} {label_threshold:g}"),
+                     "metadata": meta_used or "none (same visit = same day)"}
+        baseline = ages.get(subject)
+        age = None if baseline is None else round(baseline[1] + (scan.date - baseline[0]).days / 365.25, 1)
+        records.append(CaseRecord(
+            subject_id=subject, session_id=f"{subject}_{scan.tracer}_{scan.date:%Y%m%d}", mri={"T1w": t1.path},
+            pet_path=pet.path, tracer=scan.tracer, centiloid=scan.centiloid, label=value, age=age,
+            selection=selection, pet_scale="counts"))
+    summary.cases = len(records)
+    if not records:
+        raise InputError(f"{root}: no ADNI case found: {summary.describe(how_label, max_days)}; "
+                         "see docs/data_layouts.md for the layout read")
+    for reason, count in skipped.items():
+        log.warning("%s: skipped %d amyloid scan(s) %s", root, count, reason)
+    log.info("%s: %s", root, summary.describe(how_label, max_days))
+    return sorted(records, key=lambda r: (r.subject_id, r.session_id))

@@ -42,13 +42,15 @@ class DataConfig:
     jobs: int = 1                  # cases prepared in parallel (worker processes with scheduler local)
     scheduler: str = "local"       # local | tcp://HOST:PORT | slurm | pbs | sge | lsf (docs/cluster.md)
     cluster_config: str = ""       # YAML/JSON batch-job settings for slurm/pbs/sge/lsf
-    max_days: int = 365            # OASIS-3: largest PET-MRI gap when pairing sessions
+    max_days: int = 365            # OASIS-3 and ADNI: largest PET-MRI gap when pairing sessions
     pairing: str = "auto"          # OASIS-3: "pup-mrid" (OASIS3_PUP.csv's MRId), "nearest" (within
                                    # max_days) or "auto" (pup-mrid when OASIS3_PUP.csv is present)
     clinical_window_days: int = 0  # OASIS-3: keep PET with a UDSb4 visit within this many days (0 off;
                                    # the authors' cohort: 365)
     centiloid_column: str = "Centiloid_fSUVR_rsf_TOT_CORTMEAN"  # OASIS-3 label source (the authors')
     label_threshold: float = 20.6  # amyloid-positive when Centiloid > this (the authors' cut-off)
+    adni_label: str = "status"     # ADNI: "status" (UC Berkeley AMYLOID_STATUS / the old cut-off
+                                   # columns) or "centiloid" (CENTILOIDS > label_threshold)
 
     def __post_init__(self) -> None:
         if self.contrast not in MRI_CONTRASTS:
@@ -56,6 +58,8 @@ class DataConfig:
                               f"{self.contrast!r}.")
         if self.pairing not in ("auto", "pup-mrid", "nearest"):
             raise ConfigError(f"data.pairing must be auto, pup-mrid or nearest, got {self.pairing!r}.")
+        if self.adni_label not in ("status", "centiloid"):
+            raise ConfigError(f"data.adni_label must be status or centiloid, got {self.adni_label!r}.")
         if self.n_slices < 1 or self.image_size < 32 or self.jobs < 1:
             raise ConfigError("data.n_slices must be >= 1, data.image_size >= 32 and data.jobs >= 1.")
         from AmyloidKDLib.executor import check_scheduler

@@ -30,6 +30,9 @@ from AmyloidKDLib.models.harmonization import tracer_index
 logger = logging.getLogger(__name__)
 
 SLICE_CACHE_VERSION = 1
+#: Voxels above this fraction of the 99th percentile of a PET's positive voxels form the head
+#: mask of :func:`pet_to_interim_suvr`.
+INTERIM_PET_MASK_FRACTION = 0.25
 
 
 def case_id(record: Any) -> str:
@@ -45,6 +48,9 @@ def _file_signature(path: str | os.PathLike | None) -> list[Any]:
     if path is None:
         return [None]
     p = Path(path)
+    if p.is_dir():  # a DICOM series: every file's name, size and time
+        files = sorted(f for f in p.iterdir() if f.is_file())
+        return [str(p.resolve())] + [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]
     if not p.is_file():
         raise InputError(f"{p} does not exist; check the manifest/cohort paths.")
     stat = p.stat()
@@ -69,6 +75,26 @@ def mri_path(record: Any, contrast: str) -> str:
     return str(path)
 
 
+def pet_to_interim_suvr(volume: Any) -> Any:
+    """A PET that is not an SUVR map (ADNI's IDA images are in scanner units) divided by its
+    mean over the head: the voxels above ``INTERIM_PET_MASK_FRACTION`` of the 99th
+    percentile, as ADNI's own "standardized image" step scales to a whole-brain mean of one.
+
+    Interim, until SUVR normalised to the whole cerebellum (the standard VOIs of the Centiloid
+    module) replaces it: the result no longer depends on the scanner's units, but a higher
+    cortical burden also raises the reference a little, so absolute uptake is compressed.
+
+    Raises:
+        InputError: the image has no positive voxels.
+    """
+    data = np.asarray(volume.data, dtype=np.float32)
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise InputError(f"{volume.source or 'the PET'}: no positive voxel to normalise by.")
+    head = data > INTERIM_PET_MASK_FRACTION * float(np.percentile(positive, 99))
+    return volume.with_data(data / float(data[head].mean()), "PET")
+
+
 def slice_cache_key(record: Any, contrast: str, prep_config: Any, slice_config: Any,
                     with_pet: bool = True) -> str:
     """Content key of a case's slice stacks: inputs, every setting that shapes them, and the
@@ -81,6 +107,8 @@ def slice_cache_key(record: Any, contrast: str, prep_config: Any, slice_config: 
                "mri": _file_signature(mri_path(record, contrast)),
                "pet": _file_signature(record.pet_path) if with_pet and record.pet_path else None,
                "prep": _to_dict(prep_config), "slices": _to_dict(slice_config)}
+    if payload["pet"] and getattr(record, "pet_scale", "suvr") != "suvr":
+        payload["pet_scale"] = [record.pet_scale, INTERIM_PET_MASK_FRACTION]
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -111,6 +139,8 @@ def prepare_case_slices(record: Any, contrast: str, prep_config: Any, slice_conf
         return target
     mri = load_volume(mri_path(record, contrast), contrast)
     pet = load_volume(record.pet_path, "PET") if with_pet and record.pet_path else None
+    if pet is not None and getattr(record, "pet_scale", "suvr") != "suvr":
+        pet = pet_to_interim_suvr(pet)
     prepared = prepare_case(mri, pet, config=prep_config, cache_dir=cache_dir / "prepared")
     mri_stack = sagittal_slices(prepared.mri, prepared.mask, slice_config)
     tensors = {"mri": _stack_tensor(mri_stack)}

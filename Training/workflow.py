@@ -4,7 +4,8 @@
 Run directory layout::
 
     RUN/config.json            the resolved RunConfig
-    RUN/cohort.json            where the cases came from (manifest or OASIS-3 root) and the case list
+    RUN/cohort.json            where the cases came from (manifest, OASIS-3 or ADNI root), the case
+                               list and how each case's files were chosen (``selection``)
     RUN/split.json             train / val / test case ids (subject-disjoint, checked)
     RUN/<phase>/               engine state (resumable), best weights, history.json, training_curves.png
     RUN/checkpoints/<phase>/   library checkpoints (model.safetensors + checkpoint.json)
@@ -41,18 +42,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CohortSource:
-    """Where a run's cases come from: a manifest CSV or an OASIS-3 style root."""
+    """Where a run's cases come from: a manifest CSV, an OASIS-3 style root or an ADNI root."""
 
     manifest: str | None = None
     oasis3: str | None = None
+    adni: str | None = None
 
     def __post_init__(self) -> None:
-        if bool(self.manifest) == bool(self.oasis3):
-            raise ConfigError("give exactly one data source: --manifest CSV or --oasis3 ROOT.")
+        if sum(bool(s) for s in (self.manifest, self.oasis3, self.adni)) != 1:
+            raise ConfigError("give exactly one data source: --manifest CSV, --oasis3 ROOT or --adni ROOT.")
+
+    @property
+    def location(self) -> str:
+        """The manifest or root given."""
+        return str(self.manifest or self.oasis3 or self.adni)
 
     def to_dict(self) -> dict[str, str | None]:
         """JSON form, stored in ``RUN/cohort.json``."""
-        return {"manifest": self.manifest, "oasis3": self.oasis3}
+        return {"manifest": self.manifest, "oasis3": self.oasis3, "adni": self.adni}
 
 
 def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
@@ -61,11 +68,17 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
     Cases without the contrast or without a label are left out and counted in the log; none
     left is an error that says why.
     """
-    from Training.cohort import read_manifest, read_oasis3
+    from Training.cohort import read_adni, read_manifest, read_oasis3
 
     contrast, data = config.data.contrast, config.data
     if source.manifest:
         records = read_manifest(source.manifest, contrasts=(contrast,), label_threshold=data.label_threshold)
+    elif source.adni:
+        if contrast != "T1w":
+            raise ConfigError(f"the ADNI reader pairs amyloid PET with T1 only; use --contrast T1w "
+                              f"(got {contrast}).")
+        records = read_adni(source.adni, max_days=data.max_days, label=data.adni_label,
+                            label_threshold=data.label_threshold)
     else:
         records = read_oasis3(source.oasis3, max_days=data.max_days, contrasts=(contrast,),
                               centiloid_column=data.centiloid_column,
@@ -77,9 +90,18 @@ def load_records(source: CohortSource, config: RunConfig) -> list[Any]:
         logger.warning("%d of %d cases left out: no %s MRI or no amyloid label",
                        dropped, len(records), contrast)
     if not usable:
-        raise InputError(f"no case in {source.manifest or source.oasis3} has both a {contrast} MRI and an "
+        raise InputError(f"no case in {source.location} has both a {contrast} MRI and an "
                          f"amyloid label (or Centiloid); choose another --contrast or check the data.")
     return usable
+
+
+def write_cohort_json(run_dir: str | Path, source: CohortSource, config: RunConfig,
+                      records: Sequence[Any]) -> None:
+    """``RUN/cohort.json``: the source, the contrast, the case ids and, per case, how its files
+    and label were chosen (the OASIS-3 and ADNI readers' ``selection``)."""
+    write_json(Path(run_dir) / "cohort.json", {
+        **source.to_dict(), "contrast": config.data.contrast, "cases": [case_id(r) for r in records],
+        "selection": {case_id(r): r.selection for r in records if getattr(r, "selection", None)}})
 
 
 def build_dataset(config: RunConfig, records: Sequence[Any], run_dir: str | Path,
@@ -150,10 +172,7 @@ def prepare_run(config: RunConfig, source: CohortSource, run_dir: str | Path, fo
             prep.data.jobs, prep.data.scheduler = 1, "local"
         if is_main_process():
             config.save(run_dir / "config.json")
-            write_json(run_dir / "cohort.json", {**source.to_dict(), "contrast": config.data.contrast,
-                                                 "cases": [case_id(r) for r in records],
-                                                 "selection": {case_id(r): r.selection for r in records
-                                                               if getattr(r, "selection", None)}})
+            write_cohort_json(run_dir, source, config, records)
         dataset = build_dataset(prep, records, run_dir, with_pet=with_pet)
         split = run_split(config, dataset, run_dir, fold)
     return dataset, split

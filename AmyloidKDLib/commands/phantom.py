@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="new or empty output folder")
     parser.add_argument("--subjects", type=int, default=20, help="number of subjects (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--layout", choices=("manifest", "oasis3", "both"), default="manifest",
-                        help="manifest CSV, OASIS-3 style tree + CSVs, or both (default manifest)")
+    parser.add_argument("--layout", choices=("manifest", "oasis3", "both", "adni"), default="manifest",
+                        help="manifest CSV, OASIS-3 style tree + CSVs, or both (default manifest); "
+                             "adni: an IDA-style ADNI download with the CSVs of both generations")
     parser.add_argument("--mri-spacing", type=float, choices=(1.0, 2.0), default=None,
                         help="MRI voxel size in mm (default 1; 2 is 8x faster)")
     parser.add_argument("--skull", action="store_true",

@@ -30,7 +30,7 @@ from AmyloidKDLib.phantom.truth import (ATROPHY_REGION_NAMES, GENERATOR_VERSION,
                                         SubjectTruth, _rng, sample_sessions, sample_subject)
 from AmyloidKDLib.volume import Volume, reorient_for_storage, save_volume
 
-LAYOUTS = ("manifest", "oasis3", "both")
+LAYOUTS = ("manifest", "oasis3", "both", "adni")
 #: Manifest columns, in order; MRI paths, ``pet_path`` are relative to the CSV's folder.
 MANIFEST_COLUMNS = layouts.MANIFEST_COLUMNS
 CONTRAST_COLUMNS = {c: layouts.CONTRAST_COLUMNS[c] for c in ("T1w", "T2w", "FLAIR")}
@@ -243,12 +243,13 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
         seed: the same seed and config give byte-identical files.
         layout: ``manifest`` (``manifest.csv`` + images), ``oasis3`` (OASIS-3 style tree and
             CSVs, including PET sessions without an MR within 365 days and extra MR-only
-            sessions) or ``both``.
+            sessions), ``both``, or ``adni`` (the same scans re-laid as an IDA download with
+            the ADNI CSVs of both generations: :mod:`AmyloidKDLib.phantom.adni`).
         config: every knob; the defaults are the demo's.
 
     Returns:
-        ``out_dir/manifest.csv`` for ``manifest`` and ``both``; ``out_dir`` (the OASIS-3
-        root) for ``oasis3``. Ground truth goes to ``out_dir/ground_truth/``, a montage of a
+        ``out_dir/manifest.csv`` for ``manifest`` and ``both``; ``out_dir`` (the OASIS-3 or
+        ADNI root) for ``oasis3`` and ``adni``. Ground truth goes to ``out_dir/ground_truth/``, a montage of a
         few subjects to ``out_dir/montage.png``.
     """
     from tqdm import tqdm
@@ -317,8 +318,12 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
         _write_manifest(manifest, all_sessions, config)
     if layout in ("oasis3", "both"):
         _write_oasis_csvs(out_dir, all_sessions, subjects)
+    if layout == "adni":
+        from AmyloidKDLib.phantom.adni import write_adni_layout
+
+        write_adni_layout(out_dir, all_sessions, subjects)
     (out_dir / UNFINISHED_MARKER).unlink()
-    return out_dir if layout == "oasis3" else manifest
+    return out_dir if layout in ("oasis3", "adni") else manifest
 
 
 def _write_truth(out_dir: Path, sessions: list[SessionTruth], subjects: list[SubjectTruth],

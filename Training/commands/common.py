@@ -20,10 +20,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = 
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--manifest`` / ``--oasis3`` and ``--contrast``."""
+    """``--manifest`` / ``--oasis3`` / ``--adni`` and ``--contrast``."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--manifest", metavar="CSV", help="manifest CSV of the cohort")
     group.add_argument("--oasis3", metavar="ROOT", help="OASIS-3 style root folder")
+    group.add_argument("--adni", metavar="ROOT", help="ADNI download root: IDA image folders and the "
+                                                     "UC Berkeley amyloid CSVs (docs/data_layouts.md)")
     parser.add_argument("--contrast", choices=("T1w", "T2w", "FLAIR", "T2star"), default=None,
                         help="MRI contrast of the run (default: the config's data.contrast)")
 
@@ -42,4 +44,4 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def source_from_args(args: argparse.Namespace) -> CohortSource:
     """The data source the arguments name."""
-    return CohortSource(manifest=args.manifest, oasis3=args.oasis3)
+    return CohortSource(manifest=args.manifest, oasis3=args.oasis3, adni=args.adni)

@@ -22,7 +22,7 @@ from Training.pooling import (FoldPredictions, pool_fold_predictions, pooled_eva
 from Training.report import format_comparison, format_table, write_json, write_report
 from Training.splits import cross_validation_splits
 from Training.workflow import (MODEL_NAMES, CohortSource, build_dataset, evaluate_run, load_records,
-                               run_phases, split_to_ids)
+                               run_phases, split_to_ids, write_cohort_json)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +57,7 @@ def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: t
         config.data.cache_dir = str(out / "cache")
     config.save(out / "config.json")
     records = load_records(source, config)
+    write_cohort_json(out, source, config, records)
     dataset = build_dataset(config, records, out)
     splits = cross_validation_splits(dataset.subjects, dataset.labels, config.split)
     fold_predictions: list[FoldPredictions] = []

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{run_dir} is not a training run (no cohort.json); train a phase into it first.")
     config = config_from_json(run_dir / "config.json")
     cohort = json.loads(cohort_file.read_text())
-    source = CohortSource(manifest=cohort.get("manifest"), oasis3=cohort.get("oasis3"))
+    source = CohortSource(manifest=cohort.get("manifest"), oasis3=cohort.get("oasis3"),
+                          adni=cohort.get("adni"))
     dataset, split = prepare_run(config, source, run_dir)
     report, results = evaluate_run(config, dataset, split, run_dir, available_models(run_dir))
     print(results["table"])

@@ -178,6 +178,7 @@ class RegionalConfig:
     alpha: float = 0.1
     teacher_alpha: float = 0.1
     distill_weight: float = 0.5
+    temperature: float = 2.0
     inner_folds: int = 5
 
 

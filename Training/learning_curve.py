@@ -60,14 +60,14 @@ def truth_cohort(n_subjects: int, seed: int, mri_noise: float = 0.0, phantom: An
             "subjects": np.array([s.subject_id for s in sessions])}
 
 
-def cohort_deltas(data: dict[str, np.ndarray], config: ReadoutConfig, seed: int, folds: int = 5,
-                  label_threshold: float = 20.6) -> dict[str, float]:
+def cohort_deltas(data: dict[str, np.ndarray], config: ReadoutConfig, seed: int, folds: int = 5
+                  ) -> dict[str, float]:
     """Pooled out-of-fold AUC of every read-out and its difference from the baseline."""
     from sklearn.metrics import roc_auc_score
 
     splits = grouped_splits(data["labels"], data["subjects"], folds, seed)
     result = cross_validate_readouts(data["mri"], data.get("pet"), data["labels"], data["centiloids"],
-                                     data["subjects"], splits, config, label_threshold)
+                                     data["subjects"], splits, config)
     aucs = {name: float(roc_auc_score(data["labels"], scores)) for name, scores in result["scores"].items()}
     out = {f"{name}_auc": value for name, value in aucs.items()}
     out.update({f"{name} - baseline": aucs[name] - aucs["baseline"]

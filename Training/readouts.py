@@ -2,20 +2,21 @@
 a PET teacher, and a Centiloid-target read-out, all on the same features, differing only in
 their training target.
 
-Every read-out is a standardised linear score ``f = x·w + b`` fitted in float64 by L-BFGS
-(deterministic, and independent of torch's CPU kernels). With λ the weight of the privileged
-target ``z``:
+Every read-out is a standardised linear score ``f = x·w + b`` fitted in float64 (Newton's
+method; deterministic, and independent of torch's CPU kernels) to
 
-    loss = (1 − λ)·mean BCE(y, σ(f)) + λ·mean (f − z)² / 2 + α·|w|² / 2
+    loss = (1 − λ)·mean BCE(t, σ(f)) + λ·mean (f − z)² / 2 + α·|w|² / 2
 
-- ``baseline``: λ = 0 (the label alone; an L2 logistic regression).
+with ``t`` a (possibly soft) label and ``z`` a regression target:
+
+- ``baseline``: the label alone (λ = 0, t = y): an L2 logistic regression.
 - ``distilled``: generalised distillation (Lopez-Paz et al. 2016, after Vapnik's learning using
-  privileged information): ``z`` is a PET teacher's logit for each training case, *cross-fitted*
-  (the teacher that scores a case never trained on it), so it carries what PET knows about that
-  case rather than a memorised label.
-- ``centiloid``: λ = 1 on the measured Centiloid, put on the logit scale around the label
-  threshold (``z = (CL − threshold) / CENTILOID_PER_LOGIT``): a ridge regression whose score
-  ranks cases by predicted amyloid burden.
+  privileged information): the label softened towards a PET teacher's belief,
+  ``t = (1 − w)·y + w·σ(teacher logit / T)``, where the teacher's logit for each training
+  case is *cross-fitted* (the teacher that scores a case never trained on its subject), so it
+  carries what PET knows about that case rather than a memorised label.
+- ``centiloid``: ridge regression on the measured Centiloid (λ = 1, ``z`` the training fold's
+  standardised Centiloid): its score is a predicted Centiloid, ranking cases by amyloid burden.
 
 The teacher is the same kind of read-out on the MRI and the PET regional measures together.
 Each read-out's probability is Platt-scaled, and its decision threshold chosen for F1, on its
@@ -30,9 +31,6 @@ from typing import Any
 
 import numpy as np
 
-#: Centiloid units per logit unit of the Centiloid target (so that ±2 logits ≈ ±50 CL around
-#: the threshold; fixed, not tuned).
-CENTILOID_PER_LOGIT = 25.0
 #: Teacher logits are clipped to ±this (a near-separating teacher has unbounded logits).
 LOGIT_CLIP = 8.0
 #: The read-outs, in report order: name -> (target, λ).
@@ -45,7 +43,8 @@ class ReadoutConfig:
 
     alpha: float = 0.1            # L2 strength on the standardised weights (all read-outs)
     teacher_alpha: float = 0.1    # L2 strength of the PET teacher
-    distill_weight: float = 0.5   # λ of the distilled read-out
+    distill_weight: float = 0.5   # w: how far the distilled read-out's labels move to the teacher's
+    temperature: float = 2.0      # T: the teacher's logit is softened by it
     inner_folds: int = 5          # cross-fitting folds inside a training fold
     seed: int = 0
 
@@ -77,7 +76,8 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 
 def fit_linear(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, lam: float = 0.0,
                alpha: float = 0.1) -> LinearReadout:
-    """Minimise ``(1 − λ)·BCE(y, σ(f)) + λ·(f − z)²/2 + α·|w|²/2`` over standardised ``x``."""
+    """Minimise ``(1 − λ)·BCE(y, σ(f)) + λ·(f − z)²/2 + α·|w|²/2`` over standardised ``x``
+    (``y`` may be soft labels in [0, 1])."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     mean = x.mean(axis=0)
@@ -140,37 +140,43 @@ def cross_fitted_teacher_logits(x_teacher: np.ndarray, y: np.ndarray, groups: np
     return np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
 
 
-def centiloid_target(centiloids: np.ndarray, threshold: float) -> np.ndarray:
-    """The measured Centiloid on the logit scale around the label threshold."""
-    return (np.asarray(centiloids, dtype=np.float64) - threshold) / CENTILOID_PER_LOGIT
+def centiloid_target(centiloids: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The Centiloid standardised on these (training) cases, with its mean and SD (a score ``f``
+    maps back to ``mean + sd·f`` Centiloid)."""
+    cl = np.asarray(centiloids, dtype=np.float64)
+    mean, sd = float(cl.mean()), float(cl.std()) or 1.0
+    return (cl - mean) / sd, mean, sd
 
 
 def _targets(name: str, x_teacher: np.ndarray | None, y: np.ndarray, centiloids: np.ndarray,
-             groups: np.ndarray, config: ReadoutConfig, threshold: float
-             ) -> tuple[np.ndarray | None, float]:
+             groups: np.ndarray, config: ReadoutConfig) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(label t, regression target z, λ) of a read-out on its training cases."""
     if name == "baseline":
-        return None, 0.0
+        return y.astype(np.float64), None, 0.0
     if name == "distilled":
         if x_teacher is None:
             raise ValueError("the distilled read-out needs PET regional measures for its teacher")
-        return cross_fitted_teacher_logits(x_teacher, y, groups, config), config.distill_weight
+        teacher = cross_fitted_teacher_logits(x_teacher, y, groups, config)
+        w = config.distill_weight
+        return (1 - w) * y + w * _sigmoid(teacher / config.temperature), None, 0.0
     if name == "centiloid":
-        return centiloid_target(centiloids, threshold), 1.0
+        return y.astype(np.float64), centiloid_target(centiloids)[0], 1.0
     raise ValueError(f"unknown read-out {name!r}; choose from {READOUTS}")
 
 
-def _fit_calibrated(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, lam: float,
+def _fit_calibrated(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarray | None, lam: float,
                     groups: np.ndarray, config: ReadoutConfig) -> LinearReadout:
-    """Fit on all of ``x``; Platt scaling and the F1 threshold from inner cross-fitted scores."""
+    """Fit on all of ``x`` (labels ``t``, target ``z``); Platt scaling and the F1 threshold
+    against the hard labels ``y`` from inner cross-fitted scores."""
     from AmyloidKDLib.calibration import fit_platt
     from Training.metrics import f1_optimal_threshold
 
     scores = np.zeros(len(y))
     for inner_train, inner_test in _inner_splits(y, groups, config.inner_folds, config.seed + 1):
-        model = fit_linear(x[inner_train], y[inner_train], None if z is None else z[inner_train],
+        model = fit_linear(x[inner_train], t[inner_train], None if z is None else z[inner_train],
                            lam, config.alpha)
         scores[inner_test] = model.score(x[inner_test])
-    readout = fit_linear(x, y, z, lam, config.alpha)
+    readout = fit_linear(x, t, z, lam, config.alpha)
     platt = fit_platt(scores, y)
     if platt is not None:
         readout.platt = (float(platt.scale), float(platt.offset))
@@ -193,8 +199,7 @@ class ReadoutFold:
 def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels: Sequence[int],
                             centiloids: Sequence[float], subjects: Sequence[str],
                             splits: Sequence[Any], config: ReadoutConfig | None = None,
-                            label_threshold: float = 20.6, readouts: Sequence[str] = READOUTS
-                            ) -> dict[str, Any]:
+                            readouts: Sequence[str] = READOUTS) -> dict[str, Any]:
     """Out-of-fold predictions of the read-outs (and the PET teacher) over ``splits``.
 
     ``splits`` are the run's outer folds (``.fold``, ``.train``, ``.val``, ``.test`` index
@@ -221,14 +226,14 @@ def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels:
         out["folds"][test] = split.fold
         for name in names:
             if name == "teacher":
-                z, lam, x = None, 0.0, x_teacher
+                t, z, lam, x = y[train].astype(np.float64), None, 0.0, x_teacher
             else:
-                z, lam = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
-                                  cl[train], groups[train], config, label_threshold)
+                t, z, lam = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
+                                     cl[train], groups[train], config)
                 x = x_mri
                 if name == "distilled":
-                    out["teacher_target_auc"].append(float(roc_auc_score(y[train], z)))
-            readout = _fit_calibrated(x[train], y[train], z, lam, groups[train], config)
+                    out["teacher_target_auc"].append(float(roc_auc_score(y[train], t)))
+            readout = _fit_calibrated(x[train], y[train], t, z, lam, groups[train], config)
             out["scores"][name][test] = readout.score(x[test])
             out["probabilities"][name][test] = readout.probability(x[test])
             out["thresholds"][name].append(readout.threshold)
@@ -256,11 +261,11 @@ def regional_cross_validation(config: Any, dataset: Any, records: Sequence[Any],
     splits = cross_validation_splits(dataset.subjects, dataset.labels, config.split)
     readout_config = ReadoutConfig(alpha=settings.alpha, teacher_alpha=settings.teacher_alpha,
                                    distill_weight=settings.distill_weight,
+                                   temperature=settings.temperature,
                                    inner_folds=settings.inner_folds, seed=config.split.seed)
     labels = np.asarray(dataset.labels, dtype=int)
     result = cross_validate_readouts(data.mri, data.pet, labels, [c.centiloid for c in dataset.info],
-                                     dataset.subjects, splits, readout_config,
-                                     float(config.data.label_threshold))
+                                     dataset.subjects, splits, readout_config)
     result.update(case_ids=[c.case_id for c in dataset.info], labels=labels,
                   subjects=list(dataset.subjects))
     return result

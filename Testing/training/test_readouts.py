@@ -71,8 +71,24 @@ def test_cross_fitted_teacher_logits_do_not_memorise_the_training_cases():
     assert roc_auc_score(y, crossed) < 0.7             # a cross-fitted one cannot
 
 
-def test_centiloid_target_is_zero_at_the_threshold_and_one_logit_per_25_cl():
-    np.testing.assert_allclose(centiloid_target(np.array([20.6, 45.6, -4.4]), 20.6), [0.0, 1.0, -1.0])
+def test_centiloid_target_is_the_standardised_centiloid():
+    z, mean, sd = centiloid_target(np.array([0.0, 20.0, 100.0]))
+    assert mean == pytest.approx(40.0) and sd == pytest.approx(np.std([0.0, 20.0, 100.0]))
+    np.testing.assert_allclose(z * sd + mean, [0.0, 20.0, 100.0])
+
+
+def test_soft_labels_fit_as_scikit_learn_fits_duplicated_weighted_cases():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, logit = _data(seed=5)
+    soft = 1 / (1 + np.exp(-logit / 2))
+    ours = fit_linear(x, soft, alpha=0.1)
+    # BCE with a soft label t = weight t on label 1 plus weight 1 − t on label 0
+    xs = _standardised(x)
+    theirs = LogisticRegression(C=1 / (0.1 * len(y)), tol=1e-12, max_iter=10000).fit(
+        np.concatenate([xs, xs]), np.r_[np.ones(len(y)), np.zeros(len(y))],
+        sample_weight=np.r_[soft, 1 - soft])
+    np.testing.assert_allclose(ours.weights, theirs.coef_[0], atol=1e-6)
 
 
 def test_cross_validation_scores_each_case_once_and_pet_guidance_can_help():

@@ -30,6 +30,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from AmyloidKDModuleLib import catalog, scene
+from AmyloidKDModuleLib.compatibility import python_problem
 from AmyloidKDModuleLib.dependencies import (
     SKULL_STRIP_REQUIREMENTS,
     TORCH_MINIMUM_VERSION,
@@ -82,6 +83,10 @@ class AmyloidKD(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Method after Chiumento et al., cross-modal knowledge distillation from PET to MRI "
             "for amyloid-beta detection. Built on 3D Slicer, PyTorch, ANTsPy, HD-BET and open_clip.")
+        problem = python_problem()
+        if problem:  # an older Slicer: the module loads, says why it cannot run, and offers nothing else
+            logging.error(problem)
+            self.parent.helpText = problem + "\n\n" + self.parent.helpText
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -151,6 +156,13 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
         ScriptedLoadableModuleWidget.setup(self)
+        problem = python_problem()
+        if problem:
+            notice = qt.QLabel(problem)
+            notice.wordWrap = True
+            self.layout.addWidget(notice)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AmyloidKD.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -182,7 +194,8 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         """Called each time the user opens this module (the slice views are left as they are)."""
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: setup stopped at the version notice
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -507,6 +520,9 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         :param outputDirectory: keep the CLI's files (results.csv, NIfTIs, PNG) here; by default
             they go to a temporary folder. The temporary folder is always removed at the end.
         """
+        problem = python_problem()
+        if problem:
+            raise ModuleError(problem)
         env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
         job = scene.start_prediction(slicer.mrmlScene, mriNode, self._pythonExecutable(), env, checkpoint,
                                      pet_node=petNode, device=device, skull_strip=skullStrip,

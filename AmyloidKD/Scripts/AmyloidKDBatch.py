@@ -42,8 +42,14 @@ def run_batch(argv: list) -> int:
         parse_batch_arguments,
         write_batch_summary,
     )
+    from AmyloidKDModuleLib.compatibility import python_problem
     from AmyloidKDModuleLib.errors import ModuleError
     from AmyloidKDModuleLib.runner import case_name
+
+    problem = python_problem()
+    if problem:
+        print(f"AmyloidKDBatch: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     try:
         args = parse_batch_arguments(argv)

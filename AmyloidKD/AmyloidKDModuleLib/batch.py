@@ -34,7 +34,8 @@ def build_batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="student checkpoint folder (default: the one saved in the module's settings)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--skull-strip", choices=SKULL_STRIP_CHOICES, default="hd-bet-v1")
+    parser.add_argument("--skull-strip", choices=SKULL_STRIP_CHOICES, default=None,
+                        help="override the skull stripping the model was trained with (default: as trained)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per case (default: no limit)")
     parser.add_argument("--no-scene", action="store_true",
                         help="do not save a Slicer scene (<case>.mrb) with the overlays per case")

@@ -64,7 +64,7 @@ class PredictRequest:
     checkpoint: Path
     out_dir: Path
     device: str = "auto"
-    skull_strip: str | None = "hd-bet-v1"
+    skull_strip: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICE_CHOICES:

@@ -373,7 +373,7 @@ class PredictionResult:
 
 
 def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
-                     checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = "hd-bet-v1",
+                     checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = None,
                      output_directory: str | os.PathLike | None = None,
                      temporary_root: str | os.PathLike | None = None) -> PredictionJob:
     """Export the MRI node and start the prediction command on it (returns at once).

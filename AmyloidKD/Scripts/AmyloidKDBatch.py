@@ -62,13 +62,13 @@ def run_batch(argv: list) -> int:
             raise ModuleError("no checkpoint: pass --checkpoint (the student checkpoint folder).")
         from AmyloidKD import AmyloidKDLogic  # the module file, already loaded by Slicer
 
-        from AmyloidKDModuleLib.modelinfo import effective_skull_strip, read_model_info
+        from AmyloidKDModuleLib.modelinfo import read_model_info
 
         info = read_model_info(checkpoint)
         if info.synthetic:
             print(f"AmyloidKDBatch: warning: {info.notice}", file=sys.stderr)
         logic = AmyloidKDLogic()
-        logic.setupPythonRequirements(effective_skull_strip(args.skull_strip, info), askConfirmation=False)
+        logic.setupPythonRequirements(args.skull_strip, askConfirmation=False, checkpoint=checkpoint)
     except ModuleError as exc:
         print(f"AmyloidKDBatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -398,6 +398,8 @@ class CaseResult:
     error: str
     seconds: dict[str, float | None]
     outputs: CaseOutputs
+    #: Columns beyond the contract's (e.g. ``centiloid`` once the library writes it), as text.
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -446,7 +448,8 @@ def read_results(out_dir: str | os.PathLike) -> list[CaseResult]:
                 label=None if label is None else int(label),
                 threshold=_optional_float(row["threshold"], "threshold", row_number),
                 status=status, error=row["error"], seconds=seconds,
-                outputs=CaseOutputs.for_case(out_dir, row["case"])))
+                outputs=CaseOutputs.for_case(out_dir, row["case"]),
+                extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
     return results
 
 

@@ -42,6 +42,7 @@ def run_batch(argv: list) -> int:
         parse_batch_arguments,
         write_batch_summary,
     )
+    from AmyloidKDModuleLib import scene
     from AmyloidKDModuleLib.compatibility import python_problem
     from AmyloidKDModuleLib.errors import ModuleError
     from AmyloidKDModuleLib.runner import case_name
@@ -87,6 +88,8 @@ def run_batch(argv: list) -> int:
         slicer.mrmlScene.Clear()
         try:
             mriNode: "vtkMRMLScalarVolumeNode" = slicer.util.loadVolume(str(path), properties={"name": case, "show": False})
+            if not args.no_scene:  # no layout without a main window: the saved scene gets Slicer's views
+                scene.ensure_slice_views(slicer.mrmlScene)
             result = logic.process(mriNode, checkpoint=checkpoint, device=args.device, skullStrip=args.skull_strip,
                                    showResult=not args.no_scene, outputDirectory=caseOut, timeout=args.timeout)
             if not args.no_scene:

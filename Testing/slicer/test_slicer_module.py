@@ -56,6 +56,8 @@ ACCEPTED_CATEGORIES = {"Neuroimaging", "Nuclear Medicine", "Quantification", "Se
 QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QCheckBox", "QProgressBar", "QSpinBox",
               "QDoubleSpinBox", "QLineEdit", "QGroupBox", "QTextEdit", "QPlainTextEdit", "QRadioButton"}
 CTK_WIDGETS = {"ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget"}
+# VTK classes outside slicer-api.json that the scene layer calls (VTK's own API, vtkAbstractArray.h).
+VTK_CLASSES = {"vtkAbstractArray": {"SetName", "GetName", "GetNumberOfTuples"}}
 QWIDGET_PROPERTIES = {"toolTip", "enabled", "geometry", "visible", "sizePolicy", "minimumSize", "maximumSize",
                       "whatsThis", "statusTip"}
 
@@ -136,7 +138,7 @@ def node_annotations(tree: ast.Module) -> dict[str, set[str]]:
 
     def note(name: str, annotation: ast.AST | None) -> None:
         value = string_annotation(annotation)
-        if value in mrml:
+        if value in mrml or value in VTK_CLASSES:
             found.setdefault(name, set()).add(value)
 
     for node in ast.walk(tree):
@@ -287,6 +289,9 @@ def test_methods_called_on_mrml_nodes_exist_on_their_class(source):
                                    f"{ast.unparse(receiver)}, which has no MRML class annotation")
             cls = known[last]
         method = call.func.attr
+        if cls in VTK_CLASSES:
+            assert method in VTK_CLASSES[cls], f"line {call.lineno}: {cls}.{method} is not a known VTK method"
+            continue
         assert method in mrml_methods(cls), f"line {call.lineno}: {cls} has no method {method}"
         ranges = mrml_arg_ranges(cls, method)
         if ranges:

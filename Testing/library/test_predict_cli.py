@@ -95,6 +95,10 @@ def test_each_case_gets_saliency_labels_and_an_overview_on_its_own_grid(batch_ru
         native = load_volume(batch_folder / (case + suffix))
         saliency = load_volume(out / f"{case}_saliency.nii.gz", "saliency")
         assert saliency.shape == native.shape
+        # stored like the input (LPS here, test_native_order.py checks the voxels), not RAS
+        for name in ("saliency", "top_regions"):
+            np.testing.assert_allclose(nib.load(out / f"{case}_{name}.nii.gz").affine,
+                                       nib.load(batch_folder / (case + suffix)).affine, atol=1e-4)
         np.testing.assert_allclose(saliency.affine, native.affine, atol=1e-4)
         assert saliency.data.min() >= 0.0 and saliency.data.max() <= 1.0
         labels_img = nib.load(out / f"{case}_top_regions.nii.gz")

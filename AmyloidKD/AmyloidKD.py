@@ -54,6 +54,7 @@ from AmyloidKDModuleLib.modelinfo import (
     SampleCaseWarning,
     effective_skull_strip,
     read_model_info,
+    remembered_checkpoint,
     skull_strip_argument,
 )
 from AmyloidKDModuleLib.panel import Outcome, PanelState, PredictionController, SelectionFollower
@@ -240,8 +241,12 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode:
                 self._parameterNode.mriVolume = firstVolumeNode
         if not str(self._parameterNode.checkpoint or "").strip(". "):
-            remembered = slicer.util.settingsValue(CHECKPOINT_SETTINGS_KEY, "")
-            self._parameterNode.checkpoint = Path(remembered) if remembered else self.logic.demoCheckpoint()
+            checkpoint, message = remembered_checkpoint(slicer.util.settingsValue(CHECKPOINT_SETTINGS_KEY, ""),
+                                                        self.logic.demoCheckpoint())
+            self._parameterNode.checkpoint = checkpoint
+            if message:
+                self.ui.statusLabel.text = message
+                self._log(message)
 
     def setParameterNode(self, inputParameterNode: Optional[AmyloidKDParameterNode]) -> None:
         """Connect the GUI to ``inputParameterNode`` (and disconnect the previous one)."""
@@ -610,8 +615,9 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         already installed (nothing Slicer ships is replaced); follow it with the job's poll()."""
         constraintsPath = Path(slicer.util.tempDirectory("AmyloidKD-pip")) / "constraints.txt"
         constraintsPath.write_text(constraints_text(installed_distributions()), encoding="utf-8")
-        return InstallJob.start(self._pythonExecutable(), missing, constraintsPath,
-                                env=slicer.util.startupEnvironment())
+        env = dict(slicer.util.startupEnvironment())
+        env["PYTHONIOENCODING"] = "utf-8"  # pip's output is read as UTF-8 (Windows consoles use a code page)
+        return InstallJob.start(self._pythonExecutable(), missing, constraintsPath, env=env)
 
     def setupPythonRequirements(self, skullStrip: Optional[str] = None, askConfirmation: bool = True,
                                 checkpoint=None) -> None:

@@ -94,6 +94,18 @@ def skull_strip_argument(choice: Optional[str]) -> Optional[str]:
     return None if choice in (None, "", SKULL_STRIP_AS_TRAINED) else choice
 
 
+def remembered_checkpoint(remembered: str, fallback: Optional[Path]) -> tuple:
+    """(checkpoint to preselect, message): the one used last if it is still a checkpoint, else
+    ``fallback`` (the shipped demo) and a sentence saying why (an extension update moves its folder)."""
+    if not str(remembered or "").strip():
+        return fallback, ""
+    try:
+        return resolve_checkpoint(remembered), ""
+    except ModuleError:
+        return fallback, (f"The checkpoint used last ({remembered}) is not there any more (moved by an update?); "
+                          "the demo model is selected instead. Choose your checkpoint again.")
+
+
 def is_sample_case(node_name: str, file_name: str = "") -> bool:
     """True for the module's own synthetic T1w (by its node name or the file it was loaded from)."""
     sample = SAMPLE_FILES[0]

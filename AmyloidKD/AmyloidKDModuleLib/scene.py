@@ -48,9 +48,10 @@ ROLE_TOP_REGIONS = "AmyloidKD.topRegions"
 ROLE_PET = "AmyloidKD.pet"
 ROLE_MRI = "AmyloidKD.mri"  # output node -> the MRI it was computed for
 ROLE_RESULTS_TABLE = "AmyloidKD.resultsTable"
+ROLE_TOP_REGIONS_SEGMENTATION = "AmyloidKD.topRegionsSegmentation"
 ATTRIBUTE_ROLE = "AmyloidKD.role"  # "saliency" | "topRegions" | "resultsTable" | "colorTable" on the module's own nodes
 #: The output roles of one case: what a re-run replaces.
-OUTPUT_ROLES = (ROLE_SALIENCY, ROLE_TOP_REGIONS, ROLE_RESULTS_TABLE)
+OUTPUT_ROLES = (ROLE_SALIENCY, ROLE_TOP_REGIONS, ROLE_RESULTS_TABLE, ROLE_TOP_REGIONS_SEGMENTATION)
 RESULTS_TABLE_COLUMNS = ("Measurement", "Value")
 ATTRIBUTE_BACKGROUND = "AmyloidKD.background"  # "mri" | "pet"
 ATTRIBUTE_OPACITY = "AmyloidKD.opacity"
@@ -324,6 +325,35 @@ def point_storage_to(storable: "vtkMRMLStorableNode", directory: str | os.PathLi
     return target
 
 
+def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike):
+    """The top-regions label map as a segmentation node ("<MRI> AmyloidKD top regions segmentation")
+    whose segments are named like the label map's colour table ("AmyloidKD top region 1 (highest
+    saliency)", ...) and coloured alike, for the Segmentations and Segment Statistics modules.
+
+    It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
+    to the MRI; it has no display node until the user shows it (the label layer already does).
+    """
+    segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetName(f"{mri_node.GetName()} AmyloidKD top regions segmentation")
+    reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(path))
+    segmentation.SetAndObserveStorageNodeID(reader.GetID())
+    if not reader.ReadData(segmentation):
+        scene.RemoveNode(segmentation)
+        raise ModuleError(f"Slicer could not read the top-regions map {path} as a segmentation.")
+    segments: "vtkSegmentation" = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment: "vtkSegment" = segments.GetNthSegment(index)
+        rank = segment.GetLabelValue()
+        segment.SetName(top_region_name(rank))
+        segment.SetColor(*TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)])
+    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+    segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
+    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+    mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS_SEGMENTATION, segmentation.GetID())
+    return segmentation
+
+
 def results_rows(row: CaseResult, model: ModelInfo | None, regions: Iterable[Mapping[str, str]] = ()) -> list[tuple[str, str]]:
     """(measurement, value) rows of a case's results table.
 
@@ -511,6 +541,7 @@ class PredictionResult:
     output_directory: Path | None
     log: list = field(default_factory=list)
     table_node: Any = None
+    segmentation_node: Any = None
 
     @property
     def seconds_total(self) -> float:
@@ -597,15 +628,17 @@ def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
                                              temporary_files=not job.keep_outputs)
         table = results_table(scene, job.mri_node, results_rows(
             row, model, read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")))
+        segmentation = top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions)
         if not job.keep_outputs:  # the files are deleted below: offer a folder the user can save to
             for output in (saliency, top_regions):
                 point_storage_to(output, save_directory(scene))
             point_storage_to(table, save_directory(scene), ".tsv")
-        place_in_study(scene, job.mri_node, (saliency, top_regions, table))
+            point_storage_to(segmentation, save_directory(scene), ".seg.nrrd")
+        place_in_study(scene, job.mri_node, (saliency, top_regions, table, segmentation))
     finally:
         shutil.rmtree(job.work_directory, ignore_errors=True)
     return PredictionResult(
         case_name=row.case, probability=row.probability, label=row.label, label_text=row.label_text,
         threshold=row.threshold, seconds=dict(row.seconds), saliency_node=saliency,
-        top_regions_node=top_regions, table_node=table, output_directory=job.request.out_dir if job.keep_outputs else None,
+        top_regions_node=top_regions, table_node=table, segmentation_node=segmentation, output_directory=job.request.out_dir if job.keep_outputs else None,
         log=list(job.process.log))

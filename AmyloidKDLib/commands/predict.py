@@ -190,6 +190,7 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
     The native-grid saliency and label map are stored in the input's own voxel order
     ``storage_code`` (its header's axis codes), so their arrays line up voxel for voxel with the
     input's array, as nnU-Net and TotalSegmentator outputs do; the MNI map stays RAS.
+    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency.
 
     The NIfTIs are compressed in a second thread while the PNG is drawn (zlib releases the
     GIL). Each file is written atomically; if any fails, the others of the case are removed.
@@ -205,11 +206,16 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
                   (result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz", np.float32),
                   (reorient_for_storage(result.top_regions, storage_code), out_dir / f"{case}_top_regions.nii.gz",
                    np.uint8)]
+    regions = [out_dir / f"{case}_regions.csv"] if niftis and result.saliency_mni is not None else []
     written: list[Path] = []
 
     def write_niftis() -> None:
         for volume, path, dtype in niftis:
             written.append(save_volume(volume, path, dtype=dtype))
+        if regions:  # which named regions hold the saliency (AmyloidKDLib.regions)
+            from AmyloidKDLib.regions import load_atlas, region_shares, write_regions_csv
+
+            written.append(write_regions_csv(region_shares(result.saliency_mni, load_atlas()), regions[0]))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         background = pool.submit(write_niftis)
@@ -225,7 +231,7 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
             for path in written:
                 Path(path).unlink(missing_ok=True)
             raise
-    return [path for _, path, _ in niftis] + [png]
+    return [path for _, path, _ in niftis] + regions + [png]
 
 
 def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:

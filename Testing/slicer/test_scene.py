@@ -553,15 +553,16 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
     second = scene.finish_prediction(app.scene, app.volumes_logic, finished_job(mri, outputs, phantom["checkpoint"], tmp_path / "2"))
 
     assert app.scene.GetNumberOfNodes() == nodes_after_first, "a re-run added nodes instead of replacing"
-    for old in (first.saliency_node, first.top_regions_node, first.table_node):
+    latest = (second.saliency_node, second.top_regions_node, second.table_node, second.segmentation_node)
+    for old in (first.saliency_node, first.top_regions_node, first.table_node, first.segmentation_node):
         assert app.scene.GetNodeByID(old.GetID()) is not old, f"{old.GetName()} was not removed"
-    owned = [n for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode") for n in scene.nodes_by_class(app.scene, cls)
-             if n.GetAttribute(scene.ATTRIBUTE_ROLE) in ("saliency", "topRegions", "resultsTable")]
-    assert sorted(n.GetID() for n in owned) == sorted(
-        n.GetID() for n in (second.saliency_node, second.top_regions_node, second.table_node))
+    owned = [n for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "vtkMRMLSegmentationNode")
+             for n in scene.nodes_by_class(app.scene, cls)
+             if n.GetAttribute(scene.ATTRIBUTE_ROLE) in ("saliency", "topRegions", "resultsTable", "topRegionsSegmentation")]
+    assert sorted(n.GetID() for n in owned) == sorted(n.GetID() for n in latest)
     assert mri.GetNodeReference(scene.ROLE_RESULTS_TABLE) is second.table_node
 
-    for output in (second.saliency_node, second.top_regions_node, second.table_node):  # in the MRI's study
+    for output in latest:  # in the MRI's study
         assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(output)) == study
 
     rows = _table_rows(second.table_node)
@@ -570,6 +571,18 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
     assert rows["Result"] == outputs.label_text and rows["Model"] == phantom["checkpoint"].name
     assert rows["Notice"] == f"Model: {phantom['checkpoint'].name}. Research use only, not for diagnosis."
     assert second.table_node.GetColumnName(0) == "Measurement" and second.table_node.GetColumnName(1) == "Value"
+    shares = {k: float(v) for k, v in rows.items() if k.startswith("Saliency share: ")}  # from <case>_regions.csv
+    assert shares and all(k.endswith("(amyloidkd-spheres)") for k in shares) and 0 < sum(shares.values()) <= 1.0001
+
+    # the top regions as a segmentation: one named segment per label of the file, in its colour
+    import nibabel as nib
+
+    labels = sorted(set(np.unique(np.asanyarray(nib.load(str(outputs.outputs.top_regions)).dataobj)).tolist()) - {0})
+    segments = second.segmentation_node.GetSegmentation()
+    found = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
+             for i in range(segments.GetNumberOfSegments())}
+    assert found == {label: scene.top_region_name(label) for label in labels}
+    assert Path(second.segmentation_node.GetStorageNode().GetFileName()).name.endswith("segmentation.seg.nrrd")
 
     # the temporary files are gone; the storage nodes point where the user can save, and saving works
     assert not (tmp_path / "2" / "work").exists()

@@ -57,7 +57,10 @@ QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QCheckBox", "QPr
               "QDoubleSpinBox", "QLineEdit", "QGroupBox", "QTextEdit", "QPlainTextEdit", "QRadioButton"}
 CTK_WIDGETS = {"ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget"}
 # VTK classes outside slicer-api.json that the scene layer calls (VTK's own API, vtkAbstractArray.h).
-VTK_CLASSES = {"vtkAbstractArray": {"SetName", "GetName", "GetNumberOfTuples"}}
+VTK_CLASSES = {"vtkAbstractArray": {"SetName", "GetName", "GetNumberOfTuples"},
+               # Slicer's segmentation core (Libs/Segmentation: vtkSegmentation.h, vtkSegment.h)
+               "vtkSegmentation": {"GetNumberOfSegments", "GetNthSegment", "GetNthSegmentID"},
+               "vtkSegment": {"GetName", "SetName", "GetLabelValue", "SetColor", "GetColor"}}
 QWIDGET_PROPERTIES = {"toolTip", "enabled", "geometry", "visible", "sizePolicy", "minimumSize", "maximumSize",
                       "whatsThis", "statusTip"}
 

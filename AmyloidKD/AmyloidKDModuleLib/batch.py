@@ -18,6 +18,9 @@ from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import collect_image_cases
 from AmyloidKDModuleLib.runner import DEVICE_CHOICES, SKULL_STRIP_CHOICES
 
+#: Seconds allowed per case unless --timeout says otherwise: a hung prediction must not keep a
+#: headless Slicer alive for ever (a CPU case with HD-BET v2 and SyN takes minutes, not an hour).
+DEFAULT_CASE_TIMEOUT_S = 3600.0
 SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds")
 #: Exit codes of the batch script, the same meaning as the predict CLI's.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -32,13 +35,24 @@ def build_batch_parser() -> argparse.ArgumentParser:
                         help="a NIfTI file, a folder of NIfTI files, or a manifest CSV (column t1w or mri_path)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per case)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="student checkpoint folder (default: the one saved in the module's settings)")
+                        help="student checkpoint folder (default: the one last used in the module, "
+                             "announced on stderr and checked)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--skull-strip", choices=SKULL_STRIP_CHOICES, default="hd-bet-v1")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per case (default: no limit)")
+    parser.add_argument("--skull-strip", choices=SKULL_STRIP_CHOICES, default=None,
+                        help="override the skull stripping the model was trained with (default: as trained)")
+    parser.add_argument("--timeout", type=_timeout, default=DEFAULT_CASE_TIMEOUT_S,
+                        help=f"seconds allowed per case; the case is stopped and recorded as failed after it "
+                             f"(default {DEFAULT_CASE_TIMEOUT_S:g}; 0 = no limit)")
     parser.add_argument("--no-scene", action="store_true",
                         help="do not save a Slicer scene (<case>.mrb) with the overlays per case")
     return parser
+
+
+def _timeout(text: str) -> float | None:
+    seconds = float(text)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a number of seconds")
+    return seconds or None
 
 
 def parse_batch_arguments(argv: Sequence[str]) -> argparse.Namespace:

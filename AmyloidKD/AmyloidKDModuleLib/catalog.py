@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -84,11 +85,13 @@ def read_catalog(path: str | os.PathLike) -> list[CatalogEntry]:
 
 
 def download(url: str, target: str | os.PathLike, sha256: str, size: int | None = None,
-             progress: Callable[[int, int], None] | None = None, timeout: float = 60.0) -> Path:
+             progress: Callable[[int, int], None] | None = None, timeout: float = 60.0,
+             cancelled: Callable[[], bool] | None = None) -> Path:
     """Fetch ``url`` into ``target``, checking size and SHA-256; nothing is left on failure.
 
-    ``progress(bytes_so_far, total)`` is called as blocks arrive. Data goes to
-    ``target.part`` and is renamed only after the checks pass.
+    ``progress(bytes_so_far, total)`` is called as blocks arrive; when ``cancelled()`` turns
+    true the download stops with a ModuleError. Data goes to ``target.part`` and is renamed
+    only after the checks pass.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,8 @@ def download(url: str, target: str | os.PathLike, sha256: str, size: int | None 
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as handle:
             total = size or int(response.headers.get("Content-Length") or 0)
             for block in iter(lambda: response.read(1 << 16), b""):
+                if cancelled is not None and cancelled():
+                    raise ModuleError(f"the download of {url} was cancelled; nothing was kept.")
                 handle.write(block)
                 digest.update(block)
                 received += len(block)
@@ -145,7 +150,8 @@ def _unpack(archive: Path, destination: Path) -> Path:
 
 
 def fetch_model(entry: CatalogEntry, cache_dir: str | os.PathLike,
-                progress: Callable[[int, int], None] | None = None) -> Path:
+                progress: Callable[[int, int], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> Path:
     """The checkpoint folder of ``entry``: shipped, already in the cache, or downloaded now."""
     if entry.folder is not None:
         return resolve_checkpoint(entry.folder)
@@ -154,7 +160,8 @@ def fetch_model(entry: CatalogEntry, cache_dir: str | os.PathLike,
     marker = destination / ".sha256"
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == entry.sha256:
         return resolve_checkpoint(destination)
-    archive = download(entry.url, cache / f"{entry.name}.zip", entry.sha256, entry.size, progress)
+    archive = download(entry.url, cache / f"{entry.name}.zip", entry.sha256, entry.size, progress,
+                       cancelled=cancelled)
     try:
         _unpack(archive, destination)
         staged_marker = destination / ".sha256.part"
@@ -163,3 +170,55 @@ def fetch_model(entry: CatalogEntry, cache_dir: str | os.PathLike,
     finally:
         archive.unlink(missing_ok=True)
     return resolve_checkpoint(destination)
+
+
+class FetchTask:
+    """:func:`fetch_model` on a worker thread, so the panel stays responsive and can cancel it.
+
+    The panel's timer reads :attr:`done_bytes` / :attr:`total_bytes` and :attr:`finished`;
+    :meth:`result` gives the checkpoint folder or raises the download's ModuleError.
+    """
+
+    def __init__(self, entry: CatalogEntry, cache_dir: str | os.PathLike) -> None:
+        self.entry = entry
+        self.done_bytes = 0
+        self.total_bytes = entry.size or 0
+        self._cancel = threading.Event()
+        self._folder: Path | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(Path(cache_dir),), name="AmyloidKD-download",
+                                        daemon=True)
+
+    def start(self) -> FetchTask:
+        """Begin in the background; returns at once."""
+        self._thread.start()
+        return self
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done_bytes, self.total_bytes = done, total
+
+    def _run(self, cache: Path) -> None:
+        try:
+            self._folder = fetch_model(self.entry, cache, self._progress, cancelled=self._cancel.is_set)
+        except BaseException as error:  # handed to the GUI thread by result()
+            self._error = error
+
+    @property
+    def finished(self) -> bool:
+        """True once the worker has ended (done, failed or cancelled)."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Ask the worker to stop and wait for it (the partial file is removed)."""
+        self._cancel.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def result(self) -> Path:
+        """The checkpoint folder; raises the worker's error (a cancelled download included)."""
+        if not self.finished:
+            raise ModuleError("the download is still running.")
+        if self._error is not None:
+            raise self._error
+        assert self._folder is not None
+        return self._folder

@@ -120,9 +120,157 @@ def install_missing(missing: list[str], constraints_path: str | os.PathLike,
         pip_install(pip_install_arguments(missing, constraints_path))
     except (subprocess.CalledProcessError, OSError) as error:
         failure = f" (pip stopped: {error})"
+    _raise_if_still_missing(missing, failure, still_missing, "the Python console")
+
+
+def _raise_if_still_missing(missing: list[str], failure: str, still_missing: Callable[[list[str]], list[str]],
+                            log_place: str) -> None:
     importlib.invalidate_caches()
     left = still_missing(missing)
     if left:
-        raise ModuleError("installing " + ", ".join(left) + f" failed{failure}; see the Python console for "
+        raise ModuleError("installing " + ", ".join(left) + f" failed{failure}; see {log_place} for "
                           "pip's messages. A package may need a newer version of one that Slicer ships: update "
                           "Slicer, or install it by hand from the Python console with slicer.util.pip_install.")
+
+
+# --- what one checkpoint needs, checked against our pins ------------------------------------
+
+#: Requirements only some models need: canonical name -> the ModelInfo property that asks for it.
+MODEL_SPECIFIC_REQUIREMENTS = {"open-clip-torch": "needs_open_clip", "peft": "needs_peft"}
+#: Installed size (MiB) and dependencies of each distribution the module may install, measured
+#: by Testing/slicer/build_requirement_sizes.py in a Linux venv.
+SIZES_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirement_sizes.json"
+
+
+def requirements_for_model(requirements: Iterable[str], model_info) -> list[str]:
+    """``requirements`` without the model-specific ones ``model_info`` does not need
+    (the light student needs neither open_clip nor peft)."""
+    kept = []
+    for requirement in requirements:
+        needs = MODEL_SPECIFIC_REQUIREMENTS.get(requirement_name(requirement))
+        if needs is None or model_info is None or getattr(model_info, needs):
+            kept.append(requirement)
+    return kept
+
+
+def _specifier_set(text: str):
+    try:
+        from packaging.specifiers import SpecifierSet
+    except ImportError:  # pip's own copy (always there next to pip)
+        from pip._vendor.packaging.specifiers import SpecifierSet
+    return SpecifierSet(text)
+
+
+def version_mismatches(requirements: Iterable[str], installed: Mapping[str, str] | None = None) -> list[str]:
+    """One line per installed distribution whose version is outside our pin (missing ones are not listed)."""
+    present = installed_distributions() if installed is None else {canonical_name(k): v for k, v in installed.items()}
+    problems = []
+    for requirement in requirements:
+        name = requirement_name(requirement)
+        if name not in present:
+            continue
+        specifier = requirement[_NAME.match(requirement).end():].strip()
+        if specifier and present[name] not in _specifier_set(specifier):
+            problems.append(f"{name} {present[name]} is installed, AmyloidKD needs {requirement}")
+    return problems
+
+
+def check_versions(requirements: Iterable[str], installed: Mapping[str, str] | None = None) -> None:
+    """ModuleError naming every installed package outside our pins, and what to do about it."""
+    problems = version_mismatches(requirements, installed)
+    if problems:
+        raise ModuleError("; ".join(problems) + ". Another extension or a manual install put these versions "
+                          "into Slicer's Python. AmyloidKD does not replace them (that could break the other "
+                          "extension): install the needed version from the Python console with "
+                          "slicer.util.pip_install('<requirement>'), or use a separate Slicer installation.")
+
+
+def read_sizes(path: str | os.PathLike = SIZES_FILE) -> dict:
+    """The measured installed sizes: ``{name: {"mib": float, "requires": [names]}}`` ({} if absent)."""
+    try:
+        import json
+
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("distributions", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def install_size_mib(missing: Iterable[str], sizes: Mapping[str, Mapping],
+                     installed: Iterable[str] = ()) -> float | None:
+    """Installed size of ``missing`` and of their dependencies that are not installed yet (MiB).
+
+    None when a package is not in the measured table (the prompt then gives no number).
+    """
+    have = {canonical_name(n) for n in installed} | set(PROVIDED_ELSEWHERE)
+    todo, seen, total = [requirement_name(r) for r in missing], set(), 0.0
+    while todo:
+        name = todo.pop()
+        if name in seen or name in have:
+            continue
+        seen.add(name)
+        entry = sizes.get(name)
+        if entry is None:
+            return None
+        total += float(entry["mib"])
+        todo.extend(canonical_name(n) for n in entry.get("requires", ()))
+    return total
+
+
+def confirmation_text(missing: Iterable[str], size_mib: float | None) -> str:
+    """The install prompt: what will be installed, and how much room it takes."""
+    listed = "\n".join(f"  {r}" for r in missing)
+    size = (f"about {size_mib:.0f} MiB once installed, with the dependencies Slicer does not have yet "
+            "(measured on Linux)" if size_mib is not None else "size unknown")
+    return (f"AmyloidKD needs these Python packages for this model; they will be downloaded and installed "
+            f"now ({size}):\n\n{listed}\n\nPackages Slicer already has are kept as they are. The install runs "
+            "in the background; its log is in the panel, and Cancel stops it.")
+
+
+def pip_command(python_executable: str | os.PathLike, missing: Iterable[str],
+                constraints_path: str | os.PathLike) -> list[str]:
+    """``python -m pip install`` of ``missing`` under the constraints, as a background process runs it."""
+    return [str(python_executable), "-m", "pip", "install", "--disable-pip-version-check",
+            *pip_install_arguments(missing, constraints_path)]
+
+
+class InstallJob:
+    """pip installing the missing packages in a background process, so the GUI never waits on it.
+
+    Start it with :meth:`start`, call :meth:`poll` from a timer (new output lines, for the
+    panel's log), then :meth:`finish` once :attr:`finished`: it raises the same ModuleError as
+    :func:`install_missing` when pip failed or left something missing. :meth:`cancel` stops pip.
+    """
+
+    def __init__(self, missing: list[str], process, still_missing: Callable[[list[str]], list[str]] = missing_requirements):
+        self.missing = list(missing)
+        self.process = process
+        self._still_missing = still_missing
+
+    @classmethod
+    def start(cls, python_executable: str | os.PathLike, missing: list[str], constraints_path: str | os.PathLike,
+              env: Mapping[str, str] | None = None, still_missing: Callable[[list[str]], list[str]] = missing_requirements,
+              command: list[str] | None = None) -> InstallJob:
+        """Launch pip (or ``command``, for tests) in its own process group."""
+        from AmyloidKDModuleLib.runner import BackgroundProcess
+
+        arguments = command or pip_command(python_executable, missing, constraints_path)
+        return cls(missing, BackgroundProcess.start(arguments, env=env), still_missing)
+
+    def poll(self) -> list[str]:
+        """pip's output lines since the last call."""
+        return [event.line for event in self.process.poll()]
+
+    @property
+    def finished(self) -> bool:
+        """True once pip has exited and its output is read."""
+        return self.process.finished
+
+    def finish(self) -> None:
+        """Check the result: ModuleError naming what is still missing (pip's exit code included)."""
+        code = self.process.returncode
+        failure = "" if code == 0 else (" (cancelled)" if self.process.cancelled else f" (pip exited with code {code})")
+        _raise_if_still_missing(self.missing, failure, self._still_missing, "the panel's log")
+
+    def cancel(self) -> None:
+        """Stop pip and everything it started."""
+        self.process.cancel()

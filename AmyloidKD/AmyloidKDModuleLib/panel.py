@@ -164,3 +164,53 @@ class SelectionFollower:
             return ViewChange(opacity=opacity)
         self.opacity = opacity
         return ViewChange()
+
+
+@dataclass(frozen=True)
+class ButtonStates:
+    """Which of the panel's buttons can be clicked now, and the Apply button's tooltip."""
+
+    apply: bool
+    use_model: bool
+    cancel: bool
+    apply_tooltip: str
+
+
+class PanelState:
+    """What the panel is busy with: installing packages, downloading a model, or predicting.
+
+    One thing at a time. While any of them runs, Apply and "Use this model" are disabled (a
+    second click could start a second install or download) and Cancel stops the running one.
+    ``install`` is a :class:`~AmyloidKDModuleLib.dependencies.InstallJob`, ``download`` a
+    :class:`~AmyloidKDModuleLib.catalog.FetchTask`; ``installing_torch`` covers the PyTorch
+    extension's own (blocking) installer.
+    """
+
+    def __init__(self, controller: PredictionController) -> None:
+        self.controller = controller
+        self.install = None
+        self.download = None
+        self.installing_torch = False
+
+    @property
+    def busy(self) -> str | None:
+        """"installing", "downloading", "predicting" or None."""
+        if self.installing_torch or (self.install is not None):
+            return "installing"
+        if self.download is not None:
+            return "downloading"
+        if self.controller.running:
+            return "predicting"
+        return None
+
+    def buttons(self, ready_to_apply: bool, have_models: bool) -> ButtonStates:
+        """The buttons for the current activity; ``ready_to_apply``: an MRI and a checkpoint are chosen."""
+        busy = self.busy
+        if busy is not None:
+            what = {"installing": "Python packages are being installed",
+                    "downloading": "a model is being downloaded",
+                    "predicting": "the prediction is running"}[busy]
+            return ButtonStates(False, False, True, f"Wait: {what}; Cancel stops it.")
+        if not ready_to_apply:
+            return ButtonStates(False, have_models, False, "Select an MRI volume and a checkpoint")
+        return ButtonStates(True, have_models, False, "Predict amyloid status and compute the saliency map")

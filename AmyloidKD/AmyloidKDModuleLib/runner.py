@@ -64,7 +64,7 @@ class PredictRequest:
     checkpoint: Path
     out_dir: Path
     device: str = "auto"
-    skull_strip: str | None = "hd-bet-v1"
+    skull_strip: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICE_CHOICES:
@@ -128,6 +128,7 @@ def library_environment(base_env: Mapping[str, str], library_parent: str | os.Pa
     parts = [str(library_parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # Windows consoles default to a code page; we read UTF-8
     return env
 
 
@@ -166,13 +167,29 @@ class ProcessEvent:
     progress: Progress | None = None
 
 
-def kill_process_tree(pid: int, timeout: float = 5.0, process_group: int | None = None) -> list[int]:
+#: subprocess.CREATE_NO_WINDOW (Windows only): no console window pops up for each run.
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+
+
+def popen_options(platform: str = sys.platform) -> dict:
+    """How a background process is started: its own process group (so Cancel reaches its whole
+    tree) and, on Windows, no console window."""
+    if platform == "win32":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_process_tree(pid: int, timeout: float = 5.0, process_group: int | None = None,
+                      reap: Callable[[], object] | None = None) -> list[int]:
     """Stop ``pid`` and every process it started; return the pids that were signalled.
 
     POSIX: the child was started as the leader of its own session, so one ``killpg`` on
     ``process_group`` reaches its whole group even after the leader has exited; descendants
     that left the group (their own ``setsid``) are found with psutil when it is installed.
     Windows: ``taskkill /T`` walks the tree. Politely first (SIGTERM), SIGKILL after ``timeout`` s.
+    ``reap`` (``Popen.poll`` of the leader) collects the leader once it exits, so an exited
+    child is never mistaken for a live one (on macOS there is no /proc to tell a zombie).
     """
     if sys.platform == "win32":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
@@ -187,7 +204,11 @@ def kill_process_tree(pid: int, timeout: float = 5.0, process_group: int | None 
     groups.discard(os.getpgrp())  # never signal the caller's own group (Slicer itself)
     _signal_all(groups, targets, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(t) for t in targets):
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if not any(_alive(t) for t in targets):
+            break
         time.sleep(0.05)
     _signal_all(groups, targets, signal.SIGKILL)
     return sorted(targets)
@@ -228,6 +249,19 @@ def _alive(pid: int) -> bool:
 
 
 def _is_zombie(pid: int) -> bool:
+    """True for an exited process not yet collected by its parent: psutil where installed (Linux,
+    macOS, Windows), else Linux's /proc; elsewhere False (``reap`` covers our own child)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
@@ -263,11 +297,7 @@ class BackgroundProcess:
               cwd: str | os.PathLike | None = None) -> BackgroundProcess:
         """Launch ``command`` in a new process group and start collecting its output."""
         process = cls(command=[str(c) for c in command])
-        options: dict = {}
-        if sys.platform == "win32":
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            options["start_new_session"] = True
+        options = popen_options()
         try:
             process._popen = subprocess.Popen(
                 process.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -350,7 +380,7 @@ class BackgroundProcess:
         if self._popen is None:
             return
         group = None if sys.platform == "win32" else self.pid  # start_new_session: pgid == pid
-        kill_process_tree(self.pid, timeout, process_group=group)
+        kill_process_tree(self.pid, timeout, process_group=group, reap=self._popen.poll)
         self._popen.wait(timeout)
 
     def tail(self, n: int = 20) -> str:
@@ -398,6 +428,8 @@ class CaseResult:
     error: str
     seconds: dict[str, float | None]
     outputs: CaseOutputs
+    #: Columns beyond the contract's (e.g. ``centiloid`` once the library writes it), as text.
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -446,7 +478,8 @@ def read_results(out_dir: str | os.PathLike) -> list[CaseResult]:
                 label=None if label is None else int(label),
                 threshold=_optional_float(row["threshold"], "threshold", row_number),
                 status=status, error=row["error"], seconds=seconds,
-                outputs=CaseOutputs.for_case(out_dir, row["case"])))
+                outputs=CaseOutputs.for_case(out_dir, row["case"]),
+                extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
     return results
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from AmyloidKDModuleLib.errors import ModuleError
+from AmyloidKDModuleLib.modelinfo import ModelInfo, read_model_info
 from AmyloidKDModuleLib.runner import (
     BackgroundProcess,
     CaseResult,
@@ -46,10 +47,15 @@ ROLE_SALIENCY = "AmyloidKD.saliency"
 ROLE_TOP_REGIONS = "AmyloidKD.topRegions"
 ROLE_PET = "AmyloidKD.pet"
 ROLE_MRI = "AmyloidKD.mri"  # output node -> the MRI it was computed for
-ATTRIBUTE_ROLE = "AmyloidKD.role"  # "saliency" | "topRegions" | "colorTable" on the module's own nodes
+ROLE_RESULTS_TABLE = "AmyloidKD.resultsTable"
+ROLE_TOP_REGIONS_SEGMENTATION = "AmyloidKD.topRegionsSegmentation"
+ATTRIBUTE_ROLE = "AmyloidKD.role"  # "saliency" | "topRegions" | "resultsTable" | "colorTable" on the module's own nodes
+#: The output roles of one case: what a re-run replaces.
+OUTPUT_ROLES = (ROLE_SALIENCY, ROLE_TOP_REGIONS, ROLE_RESULTS_TABLE, ROLE_TOP_REGIONS_SEGMENTATION)
+RESULTS_TABLE_COLUMNS = ("Measurement", "Value")
 ATTRIBUTE_BACKGROUND = "AmyloidKD.background"  # "mri" | "pet"
 ATTRIBUTE_OPACITY = "AmyloidKD.opacity"
-RESULT_ATTRIBUTES = ("probability", "label", "threshold", "checkpoint")
+RESULT_ATTRIBUTES = ("probability", "label", "threshold", "checkpoint", "model")
 TOP_REGIONS_COLOR_TABLE_NAME = "AmyloidKD top regions"
 #: Label values 1..255 (uint8); 1 is the region with the highest summed saliency.
 MAX_TOP_REGIONS = 255
@@ -258,6 +264,145 @@ def load_outputs(scene: "vtkMRMLScene", volumes_logic, mri_node: "vtkMRMLScalarV
     return saliency, top_regions
 
 
+def remove_case_outputs(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode") -> list[str]:
+    """Remove the AmyloidKD outputs of ``mri_node`` (saliency, top regions, results table), so that
+    a re-run replaces them instead of adding more; returns the names removed.
+
+    Only nodes that the module made for this MRI are removed (their role attribute and their
+    reference back to it are checked); anything else the MRI refers to is left alone.
+    """
+    removed = []
+    previous: "vtkMRMLNode"
+    for role in OUTPUT_ROLES:
+        previous = mri_node.GetNodeReference(role)
+        mri_node.SetNodeReferenceID(role, None)
+        if previous is None or previous.GetAttribute(ATTRIBUTE_ROLE) is None:
+            continue
+        owner = previous.GetNodeReferenceID(ROLE_MRI)
+        if owner not in (None, mri_node.GetID()):
+            continue
+        removed.append(previous.GetName())
+        scene.RemoveNode(previous)  # its display and storage nodes go with it
+    return removed
+
+
+def place_in_study(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", outputs: Iterable[Any]) -> int | None:
+    """Put ``outputs`` next to the MRI in the subject hierarchy (its study, or wherever the MRI is);
+    returns the parent item, or None when the MRI has no subject-hierarchy item."""
+    hierarchy: "vtkMRMLSubjectHierarchyNode" = scene.GetSubjectHierarchyNode()
+    if hierarchy is None:
+        return None
+    mri_item = hierarchy.GetItemByDataNode(mri_node)
+    if not mri_item:
+        return None
+    parent = hierarchy.GetItemParent(mri_item)
+    for data_node in outputs:
+        if data_node is None:
+            continue
+        item = hierarchy.GetItemByDataNode(data_node)
+        if item:
+            hierarchy.SetItemParent(item, parent)
+        else:
+            hierarchy.CreateItem(parent, data_node)
+    return parent
+
+
+def save_directory(scene: "vtkMRMLScene") -> Path:
+    """Where the outputs of a run without an output folder are offered for saving: the scene's
+    root directory (Slicer's default scene folder), or the home folder."""
+    root = scene.GetRootDirectory()
+    return Path(root) if root and Path(root).is_dir() else Path.home()
+
+
+def point_storage_to(storable: "vtkMRMLStorableNode", directory: str | os.PathLike, extension: str = ".nii.gz") -> Path:
+    """Aim the node's storage node at ``directory/<node name><extension>`` (nothing is written yet)
+    and mark it modified, so Slicer's Save dialog offers it there instead of a deleted temporary folder."""
+    target = Path(directory) / f"{safe_case_name(storable.GetName())}{extension}"
+    storable_storage: "vtkMRMLStorageNode" = storable.GetStorageNode()
+    if storable_storage is not None:
+        storable_storage.SetFileName(str(target))
+    storable.StorableModified()
+    return target
+
+
+def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike):
+    """The top-regions label map as a segmentation node ("<MRI> AmyloidKD top regions segmentation")
+    whose segments are named like the label map's colour table ("AmyloidKD top region 1 (highest
+    saliency)", ...) and coloured alike, for the Segmentations and Segment Statistics modules.
+
+    It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
+    to the MRI; it has no display node until the user shows it (the label layer already does).
+    """
+    segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetName(f"{mri_node.GetName()} AmyloidKD top regions segmentation")
+    reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(path))
+    segmentation.SetAndObserveStorageNodeID(reader.GetID())
+    if not reader.ReadData(segmentation):
+        scene.RemoveNode(segmentation)
+        raise ModuleError(f"Slicer could not read the top-regions map {path} as a segmentation.")
+    segments: "vtkSegmentation" = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment: "vtkSegment" = segments.GetNthSegment(index)
+        rank = segment.GetLabelValue()
+        segment.SetName(top_region_name(rank))
+        segment.SetColor(*TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)])
+    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+    segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
+    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+    mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS_SEGMENTATION, segmentation.GetID())
+    return segmentation
+
+
+def results_rows(row: CaseResult, model: ModelInfo | None, regions: Iterable[Mapping[str, str]] = ()) -> list[tuple[str, str]]:
+    """(measurement, value) rows of a case's results table.
+
+    ``row.extra`` carries columns the library adds to results.csv beyond the contract: a
+    ``centiloid`` column (the Centiloid issue) becomes a row here without any change to this
+    module. ``regions`` are the rows of ``<case>_regions.csv`` (rank, region, atlas,
+    saliency_share, voxels) when the library writes it.
+    """
+    rows = [("Model", model.name if model else ""),
+            ("Notice", model.notice if model else "Research use only, not for diagnosis."),
+            ("Probability", f"{row.probability:.4f}"),
+            ("Threshold", f"{row.threshold:.4f}"),
+            ("Result", row.label_text)]
+    if str(row.extra.get("centiloid") or "").strip():
+        rows.append(("Centiloid", row.extra["centiloid"].strip()))
+    for region in regions:
+        rows.append((f"Saliency share: {region.get('region', '')} ({region.get('atlas', '')})",
+                     str(region.get("saliency_share", ""))))
+    return rows
+
+
+def results_table(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", rows: Iterable[tuple[str, str]]):
+    """A table node "<MRI> AmyloidKD results" with one (measurement, value) row each, linked to the MRI."""
+    results: "vtkMRMLTableNode" = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    results.SetName(f"{mri_node.GetName()} AmyloidKD results")
+    for name in RESULTS_TABLE_COLUMNS:
+        column: "vtkAbstractArray" = results.AddColumn()
+        column.SetName(name)
+    for measurement, value in rows:
+        index = results.AddEmptyRow()
+        results.SetCellText(index, 0, measurement)
+        results.SetCellText(index, 1, value)
+    results.SetAttribute(ATTRIBUTE_ROLE, "resultsTable")
+    results.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+    mri_node.SetNodeReferenceID(ROLE_RESULTS_TABLE, results.GetID())
+    return results
+
+
+def read_regions(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a ``<case>_regions.csv`` (empty when the library did not write one)."""
+    import csv
+
+    target = Path(path)
+    if not target.is_file():
+        return []
+    with open(target, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 # --- slice views ------------------------------------------------------------------------------
 
 
@@ -288,6 +433,36 @@ def views_showing(scene: "vtkMRMLScene", volume_ids: Iterable[str]) -> list[str]
         if layers & wanted or not any(layers):
             names.append(composite.GetLayoutName())
     return names
+
+
+#: Slicer's three standard slice views: layout name (also its singleton tag) -> orientation.
+STANDARD_SLICE_VIEWS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
+
+
+def ensure_slice_views(scene: "vtkMRMLScene") -> list[str]:
+    """Add Slicer's Red/Yellow/Green slice and composite nodes where the scene has none (a
+    headless batch has no layout). They carry Slicer's own singleton tags, so a ``.mrb`` saved
+    with them opens in Slicer with the overlays shown: its views adopt these nodes' layers."""
+    added = []
+    for name, orientation in STANDARD_SLICE_VIEWS:
+        if _slice_node(scene, name) is None:
+            view: "vtkMRMLSliceNode" = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+            view.SetSingletonTag(name)
+            view.SetLayoutName(name)
+            view.SetDefaultOrientation(orientation)
+            view.SetOrientation(orientation)
+            added.append(name)
+        if not _has_composite(scene, name):
+            layers: "vtkMRMLSliceCompositeNode" = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+            layers.SetSingletonTag(name)
+            layers.SetLayoutName(name)
+    return added
+
+
+def _has_composite(scene: "vtkMRMLScene", layout_name: str) -> bool:
+    composite: "vtkMRMLSliceCompositeNode"
+    return any(composite.GetLayoutName() == layout_name
+               for composite in nodes_by_class(scene, "vtkMRMLSliceCompositeNode"))
 
 
 def show_case(scene: "vtkMRMLScene", overlay: CaseOverlay, previous: Iterable[Any] = (),
@@ -365,6 +540,8 @@ class PredictionResult:
     top_regions_node: Any
     output_directory: Path | None
     log: list = field(default_factory=list)
+    table_node: Any = None
+    segmentation_node: Any = None
 
     @property
     def seconds_total(self) -> float:
@@ -373,7 +550,7 @@ class PredictionResult:
 
 
 def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
-                     checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = "hd-bet-v1",
+                     checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = None,
                      output_directory: str | os.PathLike | None = None,
                      temporary_root: str | os.PathLike | None = None) -> PredictionJob:
     """Export the MRI node and start the prediction command on it (returns at once).
@@ -438,15 +615,30 @@ def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
         missing = row.outputs.missing()
         if missing:
             raise ModuleError("the prediction did not write " + ", ".join(str(p) for p in missing))
+        try:
+            model = read_model_info(job.request.checkpoint)
+        except ModuleError:
+            model = None
         attributes = {"probability": f"{row.probability:.6f}", "label": row.label,
-                      "threshold": f"{row.threshold:.6f}", "checkpoint": job.request.checkpoint}
+                      "threshold": f"{row.threshold:.6f}", "checkpoint": job.request.checkpoint,
+                      "model": model.name if model else ""}
+        remove_case_outputs(scene, job.mri_node)  # a re-run replaces the case's previous outputs
         saliency, top_regions = load_outputs(scene, volumes_logic, job.mri_node, row.outputs.saliency,
                                              row.outputs.top_regions, attributes, settings,
                                              temporary_files=not job.keep_outputs)
+        table = results_table(scene, job.mri_node, results_rows(
+            row, model, read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")))
+        segmentation = top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions)
+        if not job.keep_outputs:  # the files are deleted below: offer a folder the user can save to
+            for output in (saliency, top_regions):
+                point_storage_to(output, save_directory(scene))
+            point_storage_to(table, save_directory(scene), ".tsv")
+            point_storage_to(segmentation, save_directory(scene), ".seg.nrrd")
+        place_in_study(scene, job.mri_node, (saliency, top_regions, table, segmentation))
     finally:
         shutil.rmtree(job.work_directory, ignore_errors=True)
     return PredictionResult(
         case_name=row.case, probability=row.probability, label=row.label, label_text=row.label_text,
         threshold=row.threshold, seconds=dict(row.seconds), saliency_node=saliency,
-        top_regions_node=top_regions, output_directory=job.request.out_dir if job.keep_outputs else None,
+        top_regions_node=top_regions, table_node=table, segmentation_node=segmentation, output_directory=job.request.out_dir if job.keep_outputs else None,
         log=list(job.process.log))

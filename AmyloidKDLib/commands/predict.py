@@ -29,7 +29,7 @@ from AmyloidKDLib import executor
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
-from AmyloidKDLib.volume import check_volume, save_volume
+from AmyloidKDLib.volume import check_volume, reorient_for_storage, save_volume
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,20 @@ def finished_rows(out_dir: Path, record: dict) -> dict[tuple[str, str], dict]:
             if row.get("status") == "ok" and (out_dir / f"{row.get('case')}_overview.png").is_file()}
 
 
-def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
+def stored_axis_codes(path: str | os.PathLike) -> str:
+    """The voxel order the file at ``path`` is stored in (e.g. ``"LPS"``), from its header."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(nib.load(str(path)).affine))
+
+
+def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RAS") -> list[Path]:
     """Write one case's saliency NIfTIs, label map and overview PNG; return their paths.
+
+    The native-grid saliency and label map are stored in the input's own voxel order
+    ``storage_code`` (its header's axis codes), so their arrays line up voxel for voxel with the
+    input's array, as nnU-Net and TotalSegmentator outputs do; the MNI map stays RAS.
+    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency.
 
     The NIfTIs are compressed in a second thread while the PNG is drawn (zlib releases the
     GIL). Each file is written atomically; if any fails, the others of the case are removed.
@@ -190,14 +202,20 @@ def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
     explains = "amyloid-positive class" if result.saliency_target == 1 else "amyloid-negative class"
     niftis = []
     if result.saliency is not None:
-        niftis = [(result.saliency, out_dir / f"{case}_saliency.nii.gz", np.float32),
+        niftis = [(reorient_for_storage(result.saliency, storage_code), out_dir / f"{case}_saliency.nii.gz", np.float32),
                   (result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz", np.float32),
-                  (result.top_regions, out_dir / f"{case}_top_regions.nii.gz", np.uint8)]
+                  (reorient_for_storage(result.top_regions, storage_code), out_dir / f"{case}_top_regions.nii.gz",
+                   np.uint8)]
+    regions = [out_dir / f"{case}_regions.csv"] if niftis and result.saliency_mni is not None else []
     written: list[Path] = []
 
     def write_niftis() -> None:
         for volume, path, dtype in niftis:
             written.append(save_volume(volume, path, dtype=dtype))
+        if regions:  # which named regions hold the saliency (AmyloidKDLib.regions)
+            from AmyloidKDLib.regions import load_atlas, region_shares, write_regions_csv
+
+            written.append(write_regions_csv(region_shares(result.saliency_mni, load_atlas()), regions[0]))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         background = pool.submit(write_niftis)
@@ -213,7 +231,7 @@ def write_case_outputs(result, out_dir: Path, case: str) -> list[Path]:
             for path in written:
                 Path(path).unlink(missing_ok=True)
             raise
-    return [path for _, path, _ in niftis] + [png]
+    return [path for _, path, _ in niftis] + regions + [png]
 
 
 def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:
@@ -305,7 +323,7 @@ def predict_one(item: CaseInput, predictor, out_dir: Path, row: dict, *, allow_c
         step_index = {name: i + 1 for i, name in enumerate(("prepare", "model", "saliency"))}
         result = predictor.predict(
             mri, on_step=lambda name: report(step_index[name], f"{item.case}: {name} done"))
-        write_case_outputs(result, out_dir, item.case)
+        write_case_outputs(result, out_dir, item.case, storage_code=stored_axis_codes(item.path))
         row.update(probability=repr(result.probability), label=str(result.label),
                    status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
                    seconds_model=f"{result.timings.get('model', 0.0):.3f}",

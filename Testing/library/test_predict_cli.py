@@ -95,6 +95,10 @@ def test_each_case_gets_saliency_labels_and_an_overview_on_its_own_grid(batch_ru
         native = load_volume(batch_folder / (case + suffix))
         saliency = load_volume(out / f"{case}_saliency.nii.gz", "saliency")
         assert saliency.shape == native.shape
+        # stored like the input (LPS here, test_native_order.py checks the voxels), not RAS
+        for name in ("saliency", "top_regions"):
+            np.testing.assert_allclose(nib.load(out / f"{case}_{name}.nii.gz").affine,
+                                       nib.load(batch_folder / (case + suffix)).affine, atol=1e-4)
         np.testing.assert_allclose(saliency.affine, native.affine, atol=1e-4)
         assert saliency.data.min() >= 0.0 and saliency.data.max() <= 1.0
         labels_img = nib.load(out / f"{case}_top_regions.nii.gz")
@@ -104,6 +108,10 @@ def test_each_case_gets_saliency_labels_and_an_overview_on_its_own_grid(batch_ru
         assert labels.max() >= 1
         # top regions are where the saliency is high
         assert saliency.data[labels > 0].mean() > 2 * saliency.data[labels == 0].mean()
+        with open(out / f"{case}_regions.csv", newline="") as handle:  # named regions by saliency share
+            regions = list(csv.DictReader(handle))
+        assert list(regions[0]) == ["rank", "region", "atlas", "saliency_share", "voxels"]
+        assert [r["rank"] for r in regions] == [str(i) for i in range(1, len(regions) + 1)]
         mni = nib.load(out / f"{case}_saliency_mni.nii.gz")
         assert mni.shape == (99, 117, 95)  # the fast preset's 2 mm MNI grid
         png = (out / f"{case}_overview.png").read_bytes()
@@ -231,7 +239,7 @@ def test_a_case_whose_outputs_fail_leaves_none_of_them(failing, tmp_path, monkey
                              threshold=0.5)
     written = predict.write_case_outputs(result, tmp_path / "ok", "c")
     assert [p.name for p in written] == ["c_saliency.nii.gz", "c_saliency_mni.nii.gz",
-                                         "c_top_regions.nii.gz", "c_overview.png"]
+                                         "c_top_regions.nii.gz", "c_regions.csv", "c_overview.png"]
     assert all(p.is_file() for p in written)
 
     def broken(*args, **kwargs):

@@ -513,3 +513,123 @@ def test_only_changes_of_the_case_re_layer_the_views(app, phantom, outputs):
     assert change.relayout and second.GetID() in change.previous
     assert not follower.change(second, None, False, 0.8).relayout
     assert follower.change(second, first, True, 0.8).relayout  # PET underneath
+
+
+# --- Slicer-native outputs: results table, replace on re-run, study, storage, .mrb views ------
+
+
+def finished_job(mri, outputs, checkpoint: Path, root: Path) -> scene.PredictionJob:
+    """A job whose process has ended and whose out folder holds a copy of a real prediction's files,
+    as finish_prediction finds them after Apply (without running the model again)."""
+    import shutil
+
+    work = root / "work"
+    out = work / "output"
+    out.mkdir(parents=True)
+    for path in outputs.outputs.saliency.parent.iterdir():
+        shutil.copy(path, out / path.name)
+    process = runner.BackgroundProcess.start([sys.executable, "-c", "pass"])
+    assert process.wait(timeout=60) == 0
+    request = runner.PredictRequest(out / "input.nii.gz", checkpoint, out, device="cpu")
+    return scene.PredictionJob(process, request, outputs.case, mri, None, work, keep_outputs=False)
+
+
+def _table_rows(table) -> dict:
+    return {table.GetCellText(r, 0): table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())}
+
+
+def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savable_storage(app, phantom, outputs,
+                                                                                            tmp_path):
+    mri = load_mri(app, phantom, "ras")
+    hierarchy = app.scene.GetSubjectHierarchyNode()
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "sub-01"), "baseline")
+    hierarchy.CreateItem(study, mri)
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    app.scene.SetRootDirectory(str(saves))
+
+    first = scene.finish_prediction(app.scene, app.volumes_logic, finished_job(mri, outputs, phantom["checkpoint"], tmp_path / "1"))
+    nodes_after_first = app.scene.GetNumberOfNodes()
+    second = scene.finish_prediction(app.scene, app.volumes_logic, finished_job(mri, outputs, phantom["checkpoint"], tmp_path / "2"))
+
+    assert app.scene.GetNumberOfNodes() == nodes_after_first, "a re-run added nodes instead of replacing"
+    latest = (second.saliency_node, second.top_regions_node, second.table_node, second.segmentation_node)
+    for old in (first.saliency_node, first.top_regions_node, first.table_node, first.segmentation_node):
+        assert app.scene.GetNodeByID(old.GetID()) is not old, f"{old.GetName()} was not removed"
+    owned = [n for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "vtkMRMLSegmentationNode")
+             for n in scene.nodes_by_class(app.scene, cls)
+             if n.GetAttribute(scene.ATTRIBUTE_ROLE) in ("saliency", "topRegions", "resultsTable", "topRegionsSegmentation")]
+    assert sorted(n.GetID() for n in owned) == sorted(n.GetID() for n in latest)
+    assert mri.GetNodeReference(scene.ROLE_RESULTS_TABLE) is second.table_node
+
+    for output in latest:  # in the MRI's study
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(output)) == study
+
+    rows = _table_rows(second.table_node)
+    assert second.table_node.GetName() == f"{mri.GetName()} AmyloidKD results"
+    assert rows["Probability"] == f"{outputs.probability:.4f}" and rows["Threshold"] == "0.5000"
+    assert rows["Result"] == outputs.label_text and rows["Model"] == phantom["checkpoint"].name
+    assert rows["Notice"] == f"Model: {phantom['checkpoint'].name}. Research use only, not for diagnosis."
+    assert second.table_node.GetColumnName(0) == "Measurement" and second.table_node.GetColumnName(1) == "Value"
+    shares = {k: float(v) for k, v in rows.items() if k.startswith("Saliency share: ")}  # from <case>_regions.csv
+    assert shares and all(k.endswith("(amyloidkd-spheres)") for k in shares) and 0 < sum(shares.values()) <= 1.0001
+
+    # the top regions as a segmentation: one named segment per label of the file, in its colour
+    import nibabel as nib
+
+    labels = sorted(set(np.unique(np.asanyarray(nib.load(str(outputs.outputs.top_regions)).dataobj)).tolist()) - {0})
+    segments = second.segmentation_node.GetSegmentation()
+    found = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
+             for i in range(segments.GetNumberOfSegments())}
+    assert found == {label: scene.top_region_name(label) for label in labels}
+    assert Path(second.segmentation_node.GetStorageNode().GetFileName()).name.endswith("segmentation.seg.nrrd")
+
+    # the temporary files are gone; the storage nodes point where the user can save, and saving works
+    assert not (tmp_path / "2" / "work").exists()
+    for output in (second.saliency_node, second.top_regions_node):
+        storage = output.GetStorageNode()
+        target = Path(storage.GetFileName())
+        assert target.parent == saves and target.name.endswith(".nii.gz")
+        assert storage.WriteData(output) and target.is_file()
+
+
+def test_results_table_carries_centiloid_and_region_shares_when_the_library_writes_them(outputs):
+    import dataclasses
+
+    row = dataclasses.replace(outputs, extra={"centiloid": "42.5"})
+    rows = scene.results_rows(row, None, [{"rank": "1", "region": "Precuneus", "atlas": "aal",
+                                           "saliency_share": "0.31", "voxels": "812"}])
+    assert ("Centiloid", "42.5") in rows
+    assert ("Saliency share: Precuneus (aal)", "0.31") in rows
+    assert not any(name == "Centiloid" for name, _ in scene.results_rows(outputs, None))
+
+
+@pytest.mark.parametrize("with_views", [True, False])
+def test_batch_mrb_opens_in_slicer_with_the_overlays_shown(app, phantom, outputs, tmp_path, with_views):
+    """The batch has no layout; with ensure_slice_views its .mrb opens with the overlays in Slicer's views
+    (Slicer's layout owns Red/Yellow/Green as singletons: they take the saved layers). Without, blank."""
+    mri = load_mri(app, phantom, "ras")
+    saliency, top_regions = scene.load_outputs(app.scene, app.volumes_logic, mri, outputs.outputs.saliency,
+                                               outputs.outputs.top_regions, temporary_files=True)
+    if with_views:
+        assert scene.ensure_slice_views(app.scene) == ["Red", "Yellow", "Green"]
+        assert scene.ensure_slice_views(app.scene) == []  # never twice
+    scene.show_case(app.scene, scene.case_overlay(mri))
+    bundle = tmp_path / "case.mrb"
+    assert app.scene.WriteToMRB(str(bundle))
+
+    slicer_app = _require("trame_slicer.core").SlicerApp()
+    views = {}
+    for name, _ in scene.STANDARD_SLICE_VIEWS:  # what Slicer's layout manager has before a scene is opened
+        composite = slicer_app.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetSingletonTag(name)
+        composite.SetLayoutName(name)
+        views[name] = composite
+    assert slicer_app.scene.ReadFromMRB(str(bundle))
+    assert slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 3
+    for name, composite in views.items():
+        layers = [slicer_app.scene.GetNodeByID(i).GetName() if i else None for i in _layers(composite)]
+        if with_views:
+            assert layers == [mri.GetName(), saliency.GetName(), top_regions.GetName()], name
+        else:
+            assert layers == [None, None, None], name

@@ -527,7 +527,7 @@ def test_batch_script_exits_non_zero_whatever_escapes(tmp_path, capsys):
     assert ended.value.code == script.EXIT_BATCH_ERROR
 
 
-@pytest.mark.parametrize("outcome, code", [(0, 0), (1, 1), (None, 3), (KeyboardInterrupt(), 3),
+@pytest.mark.parametrize("outcome, code", [(0, 0), (1, 1), (None, 3), (KeyboardInterrupt(), 130),
                                            (SystemExit(2), 2), (OSError("disk full"), 3)])
 def test_batch_exit_code_for_each_way_run_batch_ends(outcome, code):
     script = _batch_script()

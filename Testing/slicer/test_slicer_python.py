@@ -8,7 +8,7 @@
   Python of Slicer 5.4-5.8) and 3.12 (the Python of Slicer 5.10+).
 - README, docs/slicer.md, the top-level CMakeLists.txt and the module name the same minimum.
 
-vermin is not a project dependency (``python3 -m pip install --user vermin``); without it the
+vermin comes with the test extra (``pip install -e '.[test]'``); without it the
 static checks are skipped locally and fail under CI.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,18 +41,20 @@ LOAD_PATH_FILES = sorted(
 LIBRARY_FILES = sorted((REPO / "AmyloidKDLib").rglob("*.py"))
 
 
-def _vermin() -> str:
-    found = shutil.which("vermin") or str(Path.home() / ".local" / "bin" / "vermin")
-    if not Path(found).is_file():
-        message = "vermin is not installed (python3 -m pip install --user vermin)"
+def _vermin() -> list[str]:
+    """The command that runs vermin: from this Python's packages (the test extra installs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vermin") is None:
+        message = "vermin is not installed (it is in the test extra: pip install -e '.[test]')"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return found
+    return [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())"]
 
 
 def _vermin_violations(target: str, files: list[Path]) -> tuple[int, str]:
-    run = subprocess.run([_vermin(), "--no-tips", "--violations", "--no-parse-comments", f"-t={target}-",
+    run = subprocess.run([*_vermin(), "--no-tips", "--violations", "--no-parse-comments", f"-t={target}-",
                           *map(str, files)], capture_output=True, text=True, timeout=120)
     return run.returncode, run.stdout + run.stderr
 

@@ -79,7 +79,7 @@ TRACER_EQUATIONS: dict[str, TracerEquation] = {eq.name: eq for eq in (
                    source="Rowe et al. 2017, Eur J Nucl Med Mol Imaging 44:2053-2059",
                    checked="equation as printed in the abstract; with its regression "
                            "SUVR_FBB = 0.61 SUVR_PiB + 0.39 it maps the PiB anchors to -0.7 "
-                           "and 99.1 CL",
+                           "and 99.2 CL",
                    aliases=("FBB", "18F-florbetaben", "neuraceq", "AV1")),
     TracerEquation("flutemetamol", 121.42, -121.16,
                    source="Battle et al. 2018, EJNMMI Research 8:107",
@@ -312,7 +312,7 @@ def suvr_in_mni(pet_mni: Volume, vois: VoiSet, coverage: Volume | None = None) -
     """
     vois = vois.on_grid(pet_mni)
     means = {}
-    for key, mask in (("CTX", vois.ctx), (REFERENCE_REGION, vois.reference)):
+    for key, mask in ((REFERENCE_REGION, vois.reference), ("CTX", vois.ctx)):
         inside = mask.data > 0.5
         if not inside.any():
             raise InputError(f"the {key} VOI of set {vois.name!r} is empty on the PET's MNI grid; "

@@ -1,0 +1,105 @@
+"""How well ``amyloidkd centiloid`` recovers the phantom's true Centiloid, and how fast.
+
+Makes fresh phantom cohorts (seeds outside the development range 1000-1999 and 7301-7303),
+quantifies every PET session with the real command (fast preparation, the built-in
+approximate VOIs, the phantom's own tracer equations from
+``AmyloidKDLib.phantom.centiloid_scale.phantom_equation``) and prints, per tracer: cases,
+Pearson r and median absolute error of recovered vs true Centiloid, the mean error (bias),
+and seconds per case (the command's own per-case time)::
+
+    nice -n 10 python Testing/benchmarks/bench_centiloid.py --subjects 10 --seeds 27101 27102
+
+Targets (issue 27): r >= 0.97, median absolute error <= 5 CL, <= 10 s per case on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from AmyloidKDLib.centiloid import approximate_voi_set  # noqa: E402
+from AmyloidKDLib.phantom import PhantomConfig, TRACERS, generate_cohort  # noqa: E402
+from AmyloidKDLib.phantom.centiloid_scale import phantom_equation  # noqa: E402
+
+DEVELOPMENT_SEEDS = set(range(1000, 2000)) | {7301, 7302, 7303}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, default=10, help="subjects per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[27101, 27102])
+    parser.add_argument("--threads", type=int, default=2, help="ITK threads per case")
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: temporary)")
+    args = parser.parse_args()
+    bad = [s for s in args.seeds if s in DEVELOPMENT_SEEDS]
+    if bad:
+        parser.error(f"seeds {bad} are in the development range; choose others")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_centiloid_"))
+    work.mkdir(parents=True, exist_ok=True)
+    config = PhantomConfig()
+    vois = approximate_voi_set(2)
+    equations = {f"phantom-{t}": phantom_equation(t, vois, config) for t in TRACERS}
+    (work / "equations.json").write_text(json.dumps(
+        {name: {"slope": eq.slope, "intercept": eq.intercept, "source": eq.source}
+         for name, eq in equations.items()}, indent=1))
+    rows, truth = [], {}
+    for seed in args.seeds:
+        cohort = work / f"cohort_{seed}"
+        if not (cohort / "manifest.csv").is_file():
+            generate_cohort(cohort, args.subjects, seed, "manifest", config, progress=False)
+        for record in csv.DictReader(open(cohort / "ground_truth" / "sessions.csv")):
+            truth[f"{seed}_{record['session_id']}"] = float(record["true_centiloid"])
+        for record in csv.DictReader(open(cohort / "manifest.csv")):
+            rows.append({"case": f"{seed}_{record['session_id']}",
+                         "pet_path": str(cohort / record["pet_path"]),
+                         "t1w": str(cohort / record["t1w"]),
+                         "tracer": f"phantom-{record['tracer']}"})
+    manifest = work / "centiloid_manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "pet_path", "t1w", "tracer"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = work / "out"
+    command = [sys.executable, "-m", "AmyloidKDLib", "centiloid", str(manifest), "--out", str(out),
+               "--suvr-input", "--equations", str(work / "equations.json"), "--no-qc",
+               "--threads", str(args.threads), "--progress", "none"]
+    start = time.perf_counter()
+    subprocess.run(command, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    wall = time.perf_counter() - start
+    results = list(csv.DictReader(open(out / "centiloid.csv")))
+    print(f"\n{len(results)} cases from seeds {args.seeds} ({args.subjects} subjects each), "
+          f"{wall:.0f} s wall, {wall / max(len(results), 1):.1f} s per case, work folder {work}")
+    for name, eq in equations.items():
+        print(f"{name}: CL = {eq.slope:.2f} * SUVR {eq.intercept:+.2f}  ({eq.source})")
+    print("\n| tracer | cases | failed | r | median abs error (CL) | mean error (CL) | s/case (median) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for tracer in TRACERS:
+        mine = [r for r in results if r["tracer"] == f"phantom-{tracer}"]
+        ok = [r for r in mine if r["status"] == "ok"]
+        if len(ok) < 3:
+            print(f"| {tracer} | {len(mine)} | {len(mine) - len(ok)} | - | - | - | - |")
+            continue
+        got = np.array([float(r["centiloid"]) for r in ok])
+        true = np.array([truth[r["case"]] for r in ok])
+        seconds = np.median([float(r["seconds"]) for r in ok])
+        print(f"| {tracer} | {len(mine)} | {len(mine) - len(ok)} | {np.corrcoef(got, true)[0, 1]:.3f} "
+              f"| {np.median(np.abs(got - true)):.1f} | {np.mean(got - true):+.1f} | {seconds:.1f} |")
+    for r in results:
+        if r["status"] != "ok":
+            print(f"failed: {r['case']}: {r['error']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,9 @@ so ``amyloidkd centiloid --equations`` can quantify phantom PET against its trut
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
@@ -26,6 +29,39 @@ from AmyloidKDLib.volume import Volume
 PET_MAPS_MARGIN_MM = 16.0
 
 
+@lru_cache(maxsize=16)
+def _blurred_parts(tracer: str, config_json: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # The blurred template PET is base + (g - 1) * amyloid, g the early-amyloid GM level
+    # (blurring is linear), so the VOI SUVR of any g follows from four VOI means.
+    config = PhantomConfig.from_dict(json.loads(config_json))
+    maps = build_template_maps(config.pet_spacing_mm, PET_MAPS_MARGIN_MM, config)
+    sigma = pet_sigma_voxels(config, config.pet_spacing_mm)
+    base = ndimage.gaussian_filter(pet_tissue_suvr(maps, maps.gm, maps.csf, 1.0, tracer, config),
+                                   sigma, mode="constant")
+    amyloid = ndimage.gaussian_filter((maps.gm * maps.amyloid_weight).astype(np.float32), sigma,
+                                      mode="constant")
+    return maps.affine, base, amyloid
+
+
+def _voi_means(tracer: str, config: PhantomConfig, vois: VoiSet | None
+               ) -> tuple[float, float, float, float]:
+    from AmyloidKDLib.centiloid import approximate_voi_set
+
+    affine, base, amyloid = _blurred_parts(tracer, json.dumps(config.to_dict(), sort_keys=True))
+    on_maps = (vois or approximate_voi_set(2)).on_grid(Volume(base, affine, "PET"))
+    ctx, reference = on_maps.ctx.data > 0.5, on_maps.reference.data > 0.5
+    return tuple(float(part[mask].mean(dtype=np.float64))  # type: ignore[return-value]
+                 for mask in (ctx, reference) for part in (base, amyloid))
+
+
+def grey_matter_suvr_for(voi_suvr: float, tracer: str, config: PhantomConfig,
+                         vois: VoiSet | None = None) -> float:
+    """The early-amyloid grey-matter SUVR whose noise-free template PET has ``voi_suvr`` in
+    the VOIs (default the built-in CTX/WhlCbl; used by ``pet_relation="centiloid"``)."""
+    ctx_base, ctx_amyloid, ref_base, ref_amyloid = _voi_means(tracer, config, vois)
+    return 1.0 + (voi_suvr * ref_base - ctx_base) / (ctx_amyloid - voi_suvr * ref_amyloid)
+
+
 def phantom_voi_suvr(true_centiloid: float, tracer: str, vois: VoiSet,
                      config: PhantomConfig | None = None) -> float:
     """mean(CTX) / mean(WhlCbl) of the noise-free template-space phantom PET at a Centiloid.
@@ -34,14 +70,11 @@ def phantom_voi_suvr(true_centiloid: float, tracer: str, vois: VoiSet,
     applied, as it is in every scan.
     """
     config = config or PhantomConfig()
-    maps = build_template_maps(config.pet_spacing_mm, PET_MAPS_MARGIN_MM, config)
-    cortical = centiloid_to_suvr(true_centiloid, tracer, config)
-    suvr = pet_tissue_suvr(maps, maps.gm, maps.csf, cortical, tracer, config)
-    blurred = ndimage.gaussian_filter(suvr, pet_sigma_voxels(config, config.pet_spacing_mm),
-                                      mode="constant")
-    on_maps = vois.on_grid(Volume(blurred, maps.affine, "PET"))
-    ctx, reference = on_maps.ctx.data > 0.5, on_maps.reference.data > 0.5
-    return float(blurred[ctx].mean(dtype=np.float64) / blurred[reference].mean(dtype=np.float64))
+    grey = centiloid_to_suvr(true_centiloid, tracer, config)
+    if config.pet_relation == "centiloid":
+        grey = grey_matter_suvr_for(grey, tracer, config)
+    ctx_base, ctx_amyloid, ref_base, ref_amyloid = _voi_means(tracer, config, vois)
+    return (ctx_base + (grey - 1.0) * ctx_amyloid) / (ref_base + (grey - 1.0) * ref_amyloid)
 
 
 def phantom_equation(tracer: str, vois: VoiSet, config: PhantomConfig | None = None
@@ -59,4 +92,4 @@ def phantom_equation(tracer: str, vois: VoiSet, config: PhantomConfig | None = N
                    checked="computed from the generator (AmyloidKDLib.phantom.centiloid_scale)")
 
 
-__all__ = ["phantom_equation", "phantom_voi_suvr"]
+__all__ = ["grey_matter_suvr_for", "phantom_equation", "phantom_voi_suvr"]

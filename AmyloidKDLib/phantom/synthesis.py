@@ -306,7 +306,11 @@ def synthesize_pet(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
     loss = _gm_loss(maps, truth, subject)
     gm, csf = maps.gm - loss, maps.csf + loss
     jitter = float(rng.normal(1.0, 0.03))
-    suvr = pet_tissue_suvr(maps, gm, csf, truth.cortical_suvr, truth.tracer, config, jitter)
+    cortical = truth.cortical_suvr
+    if config.pet_relation == "centiloid":  # the grey-matter level that gives this VOI SUVR
+        from AmyloidKDLib.phantom.centiloid_scale import grey_matter_suvr_for
+        cortical = grey_matter_suvr_for(truth.cortical_suvr, truth.tracer, config)
+    suvr = pet_tissue_suvr(maps, gm, csf, cortical, truth.tracer, config, jitter)
     sampled, _ = _sample(suvr[None], maps, geometry)
     data = sampled[0]
     sigma = pet_sigma_voxels(config, config.pet_spacing_mm)

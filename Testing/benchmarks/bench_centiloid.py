@@ -2,12 +2,18 @@
 
 Makes fresh phantom cohorts (seeds outside the development range 1000-1999 and 7301-7303),
 quantifies every PET session with the real command (fast preparation, the built-in
-approximate VOIs, the phantom's own tracer equations from
-``AmyloidKDLib.phantom.centiloid_scale.phantom_equation``) and prints, per tracer: cases,
+approximate VOIs) and prints, per tracer: cases,
 Pearson r and median absolute error of recovered vs true Centiloid, the mean error (bias),
 and seconds per case (the command's own per-case time)::
 
     nice -n 10 python Testing/benchmarks/bench_centiloid.py --subjects 10 --seeds 27101 27102
+    nice -n 10 python Testing/benchmarks/bench_centiloid.py --relation centiloid --seeds 27201 27202
+
+``--relation regional`` (default) uses the default phantom (AV45 and PiB) and quantifies it with
+the phantom's own equations (``phantom/centiloid_scale.phantom_equation``: its Centiloid
+anchors in the approximate VOIs). ``--relation centiloid`` makes cohorts whose PET follows
+the *published* equations in those VOIs (``PhantomConfig.pet_relation="centiloid"``), with
+all five tracers, and quantifies them with the published equations.
 
 Targets (issue 27): r >= 0.97, median absolute error <= 5 CL, <= 10 s per case on 2 cores.
 """
@@ -18,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from AmyloidKDLib.centiloid import approximate_voi_set  # noqa: E402
 from AmyloidKDLib.phantom import PhantomConfig, TRACERS, generate_cohort  # noqa: E402
+from AmyloidKDLib.phantom.config import CENTILOID_TRACERS  # noqa: E402
 from AmyloidKDLib.phantom.centiloid_scale import phantom_equation  # noqa: E402
 
 DEVELOPMENT_SEEDS = set(range(1000, 2000)) | {7301, 7302, 7303}
@@ -41,6 +49,8 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=10, help="subjects per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[27101, 27102])
     parser.add_argument("--threads", type=int, default=2, help="ITK threads per case")
+    parser.add_argument("--relation", choices=("regional", "centiloid"), default="regional",
+                        help="the phantom's PET relation (PhantomConfig.pet_relation)")
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: temporary)")
     args = parser.parse_args()
     bad = [s for s in args.seeds if s in DEVELOPMENT_SEEDS]
@@ -48,13 +58,20 @@ def main() -> None:
         parser.error(f"seeds {bad} are in the development range; choose others")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_centiloid_"))
     work.mkdir(parents=True, exist_ok=True)
-    config = PhantomConfig()
+    if args.relation == "centiloid":
+        tracers = CENTILOID_TRACERS
+        config = PhantomConfig(pet_relation="centiloid", tracer_mix={t: 1.0 for t in tracers})
+        quantify_as = {t: t for t in tracers}     # the published equations
+    else:
+        tracers = TRACERS
+        config = PhantomConfig()
+        quantify_as = {t: f"phantom-{t}" for t in tracers}
     vois = approximate_voi_set(2)
-    equations = {f"phantom-{t}": phantom_equation(t, vois, config) for t in TRACERS}
+    equations = {quantify_as[t]: phantom_equation(t, vois, config) for t in tracers}
     (work / "equations.json").write_text(json.dumps(
         {name: {"slope": eq.slope, "intercept": eq.intercept, "source": eq.source}
          for name, eq in equations.items()}, indent=1))
-    rows, truth = [], {}
+    rows, truth, phantom_tracer = [], {}, {}
     for seed in args.seeds:
         cohort = work / f"cohort_{seed}"
         if not (cohort / "manifest.csv").is_file():
@@ -65,28 +82,36 @@ def main() -> None:
             rows.append({"case": f"{seed}_{record['session_id']}",
                          "pet_path": str(cohort / record["pet_path"]),
                          "t1w": str(cohort / record["t1w"]),
-                         "tracer": f"phantom-{record['tracer']}"})
+                         "tracer": quantify_as[record["tracer"]]})
+            phantom_tracer[f"{seed}_{record['session_id']}"] = record["tracer"]
     manifest = work / "centiloid_manifest.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["case", "pet_path", "t1w", "tracer"])
         writer.writeheader()
         writer.writerows(rows)
     out = work / "out"
+    equations_option = ["--equations", str(work / "equations.json")] if args.relation == "regional" else []
     command = [sys.executable, "-m", "AmyloidKDLib", "centiloid", str(manifest), "--out", str(out),
-               "--suvr-input", "--equations", str(work / "equations.json"), "--no-qc",
+               "--suvr-input", *equations_option, "--no-qc",
                "--threads", str(args.threads), "--progress", "none"]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     results = list(csv.DictReader(open(out / "centiloid.csv")))
     print(f"\n{len(results)} cases from seeds {args.seeds} ({args.subjects} subjects each), "
-          f"{wall:.0f} s wall, {wall / max(len(results), 1):.1f} s per case, work folder {work}")
+          f"{wall:.0f} s wall, {wall / max(len(results), 1):.1f} s per case; CPU (user+sys) "
+          f"{cpu / max(len(results), 1):.1f} s per case; load average before/after "
+          f"{load_before:.1f}/{os.getloadavg()[0]:.1f}; work folder {work}")
     for name, eq in equations.items():
-        print(f"{name}: CL = {eq.slope:.2f} * SUVR {eq.intercept:+.2f}  ({eq.source})")
+        print(f"{name}: phantom CL = {eq.slope:.2f} * SUVR {eq.intercept:+.2f}  ({eq.source})")
     print("\n| tracer | cases | failed | r | median abs error (CL) | mean error (CL) | s/case (median) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for tracer in TRACERS:
-        mine = [r for r in results if r["tracer"] == f"phantom-{tracer}"]
+    for tracer in tracers:
+        mine = [r for r in results if phantom_tracer[r["case"]] == tracer]
         ok = [r for r in mine if r["status"] == "ok"]
         if len(ok) < 3:
             print(f"| {tracer} | {len(mine)} | {len(mine) - len(ok)} | - | - | - | - |")

@@ -222,3 +222,46 @@ def test_pet_that_misses_the_cerebellum_is_refused_and_nothing_written(phantom_c
     assert code == 2 and stderr.strip().count("\n") == 0, stderr
     assert "does not overlap its MRI" in stderr and "WhlCbl" in stderr
     assert not (out / "centiloid.csv").exists() and not list(out.glob("*.png")) if out.exists() else True
+
+
+def test_default_phantom_has_its_own_linear_scale_in_the_built_in_vois():
+    from AmyloidKDLib.phantom import PhantomConfig
+    from AmyloidKDLib.phantom.centiloid_scale import phantom_equation, phantom_voi_suvr
+
+    vois, config = approximate_voi_set(2), PhantomConfig()
+    equation = phantom_equation("AV45", vois, config)
+    assert equation.name == "phantom-AV45"
+    assert equation.centiloid(phantom_voi_suvr(0.0, "AV45", vois, config)) == pytest.approx(0, abs=1e-9)
+    assert equation.centiloid(phantom_voi_suvr(100.0, "AV45", vois, config)) == pytest.approx(100, abs=1e-9)
+    for centiloid in (-30.0, 50.0, 180.0):   # linear to within ~1 CL over the phantom's range
+        assert equation.centiloid(phantom_voi_suvr(centiloid, "AV45", vois, config)) == \
+            pytest.approx(centiloid, abs=1.5)
+
+
+def test_centiloid_relation_phantom_follows_the_published_equations():
+    from AmyloidKDLib.phantom import PhantomConfig
+    from AmyloidKDLib.phantom.centiloid_scale import phantom_voi_suvr
+
+    config = PhantomConfig(pet_relation="centiloid", tracer_mix={"FMM": 1.0, "AV45": 1.0})
+    for tracer in ("FMM", "AV45"):
+        published = tracer_equation(tracer)
+        for centiloid in (0.0, 37.0, 120.0):
+            suvr = phantom_voi_suvr(centiloid, tracer, approximate_voi_set(2), config)
+            assert suvr == pytest.approx(published.suvr(centiloid), abs=1e-6)
+
+
+def test_tracer_mix_keeps_every_other_draw_and_needs_the_centiloid_relation():
+    from AmyloidKDLib.phantom import PhantomConfig, sample_cohort
+
+    default = sample_cohort(12, 27401, PhantomConfig())
+    mixed = sample_cohort(12, 27401, PhantomConfig(pet_relation="centiloid",
+                                                   tracer_mix={"FBB": 1.0, "NAV4694": 1.0}))
+    assert {s.tracer for s in mixed} == {"FBB", "NAV4694"}
+    assert [s.true_centiloid for s in mixed] == [s.true_centiloid for s in default]
+    assert [s.age for s in mixed] == [s.age for s in default]
+    # FBB's SUVR at a true Centiloid is its published equation's
+    first = next(s for s in mixed if s.tracer == "FBB")
+    assert first.cortical_suvr == pytest.approx(tracer_equation("FBB").suvr(first.true_centiloid),
+                                                abs=1e-4)
+    with pytest.raises(ConfigError, match="need pet_relation 'centiloid'"):
+        PhantomConfig(tracer_mix={"FBB": 1.0})

@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for index, row, error in executor.map_cases(
             task, cases, scheduler=args.scheduler, jobs=args.jobs, threads=args.threads,
-            cluster_config=args.cluster_config, progress=per_case, desc="centiloid"):
+            cluster_config=args.cluster_config,
+            progress=per_case and getattr(args, "progress", "bar") == "bar", desc="centiloid"):
         if error is not None:
             row = {**cases[index], "status": "failed", "error": error}
         rows.append(row)

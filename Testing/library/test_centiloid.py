@@ -265,3 +265,21 @@ def test_tracer_mix_keeps_every_other_draw_and_needs_the_centiloid_relation():
                                                 abs=1e-4)
     with pytest.raises(ConfigError, match="need pet_relation 'centiloid'"):
         PhantomConfig(tracer_mix={"FBB": 1.0})
+
+
+def test_a_batch_reports_each_failed_case_in_the_csv_and_exits_1(tmp_path):
+    t1 = tmp_path / "t1.nii.gz"
+    data = np.zeros((12, 12, 12), np.float32)
+    data[3:9, 3:9, 3:9] = 1.0
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(t1))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("case,pet_path,t1w,tracer\na,missing_a.nii.gz,t1.nii.gz,PiB\n"
+                        "b,missing_b.nii.gz,t1.nii.gz,FBB\n")
+    out = tmp_path / "out"
+    code, stdout, stderr = _cli("centiloid", str(manifest), "--out", str(out), "--progress", "lines")
+    assert code == 1, stderr
+    rows = list(csv.DictReader(open(out / "centiloid.csv")))
+    assert [(r["case"], r["tracer"], r["status"]) for r in rows] == [
+        ("a", "PiB", "failed"), ("b", "FBB", "failed")]
+    assert "missing_a.nii.gz: no such file" in rows[0]["error"]
+    assert stderr.count("failed:") == 2   # one progress line per case

@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="ITK threads per case")
     parser.add_argument("--relation", choices=("regional", "centiloid"), default="regional",
                         help="the phantom's PET relation (PhantomConfig.pet_relation)")
+    parser.add_argument("--tracers", nargs="+", choices=CENTILOID_TRACERS, default=None,
+                        help="with --relation centiloid: the tracers drawn (default all five)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --work: reuse its cohorts and centiloid.csv (tables only)")
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: temporary)")
@@ -80,7 +82,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_centiloid_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.relation == "centiloid":
-        tracers = CENTILOID_TRACERS
+        tracers = tuple(args.tracers or CENTILOID_TRACERS)
         config = PhantomConfig(pet_relation="centiloid", tracer_mix={t: 1.0 for t in tracers})
         quantify_as = {t: t for t in tracers}     # the published equations
     else:

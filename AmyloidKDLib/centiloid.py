@@ -203,7 +203,7 @@ def read_gaain_vois(folder: str | os.PathLike) -> VoiSet:
     """
     from AmyloidKDLib.volume import load_volume
 
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder; --voi-dir / {VOI_DIR_ENV} must name the "
                          "folder holding voi_ctx_2mm.nii and voi_WhlCbl_2mm.nii")

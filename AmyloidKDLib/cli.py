@@ -35,7 +35,7 @@ from AmyloidKDLib.atomic import is_disk_full
 from AmyloidKDLib.errors import AmyloidKDError, DependencyError
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
-LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom")
+LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom", "centiloid")
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1

@@ -8,6 +8,13 @@ from AmyloidKDLib import configs
 from AmyloidKDLib.errors import ConfigError
 
 TRACERS = ("AV45", "PIB")
+#: Tracers a cohort can draw with ``pet_relation="centiloid"`` (``tracer_mix``); the default
+#: cohort draws only ``TRACERS``.
+CENTILOID_TRACERS = ("AV45", "PIB", "FBB", "FMM", "NAV4694")
+#: White-matter SUVR of the tracers beyond ``TRACERS`` (phantom knobs, not measurements:
+#: florbetaben and flutemetamol bind white matter more than PiB, NAV4694 less).
+EXTRA_WHITE_MATTER_SUVR = {"FBB": 1.6, "FMM": 1.8, "NAV4694": 1.3}
+PET_RELATIONS = ("regional", "centiloid")
 PHANTOM_CONTRASTS = ("T1w", "T2w", "FLAIR")
 
 
@@ -42,6 +49,13 @@ class PhantomConfig(configs.DictConfig):
     suvr_intercept: dict[str, float] = field(default_factory=lambda: {"PIB": 1.009, "AV45": 1.039})
     suvr_slope: dict[str, float] = field(default_factory=lambda: {"PIB": 0.0094, "AV45": 0.0057})
     white_matter_suvr: dict[str, float] = field(default_factory=lambda: {"PIB": 1.35, "AV45": 1.55})
+    # "regional" (default): cortical_suvr above is the early-amyloid grey matter's SUVR.
+    # "centiloid": the PET's SUVR in the built-in CTX/WhlCbl VOIs follows the tracer's published
+    # Centiloid equation (AmyloidKDLib.centiloid); phantom/centiloid_scale.py, docs/centiloid.md
+    pet_relation: str = "regional"
+    # tracer -> weight of the tracer draw (empty: PIB with pib_share, else AV45); tracers other
+    # than AV45/PIB need pet_relation "centiloid" and a white_matter_suvr entry
+    tracer_mix: dict[str, float] = field(default_factory=dict)
     cortical_background_weight: float = 0.35  # amyloid in cortex outside the early regions
     age_mean: float = 71.0
     age_sd: float = 7.0
@@ -102,6 +116,24 @@ class PhantomConfig(configs.DictConfig):
         self.suvr_intercept = dict(self.suvr_intercept)
         self.suvr_slope = dict(self.suvr_slope)
         self.white_matter_suvr = dict(self.white_matter_suvr)
+        self.tracer_mix = {str(k): float(v) for k, v in dict(self.tracer_mix).items()}
+        if self.pet_relation == "centiloid":
+            for tracer, value in EXTRA_WHITE_MATTER_SUVR.items():
+                self.white_matter_suvr.setdefault(tracer, value)
+        if self.pet_relation not in PET_RELATIONS:
+            raise ConfigError(f"PhantomConfig.pet_relation must be one of {PET_RELATIONS}, "
+                              f"got {self.pet_relation!r}")
+        for tracer, weight in self.tracer_mix.items():
+            allowed = CENTILOID_TRACERS if self.pet_relation == "centiloid" else TRACERS
+            if tracer not in allowed:
+                raise ConfigError(f"PhantomConfig.tracer_mix: {tracer!r} needs one of {allowed} "
+                                  "(FBB, FMM and NAV4694 need pet_relation 'centiloid')")
+            if tracer not in self.white_matter_suvr:
+                raise ConfigError(f"PhantomConfig.white_matter_suvr needs a value for {tracer}")
+            if not weight >= 0:
+                raise ConfigError(f"PhantomConfig.tracer_mix[{tracer!r}] must be >= 0")
+        if self.tracer_mix and not sum(self.tracer_mix.values()) > 0:
+            raise ConfigError("PhantomConfig.tracer_mix needs a positive weight")
         for name in ("prevalence", "pib_share", "longitudinal_share", "unpaired_pet_share",
                      "extra_mr_share", "orientation_mix"):
             value = getattr(self, name)
@@ -170,6 +202,27 @@ def mixture_weight(config: PhantomConfig) -> float:
 
 
 def centiloid_to_suvr(centiloid: float, tracer: str, config: PhantomConfig) -> float:
-    """Composite cortical SUVR of a tracer at a Centiloid value (the Centiloid equations)."""
+    """The SUVR a session's PET is built with at a true Centiloid.
+
+    ``regional``: the early-amyloid grey matter's SUVR, ``suvr_intercept + suvr_slope * CL``.
+    ``centiloid``: the standard-VOI SUVR of the tracer's published equation.
+    """
+    if config.pet_relation == "centiloid":
+        from AmyloidKDLib.centiloid import tracer_equation
+
+        return tracer_equation(tracer).suvr(centiloid)
     return config.suvr_intercept[tracer] + config.suvr_slope[tracer] * centiloid
+
+
+def draw_tracer(uniform: float, config: PhantomConfig) -> str:
+    """The tracer of a subject from one uniform draw in [0, 1) (``tracer_mix`` or ``pib_share``)."""
+    if not config.tracer_mix:
+        return "PIB" if uniform < config.pib_share else "AV45"
+    total = sum(config.tracer_mix.values())
+    edge = 0.0
+    for tracer, weight in config.tracer_mix.items():
+        edge += weight / total
+        if uniform < edge:
+            return tracer
+    return next(t for t, w in reversed(config.tracer_mix.items()) if w > 0)
 

@@ -280,6 +280,25 @@ def synthesize_mri(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
     return volumes
 
 
+def pet_tissue_suvr(maps: TemplateMaps, gm: np.ndarray, csf: np.ndarray, cortical_suvr: float,
+                    tracer: str, config: PhantomConfig, jitter: float = 1.0) -> np.ndarray:
+    """Noise-free PET SUVR on the template grid (cerebellar grey matter = 1), before smoothing.
+
+    Grey matter takes ``1 + amyloid_weight * (cortical_suvr - 1) * jitter``, white matter the
+    tracer's ``white_matter_suvr``, CSF 0.2, and a thin extracerebral rim 0.3.
+    """
+    uptake = 1.0 + maps.amyloid_weight * (cortical_suvr - 1.0) * jitter
+    d = maps.outside_mm
+    extracerebral = np.where(d > 0, 0.3 * np.clip((12.0 - d) / 4.0, 0.0, 1.0), 0.0)
+    return (gm * uptake + maps.wm * config.white_matter_suvr[tracer] + 0.2 * csf
+            + extracerebral).astype(np.float32)
+
+
+def pet_sigma_voxels(config: PhantomConfig, spacing_mm: float) -> float:
+    """The Gaussian sigma (voxels of ``spacing_mm``) of the phantom's PET resolution."""
+    return config.pet_fwhm_mm / (2 * math.sqrt(2 * math.log(2))) / spacing_mm
+
+
 def synthesize_pet(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeometry,
                    rng: np.random.Generator, config: PhantomConfig,
                    subject: SubjectTruth | None = None) -> Volume:
@@ -287,14 +306,14 @@ def synthesize_pet(maps: TemplateMaps, truth: SessionTruth, geometry: SessionGeo
     loss = _gm_loss(maps, truth, subject)
     gm, csf = maps.gm - loss, maps.csf + loss
     jitter = float(rng.normal(1.0, 0.03))
-    uptake = 1.0 + maps.amyloid_weight * (truth.cortical_suvr - 1.0) * jitter
-    d = maps.outside_mm
-    extracerebral = np.where(d > 0, 0.3 * np.clip((12.0 - d) / 4.0, 0.0, 1.0), 0.0)
-    suvr = (gm * uptake + maps.wm * config.white_matter_suvr[truth.tracer] + 0.2 * csf
-            + extracerebral).astype(np.float32)
+    cortical = truth.cortical_suvr
+    if config.pet_relation == "centiloid":  # the grey-matter level that gives this VOI SUVR
+        from AmyloidKDLib.phantom.centiloid_scale import grey_matter_suvr_for
+        cortical = grey_matter_suvr_for(truth.cortical_suvr, truth.tracer, config)
+    suvr = pet_tissue_suvr(maps, gm, csf, cortical, truth.tracer, config, jitter)
     sampled, _ = _sample(suvr[None], maps, geometry)
     data = sampled[0]
-    sigma = config.pet_fwhm_mm / (2 * math.sqrt(2 * math.log(2))) / config.pet_spacing_mm
+    sigma = pet_sigma_voxels(config, config.pet_spacing_mm)
     amplitude = config.pet_noise * (2 * math.sqrt(math.pi) * sigma) ** 1.5
     data += amplitude * np.sqrt(np.maximum(data, 0.05)) * rng.standard_normal(
         data.shape, dtype=np.float32)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from AmyloidKDLib.phantom.config import PhantomConfig, centiloid_to_suvr, mixture_weight
+from AmyloidKDLib.phantom.config import (PhantomConfig, centiloid_to_suvr, draw_tracer,
+                                         mixture_weight)
 
 #: Version of the generator's model (written to ``ground_truth/cohort.json``). 2: random
 #: atrophy slopes and patterns, WM lesions, random cortical loss, measured Centiloid.
@@ -90,7 +91,7 @@ def sample_subject(index: int, seed: int, config: PhantomConfig) -> SubjectTruth
     centiloid = float(np.clip(rng.normal(mean, sd), *config.centiloid_range))
     age = rng.normal(config.age_mean + config.age_shift_positive * positive, config.age_sd)
     age = round(float(np.clip(age, *config.age_range)), 2)
-    tracer = "PIB" if rng.random() < config.pib_share else "AV45"
+    tracer = draw_tracer(rng.random(), config)
     n_sessions = 1
     if rng.random() < config.longitudinal_share:
         n_sessions = int(rng.integers(2, config.max_sessions + 1))

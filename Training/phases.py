@@ -632,6 +632,27 @@ def _on_grid(value: torch.Tensor) -> torch.Tensor:
     return torch.round(value.float().cpu() / TARGET_GRID) * TARGET_GRID
 
 
+def target_diagnostics(targets: dict[int, tuple[torch.Tensor, torch.Tensor]], dataset: SliceDataset
+                       ) -> dict[str, float]:
+    """What the teacher's logits tell the student on its training cases: their AUC against the
+    labels, their range, and their within-class Spearman correlation with the Centiloid
+    (near-label logits carry little beyond the label itself)."""
+    from scipy.stats import spearmanr
+
+    cases = sorted(targets)
+    logits = np.array([float(targets[i][1]) for i in cases])
+    labels = np.array([dataset.info[i].label for i in cases])
+    centiloids = np.array([dataset.info[i].centiloid for i in cases], dtype=float)
+    out = {"n_cases": len(cases), "logit_min": float(logits.min()), "logit_max": float(logits.max()),
+           "auc": roc_auc(labels, logits) if len(set(labels.tolist())) == 2 else float("nan")}
+    for label, name in ((0, "negative"), (1, "positive")):
+        members = labels == label
+        ok = members.sum() > 2 and np.isfinite(centiloids[members]).all()
+        out[f"spearman_centiloid_{name}"] = (float(spearmanr(logits[members], centiloids[members])[0])
+                                             if ok else float("nan"))
+    return out
+
+
 @torch.no_grad()
 def _fit_standardization(name: str, model: nn.Module, dataset: SliceDataset, split: Split,
                          batch_size: int = 8) -> None:
@@ -706,7 +727,10 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
                  _student_validate(dataset, split, student_config.batch_size), settings, phase_dir,
                  config.engine, scheduler=scheduler, resume=resume, description=name)
     phase = _finish(name, config, model, dataset, split, result, phase_dir,
-                    run_dir / "checkpoints" / name, "student", history_extra={"features": encoding})
+                    run_dir / "checkpoints" / name, "student",
+                    history_extra={"features": encoding,
+                                   "teacher_targets": (target_diagnostics(targets, dataset)
+                                                       if targets is not None else None)})
     phase.extra["initialised_from_teacher"] = copied
     return _timed(phase, encoding)
 

@@ -152,3 +152,21 @@ def test_ladder_orders_rungs_and_measures_the_gap_to_the_oracle():
                                         "pixel probe (slices)"]
     text = format_ladder(ceilings, models)
     assert "-0.050" in text and "-0.250" in text
+
+
+def test_teacher_target_diagnostics_measure_auc_range_and_within_class_rank():
+    from types import SimpleNamespace
+
+    import torch
+
+    from Training.phases import target_diagnostics
+
+    cases = [(0, 1.0, -2.0), (0, 5.0, -1.0), (0, 10.0, 0.5), (0, -3.0, -3.0),
+             (1, 30.0, 3.0), (1, 60.0, 2.0), (1, 90.0, 1.0)]   # positives ranked backwards
+    dataset = SimpleNamespace(info=[SimpleNamespace(label=l, centiloid=c) for l, c, _ in cases])
+    targets = {i: (torch.zeros(2), torch.tensor(v)) for i, (_, _, v) in enumerate(cases)}
+    out = target_diagnostics(targets, dataset)
+    assert out["auc"] == pytest.approx(1.0)
+    assert (out["logit_min"], out["logit_max"]) == (-3.0, 3.0)
+    assert out["spearman_centiloid_negative"] == pytest.approx(1.0)
+    assert out["spearman_centiloid_positive"] == pytest.approx(-1.0)

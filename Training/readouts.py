@@ -25,6 +25,7 @@ own cross-fitted training-fold scores (inner folds), never on a small validation
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,7 +178,15 @@ def _fit_calibrated(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarray |
                            lam, config.alpha)
         scores[inner_test] = model.score(x[inner_test])
     readout = fit_linear(x, t, z, lam, config.alpha)
-    platt = fit_platt(scores, y)
+    # a weak read-out's inner scores often rank backwards; fit_platt then keeps the raw score
+    # (its warning, meant for one validation set, would repeat for every fold here)
+    calibration_log = logging.getLogger("AmyloidKDLib.calibration")
+    level = calibration_log.level
+    calibration_log.setLevel(logging.ERROR)
+    try:
+        platt = fit_platt(scores, y)
+    finally:
+        calibration_log.setLevel(level)
     if platt is not None:
         readout.platt = (float(platt.scale), float(platt.offset))
     readout.threshold = float(f1_optimal_threshold(y, _sigmoid(readout.platt[0] * scores + readout.platt[1])))

@@ -19,19 +19,24 @@ with ``t`` a (possibly soft) label and ``z`` a regression target:
   standardised Centiloid): its score is a predicted Centiloid, ranking cases by amyloid burden.
 
 The teacher is the same kind of read-out on the MRI and the PET regional measures together.
-Each read-out's probability is Platt-scaled, and its decision threshold chosen for F1, on its
+Probabilities use one fixed map per read-out, the same in every fold, so that pooled
+out-of-fold predictions rank cases as the scores do (per-fold Platt scaling, fitted on a few
+inner cases and sometimes refused, mixed scales across folds and cost 0.04 pooled AUC on
+development cohort 1011): the logistic read-outs' own σ(score), and for the Centiloid
+read-out σ((predicted CL − label threshold) / :data:`CENTILOID_SCALE`). The decision threshold is chosen for F1 on its
 own cross-fitted training-fold scores (inner folds), never on a small validation set.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+#: Centiloid units per logit of the Centiloid read-out's probability map (fixed, not fitted).
+CENTILOID_SCALE = 20.0
 #: Teacher logits are clipped to ±this (a near-separating teacher has unbounded logits).
 LOGIT_CLIP = 8.0
 #: The read-outs, in report order: name -> (target, λ).
@@ -46,19 +51,21 @@ class ReadoutConfig:
     teacher_alpha: float = 0.1    # L2 strength of the PET teacher
     distill_weight: float = 0.5   # w: how far the distilled read-out's labels move to the teacher's
     temperature: float = 2.0      # T: the teacher's logit is softened by it
+    label_threshold: float = 20.6  # Centiloid above which a case is amyloid-positive
     inner_folds: int = 5          # cross-fitting folds inside a training fold
     seed: int = 0
 
 
 @dataclass
 class LinearReadout:
-    """A fitted standardised linear score with Platt scaling and an F1 threshold."""
+    """A fitted standardised linear score, its probability map ``σ(slope·score + offset)`` and
+    an F1 threshold."""
 
     mean: np.ndarray
     scale: np.ndarray
     weights: np.ndarray
     bias: float
-    platt: tuple[float, float] = (1.0, 0.0)
+    link: tuple[float, float] = (1.0, 0.0)   # (slope, offset) of the probability map
     threshold: float = 0.5
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -66,8 +73,8 @@ class LinearReadout:
         return ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.weights + self.bias
 
     def probability(self, x: np.ndarray) -> np.ndarray:
-        """Platt-scaled probability of amyloid positivity."""
-        a, c = self.platt
+        """Probability of amyloid positivity (the read-out's fixed map of its score)."""
+        a, c = self.link
         return _sigmoid(a * self.score(x) + c)
 
 
@@ -150,26 +157,29 @@ def centiloid_target(centiloids: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _targets(name: str, x_teacher: np.ndarray | None, y: np.ndarray, centiloids: np.ndarray,
-             groups: np.ndarray, config: ReadoutConfig) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """(label t, regression target z, λ) of a read-out on its training cases."""
+             groups: np.ndarray, config: ReadoutConfig
+             ) -> tuple[np.ndarray, np.ndarray | None, float, tuple[float, float]]:
+    """(label t, regression target z, λ, probability map) of a read-out on its training cases."""
     if name == "baseline":
-        return y.astype(np.float64), None, 0.0
+        return y.astype(np.float64), None, 0.0, (1.0, 0.0)
     if name == "distilled":
         if x_teacher is None:
             raise ValueError("the distilled read-out needs PET regional measures for its teacher")
         teacher = cross_fitted_teacher_logits(x_teacher, y, groups, config)
         w = config.distill_weight
-        return (1 - w) * y + w * _sigmoid(teacher / config.temperature), None, 0.0
+        return (1 - w) * y + w * _sigmoid(teacher / config.temperature), None, 0.0, (1.0, 0.0)
     if name == "centiloid":
-        return y.astype(np.float64), centiloid_target(centiloids)[0], 1.0
+        z, mean, sd = centiloid_target(centiloids)
+        # predicted CL = mean + sd·score; probability σ((CL − threshold) / scale)
+        link = (sd / CENTILOID_SCALE, (mean - config.label_threshold) / CENTILOID_SCALE)
+        return y.astype(np.float64), z, 1.0, link
     raise ValueError(f"unknown read-out {name!r}; choose from {READOUTS}")
 
 
-def _fit_calibrated(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarray | None, lam: float,
-                    groups: np.ndarray, config: ReadoutConfig) -> LinearReadout:
-    """Fit on all of ``x`` (labels ``t``, target ``z``); Platt scaling and the F1 threshold
-    against the hard labels ``y`` from inner cross-fitted scores."""
-    from AmyloidKDLib.calibration import fit_platt
+def _fit_with_threshold(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarray | None, lam: float,
+                        link: tuple[float, float], groups: np.ndarray, config: ReadoutConfig) -> LinearReadout:
+    """Fit on all of ``x`` (labels ``t``, target ``z``); the F1 threshold against the hard
+    labels ``y`` from inner cross-fitted probabilities."""
     from Training.metrics import f1_optimal_threshold
 
     scores = np.zeros(len(y))
@@ -178,18 +188,8 @@ def _fit_calibrated(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarray |
                            lam, config.alpha)
         scores[inner_test] = model.score(x[inner_test])
     readout = fit_linear(x, t, z, lam, config.alpha)
-    # a weak read-out's inner scores often rank backwards; fit_platt then keeps the raw score
-    # (its warning, meant for one validation set, would repeat for every fold here)
-    calibration_log = logging.getLogger("AmyloidKDLib.calibration")
-    level = calibration_log.level
-    calibration_log.setLevel(logging.ERROR)
-    try:
-        platt = fit_platt(scores, y)
-    finally:
-        calibration_log.setLevel(level)
-    if platt is not None:
-        readout.platt = (float(platt.scale), float(platt.offset))
-    readout.threshold = float(f1_optimal_threshold(y, _sigmoid(readout.platt[0] * scores + readout.platt[1])))
+    readout.link = link
+    readout.threshold = float(f1_optimal_threshold(y, _sigmoid(link[0] * scores + link[1])))
     return readout
 
 
@@ -235,14 +235,14 @@ def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels:
         out["folds"][test] = split.fold
         for name in names:
             if name == "teacher":
-                t, z, lam, x = y[train].astype(np.float64), None, 0.0, x_teacher
+                t, z, lam, link, x = y[train].astype(np.float64), None, 0.0, (1.0, 0.0), x_teacher
             else:
-                t, z, lam = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
-                                     cl[train], groups[train], config)
+                t, z, lam, link = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
+                                           cl[train], groups[train], config)
                 x = x_mri
                 if name == "distilled":
                     out["teacher_target_auc"].append(float(roc_auc_score(y[train], t)))
-            readout = _fit_calibrated(x[train], y[train], t, z, lam, groups[train], config)
+            readout = _fit_with_threshold(x[train], y[train], t, z, lam, link, groups[train], config)
             out["scores"][name][test] = readout.score(x[test])
             out["probabilities"][name][test] = readout.probability(x[test])
             out["thresholds"][name].append(readout.threshold)
@@ -271,6 +271,7 @@ def regional_cross_validation(config: Any, dataset: Any, records: Sequence[Any],
     readout_config = ReadoutConfig(alpha=settings.alpha, teacher_alpha=settings.teacher_alpha,
                                    distill_weight=settings.distill_weight,
                                    temperature=settings.temperature,
+                                   label_threshold=float(config.data.label_threshold),
                                    inner_folds=settings.inner_folds, seed=config.split.seed)
     labels = np.asarray(dataset.labels, dtype=int)
     result = cross_validate_readouts(data.mri, data.pet, labels, [c.centiloid for c in dataset.info],

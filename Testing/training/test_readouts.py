@@ -170,3 +170,23 @@ def test_teacher_target_diagnostics_measure_auc_range_and_within_class_rank():
     assert (out["logit_min"], out["logit_max"]) == (-3.0, 3.0)
     assert out["spearman_centiloid_negative"] == pytest.approx(1.0)
     assert out["spearman_centiloid_positive"] == pytest.approx(-1.0)
+
+
+def test_pooled_probabilities_rank_as_the_scores_do_and_the_centiloid_map_is_fixed():
+    rng = np.random.default_rng(6)
+    n = 120
+    subjects = np.array([f"s{i}" for i in range(n)])
+    burden = rng.normal(0, 1, n)
+    mri = np.stack([burden + rng.normal(0, 1.0, n) for _ in range(4)], axis=1)
+    labels = (burden > 0.3).astype(int)
+    centiloids = 20.6 + 30 * (burden - 0.3)
+    result = cross_validate_readouts(mri, None, labels, centiloids, subjects,
+                                     grouped_splits(labels, subjects, 5, 1), ReadoutConfig(),
+                                     readouts=("baseline", "centiloid"))
+    from scipy.stats import spearmanr
+
+    # one fixed monotone map per read-out: the pooled probabilities keep the scores' order
+    # for the logistic read-out exactly, for the Centiloid one up to each fold's mean and SD
+    np.testing.assert_allclose(result["probabilities"]["baseline"],
+                               1 / (1 + np.exp(-result["scores"]["baseline"])), atol=1e-12)
+    assert spearmanr(result["probabilities"]["centiloid"], result["scores"]["centiloid"])[0] > 0.99

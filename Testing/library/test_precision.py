@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from AmyloidKDLib.errors import ConfigError
-from AmyloidKDLib.inference import Predictor, cpu_has_native_bf16, resolve_precision
+from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16
+from AmyloidKDLib.inference import Predictor, resolve_precision
 from AmyloidKDLib.models.precision import (merge_lora_adapters, prepare_for_inference,
                                            quantize_below_gradcam_layer)
 from test_inference import write_moved_mni_t1, write_test_checkpoint
@@ -160,7 +161,6 @@ def test_auto_keeps_the_light_cnn_in_fp32_on_one_thread_and_restores_threads(tmp
 def test_bf16_stores_linear_weights_in_bf16_with_the_autocast_output(tmp_path):
     """Stored bf16 weights are what autocast casts fp32 weights to: same logits, half the bytes."""
     from AmyloidKDLib.checkpoint import load_checkpoint
-    from AmyloidKDLib.inference import autocast_for
 
     model, _ = load_checkpoint(write_test_checkpoint(tmp_path / "student", seed=5), device="cpu")
     model.eval()

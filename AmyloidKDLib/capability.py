@@ -9,6 +9,7 @@ hardware without importing the modules that use the answer.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 from AmyloidKDLib.errors import ConfigError
@@ -23,6 +24,8 @@ REDUCED_PRECISIONS = ("bf16", "fp16")
 #: PyTorch's CPU kernel sets (``torch.backends.cpu.get_cpu_capability()``) below AVX-512:
 #: with one of these in force, bf16 is emulated.
 _NO_BF16_KERNELS = ("DEFAULT", "NO AVX", "AVX2")
+#: oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) without bf16 arithmetic.
+_NO_BF16_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -57,18 +60,23 @@ def cpu_kernel_set() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it,
-    and PyTorch's kernel set is not capped below AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` or
-    ``default``).
+    and neither PyTorch's kernel set (``ATEN_CPU_CAPABILITY=avx2`` or ``default``) nor oneDNN's
+    (``ONEDNN_MAX_CPU_ISA=AVX2`` and the like) is capped below it.
 
     Without native bf16, PyTorch emulates bf16 matmuls and convolutions on the CPU, which is
     many times slower than fp32 (0.7 vs 35-69 GFLOP/s measured on an AVX2-only machine).
-    oneDNN picks its own instructions, so on an AVX512_BF16 machine run with
-    ``ATEN_CPU_CAPABILITY=avx2`` bf16 stays fast; the cap is honoured anyway, so that such a
-    run makes the choices an AVX2-only machine makes (fp32 for ``auto``, and in the tests).
+    oneDNN, which runs bf16 matmuls and convolutions, picks its own instructions: on an
+    AVX512_BF16 machine ``ATEN_CPU_CAPABILITY=avx2`` alone leaves bf16 fast, and
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` as well gives the emulated speed. Either cap makes this False,
+    so that such a run makes the choices of an AVX2-only machine (fp32 for ``auto``, and in
+    the tests).
     """
     import torch
 
     if cpu_kernel_set() in _NO_BF16_KERNELS:
+        return False
+    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if onednn_cap and onednn_cap.strip().upper() in _NO_BF16_ONEDNN_ISAS:
         return False
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

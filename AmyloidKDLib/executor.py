@@ -228,7 +228,7 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
         ConfigError: bad ``scheduler``, ``jobs``, ``threads`` or cluster config.
         DependencyError: Dask (or dask-jobqueue) missing for a scheduler that needs it.
     """
-    from tqdm import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     check_scheduler(scheduler)
     if jobs < 1 or (threads is not None and threads < 1):
@@ -236,7 +236,7 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
     settings = read_cluster_config(cluster_config)
     if not items:  # nothing left to do (e.g. a re-run): no cluster to start
         return
-    bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=len(items), desc=desc, unit="case", enabled=progress)
     try:
         if scheduler == "local" and jobs == 1:
             for index, item in enumerate(items):

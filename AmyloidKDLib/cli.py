@@ -135,11 +135,23 @@ def _log_internal_error(command: str) -> Path | None:
         return None
 
 
+def _line_buffered_stdout() -> None:
+    """Flush stdout at each line, as on a terminal, also where it is a file or pipe: otherwise
+    its block buffer would reach a shared log file after later progress lines on stderr, or
+    split a table between them."""
+    try:
+        if not sys.stdout.isatty():
+            sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError, OSError):  # replaced by a stream without them, or closed
+        pass
+
+
 def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
     """Parse ``argv``, run the chosen subcommand and return its exit code (see the table above)."""
     parser = build_parser(command_modules)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    _line_buffered_stdout()  # a log file (`> log 2>&1`) gets stdout and stderr in order
     logging.getLogger().setLevel(args.log_level)
     previous = os.environ.get("TQDM_DISABLE")
     previous_style = os.environ.get(PROGRESS_STYLE_ENV)

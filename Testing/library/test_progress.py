@@ -93,25 +93,24 @@ def test_a_bar_left_by_an_error_claims_nothing_and_tqdm_disable_silences(clock, 
     assert out.getvalue() == ""
 
 
-def _phantom(out: Path, stderr, *extra: str) -> int:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TQDM_DISABLE", progress.STYLE_ENV)}
-    return subprocess.run([sys.executable, "-m", "AmyloidKDLib", "phantom", "--subjects", "1",
-                           "--mri-spacing", "2", "--out", str(out), *extra], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=stderr, timeout=300).returncode
-
-
-def test_the_cli_writes_plain_lines_when_stderr_is_a_file(tmp_path):
-    """``--progress`` not given and stderr to a file: plain lines, no carriage return."""
+def test_the_cli_writes_plain_lines_in_order_when_its_output_is_a_file(tmp_path):
+    """``--progress`` not given and ``amyloidkd phantom ... > log 2>&1``: plain progress lines
+    without a carriage return, and stdout's result after them, where it was printed."""
     log = tmp_path / "phantom.log"
-    with log.open("w") as stderr:
-        assert _phantom(tmp_path / "to-file", stderr) == 0
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TQDM_DISABLE", progress.STYLE_ENV, "PYTHONUNBUFFERED")}
+    with log.open("w") as output:
+        done = subprocess.run([sys.executable, "-m", "AmyloidKDLib", "phantom", "--subjects", "1",
+                               "--mri-spacing", "2", "--out", str(tmp_path / "cohort")], cwd=ROOT,
+                              env=env, stdout=output, stderr=output, timeout=300)
     text = log.read_text()
+    assert done.returncode == 0, text
     assert "\r" not in text
-    lines = text.splitlines()
-    assert 1 <= len(lines) <= 3 and all(line.startswith("[progress] phantom scans: ")
-                                        for line in lines), lines
-    assert lines[-1].startswith("[progress] phantom scans: 2/2 scans (100%)")
+    *shown, result = text.splitlines()
+    assert result == str(tmp_path / "cohort" / "manifest.csv")
+    assert 1 <= len(shown) <= 3 and all(line.startswith("[progress] phantom scans: ")
+                                        for line in shown), shown
+    assert shown[-1].startswith("[progress] phantom scans: 2/2 scans (100%)")
 
 
 BARS = """
@@ -147,3 +146,33 @@ def test_a_terminal_gets_a_tqdm_bar():
     shown = b"".join(chunks).decode(errors="replace")
     assert "\r" in shown and "cases: 100%|" in shown and "3/3" in shown
     assert "[progress]" not in shown
+
+
+PLUGIN = '''
+import sys
+
+def register(subparsers):
+    parser = subparsers.add_parser("table", help="print a table, then a progress line")
+    parser.set_defaults(func=lambda args: show())
+
+def show():
+    print("| model | AUC |")
+    print("| student | 0.61 |")
+    print("[progress] next step: 1/2 steps", file=sys.stderr, flush=True)
+    print("done")
+'''
+
+
+def test_stdout_and_stderr_reach_a_shared_log_file_in_the_order_they_were_written(tmp_path):
+    """Block-buffered stdout would land after the progress line (at exit) in ``> log 2>&1``."""
+    (tmp_path / "table_plugin.py").write_text(PLUGIN)
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from AmyloidKDLib.cli import run; "
+            "sys.exit(run(['table'], ['table_plugin']))")
+    log = tmp_path / "log"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with log.open("w") as output:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=output,
+                              stderr=output, timeout=120)
+    assert done.returncode == 0, log.read_text()
+    assert log.read_text().splitlines() == ["| model | AUC |", "| student | 0.61 |",
+                                            "[progress] next step: 1/2 steps", "done"]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from AmyloidKDLib.capability import DEVICES, autocast_for, cpu_has_native_bf16, resolve_device
+from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
 from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_gradcam
 from AmyloidKDLib.volume import Volume, load_volume

@@ -197,7 +197,10 @@ def _open_client(scheduler: str, jobs: int, threads: int, settings: Mapping[str,
             os.environ[name] = str(threads)
         cluster = distributed.LocalCluster(
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-            memory_limit=settings.get("memory_limit", "auto"))
+            memory_limit=settings.get("memory_limit", "auto"),
+            # no dashboard; its HTTP server (health checks) on a free port, not 8787, which
+            # another cluster may hold ("Port 8787 is already in use" warning)
+            scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"})
         return distributed.Client(cluster), cluster, None
     cluster = jobqueue_cluster(scheduler, settings, threads)
     cluster.scale(jobs=int(settings.get("jobs", 1)))

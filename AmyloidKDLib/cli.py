@@ -33,6 +33,7 @@ from pathlib import Path
 
 from AmyloidKDLib.atomic import is_disk_full
 from AmyloidKDLib.errors import AmyloidKDError, DependencyError
+from AmyloidKDLib.progress import STYLE_ENV as PROGRESS_STYLE_ENV
 
 #: Library subcommand modules, in the order `amyloidkd --help` lists them.
 LIBRARY_COMMANDS = ("info", "predict", "preprocess", "phantom", "centiloid")
@@ -47,7 +48,8 @@ EXIT_INTERRUPTED = 130
 TRAIN_EXTRA = ("accelerate", "sklearn", "yaml")
 
 #: ``--progress`` choices: tqdm bars on stderr; machine-readable ``AMYLOIDKD_PROGRESS
-#: <fraction> <text>`` lines on stdout (``predict``; elsewhere no bars); nothing.
+#: <fraction> <text>`` lines on stdout (``predict``; elsewhere no bars); nothing. Not given:
+#: bars where stderr is a terminal, plain throttled lines where it is a file or pipe.
 PROGRESS_CHOICES = ("bar", "lines", "none")
 
 
@@ -62,8 +64,10 @@ def _add_shared_options(parser: argparse.ArgumentParser, top_level: bool) -> Non
     verbosity.add_argument("-q", "--quiet", dest="log_level", action="store_const",
                            const=logging.ERROR, default=default(logging.WARNING),
                            help="log errors only")
-    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default=default("bar"),
-                        help="progress display: 'bar' tqdm bars on stderr (default), 'lines' "
+    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default=default(None),
+                        help="progress display: 'bar' tqdm bars on stderr (default on a terminal; "
+                             "where stderr is a file or pipe the default is plain throttled "
+                             "'[progress] ...' lines), 'lines' "
                              "'AMYLOIDKD_PROGRESS <fraction> <text>' lines on stdout (predict; "
                              "other commands show no bars), 'none' nothing")
 
@@ -131,13 +135,30 @@ def _log_internal_error(command: str) -> Path | None:
         return None
 
 
+def _line_buffered_stdout() -> None:
+    """Flush stdout at each line, as on a terminal, also where it is a file or pipe: otherwise
+    its block buffer would reach a shared log file after later progress lines on stderr, or
+    split a table between them."""
+    try:
+        if not sys.stdout.isatty():
+            sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError, OSError):  # replaced by a stream without them, or closed
+        pass
+
+
 def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
     """Parse ``argv``, run the chosen subcommand and return its exit code (see the table above)."""
     parser = build_parser(command_modules)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    _line_buffered_stdout()  # a log file (`> log 2>&1`) gets stdout and stderr in order
     logging.getLogger().setLevel(args.log_level)
     previous = os.environ.get("TQDM_DISABLE")
+    previous_style = os.environ.get(PROGRESS_STYLE_ENV)
+    if previous_style is None:  # (a run inside another, e.g. demo's predict, keeps its style)
+        # --progress bar: bars wherever stderr goes; not given: bars on a terminal, else lines
+        os.environ[PROGRESS_STYLE_ENV] = "bar" if args.progress == "bar" else "auto"
+    args.progress = args.progress or "bar"
     if args.progress != "bar":
         os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, here and in worker processes
     try:
@@ -167,6 +188,8 @@ def run(argv: Sequence[str] | None, command_modules: Iterable[str] = ()) -> int:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = previous
+        if previous_style is None:
+            os.environ.pop(PROGRESS_STYLE_ENV, None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -197,7 +197,10 @@ def _open_client(scheduler: str, jobs: int, threads: int, settings: Mapping[str,
             os.environ[name] = str(threads)
         cluster = distributed.LocalCluster(
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-            memory_limit=settings.get("memory_limit", "auto"))
+            memory_limit=settings.get("memory_limit", "auto"),
+            # no dashboard; its HTTP server (health checks) on a free port, not 8787, which
+            # another cluster may hold ("Port 8787 is already in use" warning)
+            scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"})
         return distributed.Client(cluster), cluster, None
     cluster = jobqueue_cluster(scheduler, settings, threads)
     cluster.scale(jobs=int(settings.get("jobs", 1)))
@@ -228,7 +231,7 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
         ConfigError: bad ``scheduler``, ``jobs``, ``threads`` or cluster config.
         DependencyError: Dask (or dask-jobqueue) missing for a scheduler that needs it.
     """
-    from tqdm import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     check_scheduler(scheduler)
     if jobs < 1 or (threads is not None and threads < 1):
@@ -236,7 +239,7 @@ def map_cases(function: Callable[[Any], Any], items: Sequence[Any], *, scheduler
     settings = read_cluster_config(cluster_config)
     if not items:  # nothing left to do (e.g. a re-run): no cluster to start
         return
-    bar = tqdm(total=len(items), desc=desc, unit="case", file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=len(items), desc=desc, unit="case", enabled=progress)
     try:
         if scheduler == "local" and jobs == 1:
             for index, item in enumerate(items):

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
 from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_gradcam
 from AmyloidKDLib.volume import Volume, load_volume
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Numeric precision of the student's forward pass (see :func:`resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 STUDENT_KINDS = ("student", "light_student")
@@ -76,34 +76,11 @@ class PredictionResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but PyTorch sees no CUDA GPU here; "
-                          "use --device cpu (or auto)")
-    return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512_BF16 or AMX), as PyTorch detects it.
-
-    Without either, PyTorch emulates bf16 matmuls on the CPU, which is many times slower
-    than fp32 (0.7 vs 35-69 GFLOP/s measured on an AVX2-only machine).
-    """
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
 def resolve_precision(precision: str, device: torch.device, matmul_bound: bool = True) -> str:
     """The precision the student will run in, from the user's choice and the hardware.
 
     ``auto``: on a GPU bf16 where supported, else fp16; on a CPU bf16 where the CPU has
-    AVX512_BF16 or AMX (:func:`cpu_has_native_bf16`) and the model's time is in large
+    AVX512_BF16 or AMX (:func:`AmyloidKDLib.capability.cpu_has_native_bf16`) and the model's time is in large
     matmuls (``matmul_bound``: the ViT students), else fp32. The light CNN student (under
     2 GFLOP per case) gains nothing from bf16 and pays oneDNN's bf16 set-up on its first call. int8 (dynamic quantisation
     of the encoder's Linear layers) is CPU-only and never chosen automatically: on the ViT
@@ -147,14 +124,6 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision (a no-op for fp32 and int8)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_deterministic(device: torch.device) -> None:

@@ -19,13 +19,13 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from AmyloidKDLib.capability import DEVICES, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
 from AmyloidKDLib.volume import Volume, reorient_to_ras
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("hd-bet", "hd-bet-v1", "none")
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 HDBET_V1_FOLDS = 5
 
@@ -79,11 +79,7 @@ class SkullStripResult(NamedTuple):
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name).type
 
 
 def _clean_mask(mask: np.ndarray) -> np.ndarray:
@@ -181,8 +177,6 @@ def _hdbet_v1_autocast(precision: str, device_name: str):
     The package turns the network's output into numpy, which has no bf16: a temporary
     forward hook returns that output as float32.
     """
-    from AmyloidKDLib.inference import cpu_has_native_bf16
-
     use_bf16 = device_name == "cpu" and (precision == "bf16"
                                          or (precision == "auto" and cpu_has_native_bf16()))
     if not use_bf16:

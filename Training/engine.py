@@ -291,10 +291,10 @@ def _train_epoch(accelerator: Any, model: nn.Module, optimizer: Any, loader: Any
     model.train()
     sums: dict[str, float] = {}
     n_batches = 0
-    from tqdm.auto import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
-    bar = tqdm(loader, desc=f"{description} epoch {epoch}/{settings.epochs}", leave=False,
-               disable=not engine.progress)
+    bar = progress_bar(loader, desc=f"{description} epoch {epoch}/{settings.epochs}", leave=False,
+                       unit="batch", enabled=engine.progress)
     for batch in bar:
         with accelerator.accumulate(model):
             with accelerator.autocast():

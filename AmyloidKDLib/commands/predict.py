@@ -268,14 +268,14 @@ def predict_cases(cases: list[CaseInput], predictor, out_dir: Path, *,
     ``allow_*`` option ``results.csv`` gets a ``warnings`` column. Cases in ``finished`` (rows of
     an interrupted earlier run, see :func:`finished_rows`) are kept as they are, not redone.
     """
-    from tqdm import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress(False, len(cases))
     columns = _result_columns(allow_coarse, allow_missing_orientation)
     first = _first_rows(cases, columns, predictor.threshold, finished)
     rows: list[dict] = []
-    bar = (tqdm_factory or tqdm)(cases, desc="predict", unit="case", file=sys.stderr)
+    bar = (tqdm_factory or progress_bar)(cases, desc="predict", unit="case")
     for index, item in enumerate(bar):
         started = time.perf_counter()
         row, kept = first[index]

@@ -19,13 +19,14 @@ Weights sources (``weights=``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -192,8 +193,20 @@ class SliceEncoder(nn.Module):
         return lambda tokens: tokens_to_grid(tokens, prefix)
 
 
+@contextlib.contextmanager
+def _quiet_timm_import() -> Iterator[None]:
+    """Importing timm (open_clip imports it too) warns that ``torch.jit.interface``, which its
+    HRNet module uses, is deprecated: a FutureWarning no user of ours can act on. That one
+    message, from that place, is ignored while we import them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated",
+                                category=FutureWarning, module=r"torch\.jit\._script")
+        yield
+
+
 def _build_open_clip_tower(spec: EncoderSpec) -> tuple[nn.Module, int]:
-    from open_clip.model import _build_vision_tower  # open_clip's own vision-tower builder
+    with _quiet_timm_import():
+        from open_clip.model import _build_vision_tower  # open_clip's own vision-tower builder
 
     cfg = copy.deepcopy(spec.model_cfg)
     return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"]), int(cfg["embed_dim"])
@@ -211,7 +224,8 @@ def _resize_vit(encoder: SliceEncoder, image_size: int) -> None:
 
 
 def _build_timm_cnn(spec: EncoderSpec) -> tuple[nn.Module, int]:
-    import timm
+    with _quiet_timm_import():
+        import timm
 
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
     # MobileNetV3 has a conv head after the last stage: its width, not num_features, comes out.

@@ -7,7 +7,7 @@ blocks below the Grad-CAM target layer with PyTorch's dynamically quantised Line
 (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch).
 Grad-CAM needs gradients only from its target layer (the last block) upward, and those layers
 stay in floating point, so saliency works unchanged. bf16 and fp16 run under autocast
-(:func:`AmyloidKDLib.inference.autocast_for`); their Linear layers also store their weights in
+(:func:`AmyloidKDLib.capability.autocast_for`); their Linear layers also store their weights in
 that dtype, which autocast would cast them to on every call anyway: the outputs are the same
 and the model takes half the memory (a ViT-B/16 student: about 170 MB less).
 """
@@ -18,6 +18,8 @@ import logging
 
 import torch
 from torch import nn
+
+from AmyloidKDLib.capability import reduced_dtype
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
     if precision == "int8":
         quantize_below_gradcam_layer(model)
     elif precision in ("bf16", "fp16"):
-        store_linear_weights_in(model, torch.bfloat16 if precision == "bf16" else torch.float16)
+        store_linear_weights_in(model, reduced_dtype(precision))
     return model
 
 

@@ -252,7 +252,7 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
         ADNI root) for ``oasis3`` and ``adni``. Ground truth goes to ``out_dir/ground_truth/``, a montage of a
         few subjects to ``out_dir/montage.png``.
     """
-    from tqdm import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     config = config or PhantomConfig()
     if layout not in LAYOUTS:
@@ -287,9 +287,9 @@ def generate_cohort(out_dir: str | os.PathLike, n_subjects: int, seed: int,
     pending: deque[Future] = deque()
     made = _made_scans(scans, make)
     try:
-        for scan, (volumes, writes) in tqdm(zip(scans, made), total=len(scans),
-                                            desc="phantom scans", unit="scan",
-                                            disable=not progress):
+        for scan, (volumes, writes) in progress_bar(zip(scans, made), total=len(scans),
+                                                    desc="phantom scans", unit="scan",
+                                                    enabled=progress):
             truth = scan.truth
             pending.extend(writer.submit(write_scan, *arguments) for arguments in writes)
             while len(pending) > WRITES_IN_FLIGHT:

@@ -50,15 +50,6 @@ PHANTOM_SEED = 7
 FLOOR_GEMM = (15 * 197, 768, 3072)
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmul on this CPU (AVX512_BF16 or AMX), as PyTorch detects it."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
 def gemm_floor(dtype_name: str, repeats: int = 5) -> float:
     """Best-of-``repeats`` FLOP/s of one (M, K) x (K, N) matmul in ``dtype_name`` on the torch
     threads of this process: the throughput a dense model step cannot beat."""
@@ -150,7 +141,9 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
                           precision=precision)
     load_seconds = time.perf_counter() - start
     floors = {"fp32": gemm_floor("fp32")}
-    if cpu_has_bf16():
+    from AmyloidKDLib.capability import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():  # (an emulated bf16 floor would take minutes and say nothing)
         floors["bf16"] = gemm_floor("bf16")
 
     cases = []

@@ -41,7 +41,7 @@ def test_verbosity_is_accepted_before_and_after_the_subcommand(argv, level):
 
 
 @pytest.mark.parametrize("argv, progress", [
-    (["info", "x.nii"], "bar"),
+    (["info", "x.nii"], None),  # not given: bars on a terminal, lines elsewhere
     (["--progress", "none", "info", "x.nii"], "none"),
     (["info", "x.nii", "--progress", "lines"], "lines"),
 ])

@@ -181,7 +181,7 @@ def test_threshold_and_skull_strip_override_come_through(checkpoint, predictor):
 
 
 def test_unavailable_cuda_is_refused_with_advice():
-    from AmyloidKDLib.inference import resolve_device
+    from AmyloidKDLib.capability import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

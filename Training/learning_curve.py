@@ -90,11 +90,11 @@ def learning_curve(make_cohort, sizes: Sequence[int] = DEFAULT_SIZES, repeats: i
                    config: ReadoutConfig | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """``make_cohort(n, repeat) -> data`` per size and repeat; per size the mean and SE over
     repeats of every AUC and Δ."""
-    from tqdm.auto import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     config = config or ReadoutConfig()
     rows = []
-    for n in tqdm(list(sizes), desc="learning curve", disable=not progress):
+    for n in progress_bar(list(sizes), desc="learning curve", unit="size", enabled=progress):
         runs = [cohort_deltas(make_cohort(n, r), config, seed=r) for r in range(repeats)]
         row: dict[str, Any] = {"n_subjects": int(n), "repeats": repeats}
         for key in runs[0]:

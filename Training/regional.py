@@ -168,11 +168,11 @@ def regional_data(records: Sequence[Any], config: Any, cache_root: str | Path,
                   n_parcels: int = DEFAULT_PARCELS, progress: bool = False) -> RegionalData:
     """Regional vectors of every record (prepared through the run's cache, so cases prepared
     for the slice models are read, not prepared again)."""
-    from tqdm.auto import tqdm
+    from AmyloidKDLib.progress import progress_bar
 
     cache_root = Path(cache_root)
     mri, pet = [], []
-    for record in tqdm(records, desc="regional features", disable=not progress):
+    for record in progress_bar(records, desc="regional features", unit="case", enabled=progress):
         m, p = _case_regional(record, config.data.contrast, config.prep_config(), config.slice_config(),
                               cache_root, n_parcels)
         mri.append(m)

@@ -175,7 +175,7 @@ class RegionalConfig:
 
     enabled: bool = True
     n_parcels: int = 100
-    alpha: float = 0.1
+    alpha: float = 10.0
     teacher_alpha: float = 0.1
     distill_weight: float = 0.5
     temperature: float = 2.0

@@ -47,7 +47,7 @@ READOUTS = ("baseline", "distilled", "centiloid")
 class ReadoutConfig:
     """Settings of the regional read-outs (fixed on development seeds; see docs/benchmarks.md)."""
 
-    alpha: float = 0.1            # L2 strength on the standardised weights (all read-outs)
+    alpha: float = 10.0           # L2 strength on the standardised weights (all read-outs)
     teacher_alpha: float = 0.1    # L2 strength of the PET teacher
     distill_weight: float = 0.5   # w: how far the distilled read-out's labels move to the teacher's
     temperature: float = 2.0      # T: the teacher's logit is softened by it

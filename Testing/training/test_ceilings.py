@@ -52,5 +52,6 @@ def test_cohort_ceilings_reports_both_numbers():
     result = cohort_ceilings(SimpleNamespace(split=SimpleNamespace(n_folds=3)), _dataset(1.0), sessions)
     assert result["probe_auc"] > 0.9 and 0.6 < result["oracle_auc"] < 0.95
     assert result["n_truth_sessions"] == sum(s.mr_session_id is not None for s in sessions)
-    assert set(result["meaning"]) == {"oracle_auc", "probe_auc", "feature_probe_auc"}
+    assert set(result["meaning"]) == {"oracle_auc", "probe_auc", "feature_probe_auc", "regional_auc"}
     assert result["feature_probe_auc"] is None  # no frozen encoder in this config
+    assert result["regional_auc"] is None       # no regional read-out given

@@ -1,10 +1,11 @@
 """``amyloidkd ceilings``: how much amyloid signal a synthetic cohort's MRI carries.
 
-Generates a phantom cohort (2 mm MRI, T1w only, like the demo's), then prints two numbers:
-the generator's oracle AUC (a cross-validated logistic regression on the noise-free true
-MRI-visible effects: the best any MRI measure can do) and the linear-probe AUC on the slices
-the training pipeline prepares (PCA + L2 logistic regression, subject-grouped CV). Both go
-to ``DIR/ceilings.json``. Trained MRI models should land between the probe and the oracle.
+Generates a phantom cohort (2 mm MRI, T1w only, like the demo's), then prints the ladder's
+ceilings: the generator's oracle AUC (a cross-validated logistic regression on the noise-free
+true MRI-visible effects: the best any MRI measure can do), the regional read-out (the
+classic volumetric peer: 100 regional grey-matter measures, logistic regression), and the
+linear probes of the prepared slices and of the frozen encoder's features (subject-grouped
+CV). All go to ``DIR/ceilings.json``. A trained MRI model should beat the regional read-out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from AmyloidKDLib.atomic import write_text_atomic
-from Training.ceilings import MEANINGS, cohort_ceilings
+from Training.ceilings import MEANINGS, cohort_ceilings, format_ladder
 
 
 def _same_cohort(folder: Path, subjects: int, seed: int, phantom: Any) -> bool:
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate, prepare, measure; print both AUCs and write ``ceilings.json``."""
     from AmyloidKDLib.phantom import generate_cohort, sample_cohort
     from Training.config import load_config
+    from Training.readouts import regional_cross_validation
     from Training.workflow import CohortSource, build_dataset, load_records
 
     out = Path(args.out)
@@ -80,14 +82,16 @@ def run(args: argparse.Namespace) -> int:
     if not progress:
         overrides.append("engine.progress=false")
     config = load_config(args.config, overrides)
-    dataset = build_dataset(config, load_records(CohortSource(manifest=str(manifest)), config), out)
+    records = load_records(CohortSource(manifest=str(manifest)), config)
+    dataset = build_dataset(config, records, out)
     sessions = sample_cohort(args.subjects, args.seed, phantom)  # the truth the images came from
-    result = cohort_ceilings(config, dataset, sessions)
+    regional = regional_cross_validation(config, dataset, records, config.cache_root(out), progress)
+    result = cohort_ceilings(config, dataset, sessions, regional=regional)
     result.update(subjects=args.subjects, seed=args.seed, phantom=phantom.to_dict())
-    print(f"oracle AUC {result['oracle_auc']:.3f}  ({MEANINGS['oracle_auc']})")
-    print(f"probe AUC  {result['probe_auc']:.3f}  ({MEANINGS['probe_auc']})")
-    if result.get("feature_probe_auc") is not None:
-        print(f"feature probe AUC {result['feature_probe_auc']:.3f}  ({MEANINGS['feature_probe_auc']})")
+    print(format_ladder(result, {}))
+    for key in ("oracle_auc", "regional_auc", "probe_auc", "feature_probe_auc"):
+        if result.get(key) is not None:
+            print(f"- {key}: {MEANINGS[key]}")
     print(f"{result['n_cases']} cases, {result['n_positive']} amyloid-positive, "
           f"{result['n_subjects']} subjects")
     write_text_atomic(out / "ceilings.json", json.dumps(result, indent=1))

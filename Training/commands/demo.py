@@ -233,8 +233,10 @@ def predict_held_out(out: Path, pooled: dict[str, Any], checkpoint: Path,
     target.mkdir(parents=True, exist_ok=True)
     cases_csv = target / "held_out_cases.csv"
     cases_csv.write_text("\n".join(lines) + "\n")
+    # fp32: the calls must not depend on whether this CPU runs bf16 natively (predict's "auto")
     code = library_cli(["predict", str(cases_csv), "--checkpoint", str(checkpoint),
-                        "--out", str(target), "--device", "cpu", "--progress", progress])
+                        "--out", str(target), "--device", "cpu", "--precision", "fp32",
+                        "--progress", progress])
     results = target / "results.csv"
     if code != 0 or not results.is_file():
         print(f"[demo] prediction failed (exit {code}); see above")

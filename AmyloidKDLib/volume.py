@@ -7,6 +7,8 @@ header without the data silently mirrors a brain; never do that.)
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -177,6 +179,18 @@ def check_volume(volume: Volume) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _locale_kept():
+    """GDCM (SimpleITK's DICOM I/O) sets the C library's locale to "C" and leaves it there,
+    which would turn Python's default text encoding into ASCII for the rest of the process;
+    restore what was set before."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def dicom_series_files(folder: str | os.PathLike) -> list[str]:
     """The files of the one DICOM series in ``folder``, in slice order (SimpleITK / GDCM).
 
@@ -186,14 +200,16 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
     import SimpleITK as sitk
 
     folder = Path(folder)
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with _locale_kept():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise InputError(f"{folder}: is a folder without a DICOM series; give a NIfTI file or a "
                          "folder holding the DICOM files of one series")
     if len(series) > 1:
         raise InputError(f"{folder}: holds {len(series)} DICOM series; put each series in its own "
                          "folder (as an IDA download does) and give that folder")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    with _locale_kept():
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
 def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
@@ -207,7 +223,8 @@ def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
 
     files = dicom_series_files(folder)
     try:
-        image = sitk.ReadImage(files)
+        with _locale_kept():
+            image = sitk.ReadImage(files)
     except RuntimeError as exc:
         raise InputError(f"{folder}: DICOM series cannot be read ({_one_line(exc)})") from None
     data = sitk.GetArrayFromImage(image)            # (z, y, x [, components])
@@ -386,7 +403,8 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, *, description:
                                ("0018|0050", f"{spacing[2]:.6f}")):
                 plane.SetMetaData(tag, value)
             writer.SetFileName(str(Path(temporary) / f"{prefix}_{k + 1:04d}.dcm"))
-            writer.Execute(plane)
+            with _locale_kept():
+                writer.Execute(plane)
         os.replace(temporary, folder)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

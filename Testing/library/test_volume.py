@@ -208,3 +208,18 @@ def test_info_cli_describes_a_good_file(tmp_path, mni_t1_img):
     assert "LPS on disk -> RAS after loading" in result.stdout
     assert "197 x 233 x 189" in result.stdout
     assert "spacing      1 x 1 x 1 mm" in result.stdout
+
+
+def test_dicom_io_leaves_the_process_locale_and_text_encoding_alone(tmp_path):
+    """GDCM sets the C locale to "C"; left so, every later open() without an encoding reads
+    ASCII (it broke reading UTF-8 reports later in the same process)."""
+    import locale
+
+    from AmyloidKDLib.volume import Volume, load_volume, save_dicom_series
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    volume = Volume(np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4), np.eye(4))
+    save_dicom_series(volume, tmp_path / "series")
+    loaded = load_volume(tmp_path / "series", "T1w")
+    assert loaded.shape == (6, 5, 4)
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before

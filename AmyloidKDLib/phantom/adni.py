@@ -126,7 +126,7 @@ def write_adni_layout(out_dir: Path, sessions: list[SessionTruth], subjects: lis
 def _write_tables(folder: Path, images: list[dict], berkeley_new: list[dict],
                   berkeley_old: dict[str, list[dict]], sessions: list[SessionTruth],
                   by_subject: dict[str, SubjectTruth], first_pet: dict[str, int]) -> None:
-    from AmyloidKDLib.phantom.writing import _csv_text
+    from AmyloidKDLib.phantom.tables import csv_text as _csv_text
 
     write_text_atomic(folder / "UCBERKELEY_AMY_6MM_31Jul2024.csv", _csv_text(BERKELEY_NEW_COLUMNS, berkeley_new))
     for tracer, rows in berkeley_old.items():

@@ -22,7 +22,7 @@ from scipy import ndimage
 from AmyloidKDLib.centiloid import TracerEquation, VoiSet, _scaled
 from AmyloidKDLib.phantom.anatomy import build_template_maps
 from AmyloidKDLib.phantom.config import PhantomConfig, centiloid_to_suvr
-from AmyloidKDLib.phantom.synthesis import pet_sigma_voxels, pet_tissue_suvr
+from AmyloidKDLib.phantom.pet_uptake import pet_sigma_voxels, pet_tissue_suvr
 from AmyloidKDLib.volume import Volume
 
 #: The margin (mm) of the template crop the generator's PET maps use.

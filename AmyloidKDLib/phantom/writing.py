@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -26,6 +24,7 @@ from AmyloidKDLib.phantom.geometry import SessionGeometry
 from AmyloidKDLib.phantom.synthesis import (_brain_box_mm, _grid, _orientation, _pose,
                                             _ventricle_displacement, subject_displacement,
                                             synthesize_mri, synthesize_pet)
+from AmyloidKDLib.phantom.tables import csv_text as _csv_text
 from AmyloidKDLib.phantom.truth import (ATROPHY_REGION_NAMES, GENERATOR_VERSION, SessionTruth,
                                         SubjectTruth, _rng, sample_sessions, sample_subject)
 from AmyloidKDLib.volume import Volume, reorient_for_storage, save_volume
@@ -71,14 +70,6 @@ def pet_relpath(pet_session_id: str) -> str:
     the unsmoothed image (``<label>n_msum_SUVR``; NIfTI, as after ``nifti_4dfp``)."""
     return (f"PUP/{pet_session_id}/{pup_id(pet_session_id)}/pet_proc/"
             f"{pet_session_id}n_msum_SUVR.nii.gz")
-
-
-def _csv_text(header: Sequence[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(header), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

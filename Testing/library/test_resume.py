@@ -57,7 +57,9 @@ def test_a_rerun_after_kill_finishes_the_missing_cases_without_redoing_the_other
     assert [row["case"] for row in finished] == [CASES[0]], "kill came too late to test resuming"
     assert finished[0]["status"] == "ok"
     first_outputs = {p.name: p.stat().st_mtime_ns for p in out.glob(f"{CASES[0]}_*")}
-    assert len(first_outputs) == 4
+    # overview, saliency (native and MNI), top regions and the region table
+    assert sorted(first_outputs) == sorted(f"{CASES[0]}_{name}" for name in (
+        "overview.png", "saliency.nii.gz", "saliency_mni.nii.gz", "top_regions.nii.gz", "regions.csv"))
 
     done = subprocess.run(_command(folder, checkpoint, out), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,6 +65,9 @@ def main() -> int:
     parser.add_argument("--cohort", nargs="*", default=[], help="prepared benchmark cohort folders")
     parser.add_argument("--config", default="protocol")
     parser.add_argument("--out", default="learning_curve.png")
+    parser.add_argument("--skip-truth", action="store_true", help="only the image-level curve")
+    parser.add_argument("--add-curves", metavar="JSON",
+                        help="curves of an earlier run (its --out with .json) drawn in the same plot")
     args = parser.parse_args()
 
     from Training.config import load_config
@@ -76,11 +79,14 @@ def main() -> int:
     config = ReadoutConfig(alpha=settings.alpha, teacher_alpha=settings.teacher_alpha,
                            distill_weight=settings.distill_weight, temperature=settings.temperature,
                            inner_folds=settings.inner_folds)
-    curves = {}
+    import json
+
+    curves = json.loads(Path(args.add_curves).read_text()) if args.add_curves else {}
     started = time.perf_counter()
-    curves[f"truth (noise {args.mri_noise:g})"] = rows = learning_curve(
-        lambda n, r: truth_cohort(n, 1000 + r, args.mri_noise), args.sizes, args.repeats, config)
-    print_rows(f"truth level, MRI noise {args.mri_noise:g} x SD ({time.perf_counter() - started:.0f} s)", rows)
+    if not args.skip_truth:
+        curves[f"truth (noise {args.mri_noise:g})"] = rows = learning_curve(
+            lambda n, r: truth_cohort(n, 1000 + r, args.mri_noise), args.sizes, args.repeats, config)
+        print_rows(f"truth level, MRI noise {args.mri_noise:g} x SD ({time.perf_counter() - started:.0f} s)", rows)
     if args.cohort:
         pooled = image_cohort([Path(c) for c in args.cohort], args.config)
         available = len(np.unique(pooled["subjects"]))
@@ -90,7 +96,8 @@ def main() -> int:
                                                  args.repeats, config)
         print_rows(f"images: {len(args.cohort)} prepared cohorts, {available} subjects "
                    f"({time.perf_counter() - started:.0f} s)", rows)
-    print(f"\nwritten: {plot_learning_curve(curves, args.out)}")
+    Path(args.out).with_suffix(".json").write_text(json.dumps(curves, indent=1))
+    print(f"\nwritten: {plot_learning_curve(curves, args.out)} and its .json")
     return 0
 
 

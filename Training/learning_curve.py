@@ -128,6 +128,7 @@ def plot_learning_curve(curves: dict[str, list[dict[str, Any]]], path: str | Pat
     axis.set_xscale("log")
     axis.set_xticks(sorted({r["n_subjects"] for rows in curves.values() for r in rows}))
     axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel("subjects in the cohort")
     axis.set_ylabel("ΔAUC vs the MRI-only baseline")
     axis.set_title("PET guidance on the same regional read-out (mean ± 95 % CI over repeats)")

@@ -12,32 +12,25 @@ arm's pooled out-of-fold AUC minus the baseline's. Two data sources:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from Training.readouts import ReadoutConfig, cross_validate_readouts
+from Training.splits import Split
 
 #: The subject counts of the curve.
 DEFAULT_SIZES = (50, 100, 200, 400, 800)
 
 
-@dataclass
-class _Split:
-    fold: int
-    train: tuple[int, ...]
-    val: tuple[int, ...]
-    test: tuple[int, ...]
-
-
-def grouped_splits(labels: np.ndarray, subjects: np.ndarray, folds: int, seed: int) -> list[_Split]:
+def grouped_splits(labels: np.ndarray, subjects: np.ndarray, folds: int, seed: int) -> list[Split]:
     """Subject-grouped stratified folds (train, no validation, test)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [_Split(k, tuple(tr.tolist()), (), tuple(te.tolist()))
+    return [Split(k, tuple(tr.tolist()), (), tuple(te.tolist()))
             for k, (tr, te) in enumerate(splitter.split(labels, labels, subjects))]
 
 

@@ -30,7 +30,7 @@ own cross-fitted training-fold scores (inner folds), never on a small validation
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,21 +158,22 @@ def centiloid_target(centiloids: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 def _targets(name: str, x_teacher: np.ndarray | None, y: np.ndarray, centiloids: np.ndarray,
              groups: np.ndarray, config: ReadoutConfig
-             ) -> tuple[np.ndarray, np.ndarray | None, float, tuple[float, float]]:
-    """(label t, regression target z, λ, probability map) of a read-out on its training cases."""
+             ) -> tuple[np.ndarray, np.ndarray | None, float, tuple[float, float], np.ndarray | None]:
+    """(label t, regression target z, λ, probability map, the teacher's cross-fitted logits or
+    None) of a read-out on its training cases."""
     if name == "baseline":
-        return y.astype(np.float64), None, 0.0, (1.0, 0.0)
+        return y.astype(np.float64), None, 0.0, (1.0, 0.0), None
     if name == "distilled":
         if x_teacher is None:
             raise ValueError("the distilled read-out needs PET regional measures for its teacher")
         teacher = cross_fitted_teacher_logits(x_teacher, y, groups, config)
         w = config.distill_weight
-        return (1 - w) * y + w * _sigmoid(teacher / config.temperature), None, 0.0, (1.0, 0.0)
+        return (1 - w) * y + w * _sigmoid(teacher / config.temperature), None, 0.0, (1.0, 0.0), teacher
     if name == "centiloid":
         z, mean, sd = centiloid_target(centiloids)
         # predicted CL = mean + sd·score; probability σ((CL − threshold) / scale)
         link = (sd / CENTILOID_SCALE, (mean - config.label_threshold) / CENTILOID_SCALE)
-        return y.astype(np.float64), z, 1.0, link
+        return y.astype(np.float64), z, 1.0, link, None
     raise ValueError(f"unknown read-out {name!r}; choose from {READOUTS}")
 
 
@@ -191,18 +192,6 @@ def _fit_with_threshold(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarr
     readout.link = link
     readout.threshold = float(f1_optimal_threshold(y, _sigmoid(link[0] * scores + link[1])))
     return readout
-
-
-@dataclass
-class ReadoutFold:
-    """One outer fold's test predictions of every read-out."""
-
-    fold: int
-    test: np.ndarray
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    teacher_train_auc: float = float("nan")
 
 
 def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels: Sequence[int],
@@ -237,11 +226,11 @@ def cross_validate_readouts(x_mri: np.ndarray, x_pet: np.ndarray | None, labels:
             if name == "teacher":
                 t, z, lam, link, x = y[train].astype(np.float64), None, 0.0, (1.0, 0.0), x_teacher
             else:
-                t, z, lam, link = _targets(name, None if x_teacher is None else x_teacher[train], y[train],
-                                           cl[train], groups[train], config)
+                t, z, lam, link, teacher = _targets(name, None if x_teacher is None else x_teacher[train],
+                                                    y[train], cl[train], groups[train], config)
                 x = x_mri
-                if name == "distilled":
-                    out["teacher_target_auc"].append(float(roc_auc_score(y[train], t)))
+                if teacher is not None:   # how well the cross-fitted teacher ranks the training cases
+                    out["teacher_target_auc"].append(float(roc_auc_score(y[train], teacher)))
             readout = _fit_with_threshold(x[train], y[train], t, z, lam, link, groups[train], config)
             out["scores"][name][test] = readout.score(x[test])
             out["probabilities"][name][test] = readout.probability(x[test])

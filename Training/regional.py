@@ -128,8 +128,9 @@ class RegionalData:
     names: list[str]
 
 
-def _resolution_of(affine: np.ndarray) -> int:
-    return int(round(float(np.linalg.norm(np.asarray(affine)[:3, 0]))))
+def _template_resolution(prep_config: Any) -> int:
+    """The MNI grid (mm) the preparation resamples to: the parcellation's grid."""
+    return int(getattr(getattr(prep_config, "registration", None), "template_resolution", 2) or 2)
 
 
 def _case_regional(record: Any, contrast: str, prep_config: Any, slice_config: Any,
@@ -139,7 +140,7 @@ def _case_regional(record: Any, contrast: str, prep_config: Any, slice_config: A
     from AmyloidKDLib.volume import load_volume
     from Training.data import mri_path, slice_cache_key
 
-    resolution = int(getattr(getattr(prep_config, "registration", None), "template_resolution", 2) or 2)
+    resolution = _template_resolution(prep_config)
     parcellation = build_parcellation(resolution, n_parcels)
     key = slice_cache_key(record, contrast, prep_config, slice_config, True)
     ident = hashlib.sha256(json.dumps([REGIONAL_VERSION, key, parcellation.signature]).encode()).hexdigest()[:24]
@@ -177,7 +178,6 @@ def regional_data(records: Sequence[Any], config: Any, cache_root: str | Path,
                               cache_root, n_parcels)
         mri.append(m)
         pet.append(p)
-    resolution = int(getattr(config.prep_config().registration, "template_resolution", 2) or 2)
-    names = feature_names(build_parcellation(resolution, n_parcels))
+    names = feature_names(build_parcellation(_template_resolution(config.prep_config()), n_parcels))
     has_pet = all(p is not None for p in pet)
     return RegionalData(np.stack(mri), np.stack(pet) if has_pet else None, names)

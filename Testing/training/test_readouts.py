@@ -190,3 +190,17 @@ def test_pooled_probabilities_rank_as_the_scores_do_and_the_centiloid_map_is_fix
     np.testing.assert_allclose(result["probabilities"]["baseline"],
                                1 / (1 + np.exp(-result["scores"]["baseline"])), atol=1e-12)
     assert spearmanr(result["probabilities"]["centiloid"], result["scores"]["centiloid"])[0] > 0.99
+
+
+def test_teacher_target_auc_measures_the_cross_fitted_teacher_not_the_blended_labels():
+    rng = np.random.default_rng(7)
+    n = 100
+    subjects = np.array([f"s{i}" for i in range(n)])
+    labels = rng.integers(0, 2, n)
+    mri, pet = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))   # PET that knows nothing
+    result = cross_validate_readouts(mri, pet, labels, 20.0 + 10 * labels, subjects,
+                                     grouped_splits(labels, subjects, 5, 0), ReadoutConfig(),
+                                     readouts=("distilled",))
+    # the blended labels contain y and would score ~1; an uninformed teacher scores ~0.5
+    assert len(result["teacher_target_auc"]) == 5
+    assert np.mean(result["teacher_target_auc"]) < 0.75

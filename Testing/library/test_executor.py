@@ -43,7 +43,9 @@ def _preprocess(manifest: Path, out: Path, *extra: str) -> subprocess.CompletedP
 
 
 def _images(out: Path) -> dict[str, np.ndarray]:
-    cases = sorted(p.name for p in out.iterdir() if p.is_dir())
+    # hidden ".<case>.<random>" folders are atomic writes in progress; a worker killed by
+    # SIGKILL leaves its own behind (never a result), and another may be vanishing as we look
+    cases = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     return {f"{case}/{name}": np.asarray(nib.load(out / case / name).dataobj)
             for case in cases for name in OUTPUTS}
 

@@ -187,7 +187,7 @@ def test_demo_picks_held_out_cases_of_one_fold_half_positive():
 @pytest.mark.slow
 def test_quick_benchmark_runs_end_to_end(tmp_path):
     """One quick cohort through every step of the command (generation, preparation, ceilings,
-    4 phases x 3 folds, report, reuse): over 60 s on 2 cores (preparing 32 cases is most of
+    4 phases x 3 folds, report, reuse): about 60 s on 2 cores (preparing ~22 cases is most of
     it), the only test of the command as a whole. Pooling over cohorts is tested above."""
     from AmyloidKDLib.cli import run as cli_run
     from Training.cli import TRAINING_COMMANDS
@@ -212,7 +212,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         assert all(0.0 <= m["auc"] <= 1.0 for m in summary["models"].values())
         assert 0.0 < cohort["ceilings"]["oracle_auc"] <= 1.0
         assert 0.0 < cohort["ceilings"]["feature_probe_auc"] <= 1.0  # the protocol's frozen encoder
-        assert summary["n_subjects"] >= 20
+        assert summary["n_subjects"] >= 14
     pooled = result["pooled"]["comparisons"]["student - baseline"]
     assert pooled["n_cohorts"] == 1
     assert (out / "forest.png").stat().st_size > 5000

@@ -29,8 +29,9 @@ from Training.report import write_json
 
 logger = logging.getLogger(__name__)
 
-#: ``--quick``: two tiny cohorts that check the software end to end, not the science.
-QUICK = {"subjects": 24, "folds": 3,
+#: ``--quick``: tiny cohorts (16 subjects, 3 folds, 2 epochs) that check the software end to end,
+#: not the science.
+QUICK = {"subjects": 16, "folds": 3,
          "overrides": ("teacher.epochs=2", "student.epochs=2", "light.epochs=2",
                        "evaluation.n_bootstrap=100")}
 PHASES = ("teacher", "student", "baseline", "light")

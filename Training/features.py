@@ -28,7 +28,7 @@ from AmyloidKDLib.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2  # 2: encoded in float64 on the CPU
 
 #: (id(dataset), encoder hash) -> (weak reference to the image dataset, its feature dataset)
 _MEMORY: dict[tuple[int, str], tuple[Any, Any]] = {}
@@ -62,15 +62,26 @@ def _case_key(dataset: Any, index: int) -> str:
 def encode_stacks(encoder: nn.Module, stacks: list[torch.Tensor], batch_slices: int = 64
                   ) -> list[torch.Tensor]:
     """Encoder features ``[N, F]`` (float32, CPU) of each stack ``[N, 3, S, S]``, in eval mode,
-    ``batch_slices`` slices per encoder call."""
+    ``batch_slices`` slices per encoder call.
+
+    On the CPU the encoder runs in float64 and the features are rounded to float32 once. The
+    float32 kernels of AVX2 and AVX-512 CPUs sum in different orders and disagree in the 5th-6th
+    digit, and training on the features amplified that into AUC differences of 0.01-0.05 between
+    the two kernel sets (issue 26). float64 results differ in the 16th digit, so after rounding
+    the cached features are the same bits on both (docs/benchmarks.md). A GPU encodes in
+    float32: its results differ from any CPU's anyway.
+    """
+    device = next(encoder.parameters()).device
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    if dtype == torch.float64:
+        encoder = copy.deepcopy(encoder).to(dtype)
     was_training = encoder.training
     encoder.eval()
-    device = next(encoder.parameters()).device
     flat = [(k, j) for k, stack in enumerate(stacks) for j in range(stack.shape[0])]
     out: list[list[torch.Tensor | None]] = [[None] * s.shape[0] for s in stacks]
     for start in range(0, len(flat), batch_slices):
         chunk = flat[start:start + batch_slices]
-        images = torch.stack([stacks[k][j] for k, j in chunk]).to(device=device, dtype=torch.float32)
+        images = torch.stack([stacks[k][j] for k, j in chunk]).to(device=device, dtype=dtype)
         features = encoder(images).float().cpu()
         for row, (k, j) in enumerate(chunk):
             out[k][j] = features[row]

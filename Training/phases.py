@@ -28,6 +28,7 @@ cannot apply to such features and are refused with a ConfigError. The seconds sp
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -248,6 +249,12 @@ def _labels(batch: dict[str, Any]) -> torch.Tensor:
     return batch["label"].float()
 
 
+def _loss_dtype(value: torch.Tensor) -> torch.Tensor:
+    """A model output as the losses take it: float32, or float64 when the heads train in float64
+    (``engine.head_dtype``), so that no loss term drops back to the CPU's float32 kernels."""
+    return value if value.dtype == torch.float64 else value.float()
+
+
 def _checkpoint(config: RunConfig, result_dir: Path, model: nn.Module, kind: str, threshold: float,
                 metrics: dict[str, float], provenance: dict[str, Any]) -> Path:
     from AmyloidKDLib.checkpoint import save_checkpoint
@@ -410,11 +417,11 @@ class TeacherObjective:
                                     _augment_generator(self.config, epoch, batch),
                                     pet_background=background)
         out = model(mri, pet, harmonized=True)
-        guided, pet_embedding = out.guided.float(), out.pet.float()
+        guided, pet_embedding = _loss_dtype(out.guided), _loss_dtype(out.pet)
         anchor, positive = F.normalize(guided, dim=-1), F.normalize(pet_embedding, dim=-1)
         negatives = self.choose_negatives(batch["index"].tolist(), anchor, positive)
         valid = negatives >= 0
-        centiloid = batch["centiloid"].to(anchor.device).float()
+        centiloid = batch["centiloid"].to(anchor.device, anchor.dtype)
         if bool(valid.any()):
             negative = negatives[valid]
             gap = (centiloid[valid] - centiloid[negative]).abs()
@@ -424,8 +431,9 @@ class TeacherObjective:
                 d_neg = float((anchor[valid] - positive[negative]).norm(dim=-1).mean())
         else:
             triplet, d_neg = guided.sum() * 0.0, float("nan")
-        align = alignment_loss(F.normalize(out.mri.float(), dim=-1), anchor)
-        cls = F.binary_cross_entropy_with_logits(out.logits.float(), _labels(batch).to(out.logits.device))
+        align = alignment_loss(F.normalize(_loss_dtype(out.mri), dim=-1), anchor)
+        logits = _loss_dtype(out.logits)
+        cls = F.binary_cross_entropy_with_logits(logits, _labels(batch).to(logits.device, logits.dtype))
         w_align = teacher_config.alignment_weight * alignment_weight(epoch - 1, self.schedule)
         loss = triplet + w_align * align + teacher_config.classification_weight * cls
         d_pos = float((anchor - positive).norm(dim=-1).mean().detach())
@@ -473,12 +481,12 @@ class StudentObjective:
         student_config = self.config.student
         out = model(_augmented_mri(self.config, batch, epoch, student_config.augment))
         labels = _labels(batch).to(out.logits.device)
-        cls = self.focal(out.logits.float(), labels)
+        cls = self.focal(_loss_dtype(out.logits), labels)
         if self.targets is None:
             return cls, {"cls_loss": float(cls.detach())}
         teacher_embedding, teacher_logit = _stacked_targets(self.targets, batch, out.logits.device)
-        feature = feature_distillation_loss(out.embedding.float(), teacher_embedding)
-        logit = logit_distillation_loss(out.logits.float(), teacher_logit,
+        feature = feature_distillation_loss(_loss_dtype(out.embedding), teacher_embedding.to(out.embedding.dtype))
+        logit = logit_distillation_loss(_loss_dtype(out.logits), teacher_logit.to(out.logits.dtype),
                                         temperature=temperature_at(epoch - 1, self.config.schedule))
         w_cls = classification_weight(epoch - 1, self.config.schedule)
         distillation = student_config.feature_weight * feature + student_config.logit_weight * logit
@@ -503,7 +511,7 @@ class LightObjective:
         light_config = self.config.light
         out = model(_augmented_mri(self.config, batch, epoch, light_config.augment))
         _, teacher_logit = _stacked_targets(self.targets, batch, out.logits.device)
-        loss = kd_loss(out.logits.float(), teacher_logit, _labels(batch).to(out.logits.device),
+        loss = kd_loss(_loss_dtype(out.logits), teacher_logit.to(out.logits.dtype), _labels(batch).to(out.logits.device),
                        alpha=light_config.alpha, temperature=light_config.temperature)
         return loss, {}
 
@@ -610,10 +618,16 @@ def _fit_harmonization(config: RunConfig, model: nn.Module, dataset: SliceDatase
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, dataset: SliceDataset, indices: Sequence[int],
-                    batch_size: int = 8) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                    batch_size: int = 8, dtype: torch.dtype = torch.float32
+                    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The frozen teacher's (PET-guided embedding, logit) per case, on unaugmented stacks,
+    computed in ``dtype`` (a float64 copy of the teacher for ``engine.head_dtype: float64``) and
     rounded to :data:`TARGET_GRID` so that the last-bit differences of the CPU's float kernels
     (``ATEN_CPU_CAPABILITY``) do not reach the students' targets."""
+    if dtype != torch.float32:
+        from Training.engine import in_dtype
+
+        teacher = in_dtype(copy.deepcopy(teacher), dtype)
     teacher.eval()
     targets = {}
     for chunk, mri, pet, tracer in _eval_batches(dataset, indices, batch_size, _device_of(teacher), True):
@@ -710,7 +724,8 @@ def train_student(config: RunConfig, dataset: SliceDataset, split: Split, run_di
     images, (dataset, encoding) = dataset, features_for(config, model, dataset, run_dir)
     if student_config.standardize_features:
         _fit_standardization(name, model, dataset, split)
-    targets = (teacher_targets(teacher, features_for(config, teacher, images, run_dir)[0], split.train)
+    targets = (teacher_targets(teacher, features_for(config, teacher, images, run_dir)[0], split.train,
+                               dtype=config.engine.training_dtype())
                if teacher is not None else None)
     objective = StudentObjective(config, targets)
     optimizer = _student_optimizer(config, model, (student_config.lr_attention, student_config.lr_projection,
@@ -758,7 +773,8 @@ def train_light(config: RunConfig, dataset: SliceDataset, split: Split, run_dir:
     if light_config.standardize_features:
         _fit_standardization("light", model, dataset, split)
     objective = LightObjective(config, teacher_targets(
-        teacher, features_for(config, teacher, images, run_dir)[0], split.train))
+        teacher, features_for(config, teacher, images, run_dir)[0], split.train,
+        dtype=config.engine.training_dtype()))
     optimizer = torch.optim.AdamW(param_groups(model, [("", light_config.lr)], light_config.weight_decay))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, light_config.epochs))
     loader = make_loader(dataset, split.train, light_config.batch_size, train=True,

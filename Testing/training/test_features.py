@@ -3,6 +3,7 @@ that train heads on them (the ``protocol`` preset with the ``frozen`` model pres
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,3 +155,20 @@ def test_frozen_students_refuse_augmentation(cohort, tmp_path, phase, section):
             train_student(config, cohort, split(0), tmp_path)
         else:
             train_light(config, cohort, split(0), tmp_path, teacher=build_model(config.model_config("teacher")))
+
+
+def test_cpu_features_are_the_float64_encoder_output_rounded_once_to_float32():
+    """Issue 26: the cached features are the float64 forward rounded to float32 (bit-equal), not
+    the float32 forward, whose last digits depend on the CPU's kernels."""
+    model = build_model(load_config("protocol", SMALL).model_config("student"))
+    encoder = model.encoder.eval()
+    stack = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    (features,) = feature_cache.encode_stacks(encoder, [stack])
+    with torch.inference_mode():
+        in_float64 = copy.deepcopy(encoder).double()(stack.double()).float()
+        in_float32 = encoder(stack)
+    assert features.dtype == torch.float32
+    assert torch.equal(features, in_float64)
+    assert not torch.equal(features, in_float32)  # the float32 path rounds differently somewhere
+    torch.testing.assert_close(features, in_float32, atol=1e-4, rtol=1e-4)
+    assert next(encoder.parameters()).dtype == torch.float32  # the model's own encoder untouched

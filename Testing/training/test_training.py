@@ -171,6 +171,39 @@ def test_resume_continues_from_the_last_completed_epoch(tmp_path):
         assert torch.allclose(p, q, atol=1e-6)
 
 
+def test_float64_heads_train_in_float64_and_come_back_as_the_same_float32_parameters(tmp_path):
+    """``engine.head_dtype: float64`` (the protocol preset, issue 26): the step sees float64
+    outputs of float32 batches, the fitted model is float32 again with the same parameter
+    objects, and the weights are those of float64 training (close to, not equal to, float32's)."""
+    x, y, items = _linear_problem()
+    fitted = {}
+    for dtype in ("float32", "float64"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+        before = [id(p) for p in model.parameters()]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.02)
+        loader = torch.utils.data.DataLoader(items, batch_size=8)
+        seen = set()
+
+        def step(m, batch, epoch):
+            out = m(batch["x"]).squeeze(1)
+            seen.add(out.dtype)
+            return nn.functional.binary_cross_entropy_with_logits(out, batch["label"].to(out.dtype)), {}
+
+        fit(model, optimizer, loader, step, lambda m, e: {"epoch": float(e)},
+            FitSettings(epochs=3, patience=3, monitor="epoch", mode="max"), tmp_path / dtype,
+            EngineConfig(progress=False, device="cpu", head_dtype=dtype))
+        assert seen == {getattr(torch, dtype)}
+        assert [id(p) for p in model.parameters()] == before
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert model(x).dtype == torch.float32  # no input cast left behind
+        fitted[dtype] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(fitted["float32"], fitted["float64"])
+    torch.testing.assert_close(fitted["float32"], fitted["float64"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="head_dtype"):
+        EngineConfig(head_dtype="float16")
+
+
 def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
     _fit_linear(tmp_path, epochs=1, resume=False)
     x, y, items = _linear_problem()

@@ -101,7 +101,8 @@ def package_skull_strip(volume, config):
         _, mask_zyx = hd_bet(np.ascontiguousarray(volume.data.transpose(2, 1, 0), dtype=np.float32),
                              tuple(reversed(volume.spacing)), mode="fast", device="cpu",
                              postprocess=True, do_tta=False)
-    torch.set_flush_denormal(not flushed)
+    if flushed:
+        torch.set_flush_denormal(False)
     return _result(volume, _clean_mask(np.asarray(mask_zyx).transpose(2, 1, 0) > 0), "hd-bet-v1")
 
 

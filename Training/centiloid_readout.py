@@ -21,8 +21,10 @@ from Training.readouts import centiloid_target, fit_linear
 
 logger = logging.getLogger(__name__)
 
-#: Fewest training cases with a measured Centiloid for a read-out (fewer: none is stored).
-MIN_CASES = 10
+#: Fewest training cases with a measured Centiloid for a read-out (fewer: none is stored): the
+#: smallest n whose 90 % CV+ interval is finite, ⌈0.9·(n + 1)⌉ ≤ n. So few cases make a valid
+#: but very wide interval (its bounds are then the extreme held-out residuals).
+MIN_CASES = 9
 #: Folds of the CV+ interval (fewer when there are fewer subjects).
 CV_FOLDS = 5
 #: The student checkpoints that get the read-out.

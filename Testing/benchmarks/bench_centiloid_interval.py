@@ -71,6 +71,47 @@ def cohort_features(seed: int, subjects: int, out: Path) -> dict:
             "subjects": np.asarray(subject_ids), "labels": np.asarray(labels)}
 
 
+def cross_validated_intervals(data: dict, parcellation, folds: int = 5, seed: int = 1) -> dict:
+    """Out-of-fold Centiloid, bounds and truth of every case: the read-out and its interval
+    fitted on the other folds' subjects exactly as ``amyloidkd train`` fits them."""
+    from Training.centiloid_readout import fit_centiloid_readout, subject_folds
+
+    outer = subject_folds(data["subjects"], data["labels"], folds, seed)
+    pred, lo, hi = (np.full(len(outer), np.nan) for _ in range(3))
+    for fold in range(int(outer.max()) + 1):
+        test = outer == fold
+        readout = fit_centiloid_readout(data["x"][~test], data["centiloid"][~test], data["subjects"][~test],
+                                        data["labels"][~test], parcellation)
+        pred[test], lo[test], hi[test] = readout.predict(data["x"][test])
+    return {"pred": pred, "lo": lo, "hi": hi, "truth": data["centiloid"], "subjects": data["subjects"]}
+
+
+def clustered_ci(covered: np.ndarray, subjects: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile CI of the coverage, resampling subjects (their sessions together)."""
+    rng = np.random.default_rng(seed)
+    names, index = np.unique(subjects, return_inverse=True)
+    hits = np.bincount(index, weights=covered.astype(float))
+    counts = np.bincount(index)
+    picks = rng.integers(0, len(names), size=(draws, len(names)))
+    values = hits[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+def summary_row(name: str, result: dict) -> str:
+    """One markdown table row: cases, subjects, coverage (clustered CI, binomial SE), widths, errors."""
+    truth, pred, lo, hi = result["truth"], result["pred"], result["lo"], result["hi"]
+    covered = (lo <= truth) & (truth <= hi)
+    ci = clustered_ci(covered, result["subjects"])
+    positive = truth > 20.6
+    width = hi - lo
+    r = float(np.corrcoef(pred, truth)[0, 1])
+    return (f"| {name} | {len(truth)} / {len(set(result['subjects'].tolist()))} | {covered.mean():.3f} "
+            f"[{ci[0]:.3f}, {ci[1]:.3f}] | {np.sqrt(0.09 / len(truth)):.3f} | {np.median(width):.1f} "
+            f"({np.quantile(width, 0.1):.1f}-{np.quantile(width, 0.9):.1f}) | "
+            f"{np.median(np.abs(pred - truth)):.1f} | {r:.2f} | {covered[~positive].mean():.3f} / "
+            f"{covered[positive].mean():.3f} | {np.mean(truth):.1f} ± {np.std(truth):.1f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[27301, 27302, 27303])
@@ -83,12 +124,30 @@ def main() -> int:
         if any(seed in used for used in USED_SEEDS):
             print(f"refusing seed {seed}: it was used in development or earlier runs", file=sys.stderr)
             return 2
+    from AmyloidKDLib.pipeline import PrepConfig
+    from AmyloidKDLib.regional_features import parcellation_for
+
     out = Path(args.out)
+    results = []
     for seed in args.seeds:
         started = time.perf_counter()
         data = cohort_features(seed, args.subjects, out)
         print(f"cohort {seed}: {len(data['x'])} cases of {len(set(data['subjects']))} subjects, "
               f"features in {time.perf_counter() - started:.0f} s", flush=True)
+        if not args.features_only:
+            results.append((str(seed), cross_validated_intervals(
+                data, parcellation_for(PrepConfig.preset("fast").to_dict()))))
+    if args.features_only:
+        return 0
+    print("\n| cohort | cases / subjects | coverage of the 90 % interval [95 % CI, subjects resampled] | "
+          "binomial SE | median width, CL (10th-90th pct) | median abs. error, CL | r | coverage "
+          "negatives / positives | true CL mean ± SD |")
+    print("| --- " * 9 + "|")
+    for name, result in results:
+        print(summary_row(name, result))
+    pooled = {key: np.concatenate([r[key] if key != "subjects" else np.char.add(f"{n}:", r[key].astype(str))
+                                   for n, r in results]) for key in results[0][1]}
+    print(summary_row("pooled", pooled))
     return 0
 
 

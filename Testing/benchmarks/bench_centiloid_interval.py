@@ -15,7 +15,7 @@ subjects (sessions of one subject are correlated), and the binomial standard err
 sqrt(0.09 / n) is printed beside it.
 
     python Testing/benchmarks/bench_centiloid_interval.py --seeds 27301 27302 27303 \
-        --subjects 150 --out runs/centiloid_interval
+        --subjects 150 --max-subjects 0 100 100 --out runs/centiloid_interval
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ sys.path.insert(0, str(ROOT))
 USED_SEEDS = (range(1000, 2000), range(7000, 8000), range(27000, 27300))
 
 
-def cohort_features(seed: int, subjects: int, out: Path) -> dict:
-    """Regional MRI features, true Centiloid, subject and label of every case of cohort ``seed``."""
+def cohort_features(seed: int, subjects: int, out: Path, max_subjects: int | None = None) -> dict:
+    """Regional MRI features, true Centiloid, subject and label of every case of cohort ``seed``
+    (of its first ``max_subjects`` subjects when given: subjects are drawn independently, so
+    the first K of a cohort are a cohort of K)."""
     from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
     from AmyloidKDLib.pipeline import PrepConfig, prepare_case
     from AmyloidKDLib.regional_features import case_features, parcellation_for
@@ -52,6 +54,9 @@ def cohort_features(seed: int, subjects: int, out: Path) -> dict:
     parcellation = parcellation_for(prep.to_dict())
     with open(manifest, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    if max_subjects:
+        keep = sorted({row["subject_id"] for row in rows})[:max_subjects]
+        rows = [row for row in rows if row["subject_id"] in set(keep)]
     features, centiloids, subject_ids, labels = [], [], [], []
     cache = folder / "features" / parcellation.signature
     cache.mkdir(parents=True, exist_ok=True)
@@ -117,6 +122,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[27301, 27302, 27303])
     parser.add_argument("--subjects", type=int, default=150)
     parser.add_argument("--out", default=str(ROOT / "runs" / "centiloid_interval"))
+    parser.add_argument("--max-subjects", type=int, nargs="+", default=None,
+                        help="per seed: use only the first K subjects of that cohort (0: all), "
+                             "to fit a time budget")
     parser.add_argument("--features-only", action="store_true",
                         help="generate and cache the cohorts' features, no evaluation")
     args = parser.parse_args()
@@ -128,10 +136,14 @@ def main() -> int:
     from AmyloidKDLib.regional_features import parcellation_for
 
     out = Path(args.out)
+    limits = args.max_subjects or [0] * len(args.seeds)
+    if len(limits) != len(args.seeds):
+        print("give one --max-subjects value per seed", file=sys.stderr)
+        return 2
     results = []
-    for seed in args.seeds:
+    for seed, limit in zip(args.seeds, limits):
         started = time.perf_counter()
-        data = cohort_features(seed, args.subjects, out)
+        data = cohort_features(seed, args.subjects, out, limit or None)
         print(f"cohort {seed}: {len(data['x'])} cases of {len(set(data['subjects']))} subjects, "
               f"features in {time.perf_counter() - started:.0f} s", flush=True)
         if not args.features_only:

@@ -104,3 +104,15 @@ def test_the_read_out_survives_the_checkpoint_bit_for_bit(two_parcels, tmp_path)
     stored["centiloid_readout"]["residual_folds"][0] = 9
     with pytest.raises(CheckpointError, match="inconsistent"):
         CentiloidReadout.from_dict(stored["centiloid_readout"])
+
+
+def test_predict_rebuilds_the_training_parcels_exactly_from_the_stored_centres():
+    from AmyloidKDLib.errors import InputError
+    from AmyloidKDLib.regional_features import build_parcellation, case_features, parcellation_from_centroids
+
+    trained = build_parcellation(2, 20)   # k-means (scikit-learn), as training makes it
+    stored = json.loads(json.dumps(trained.centroids_mm.tolist()))   # through checkpoint.json
+    rebuilt = parcellation_from_centroids(np.array(stored), 2)
+    assert np.array_equal(rebuilt.labels, trained.labels) and rebuilt.signature == trained.signature
+    with pytest.raises(InputError, match="template grid"):
+        case_features(np.zeros((10, 10, 10)), rebuilt)

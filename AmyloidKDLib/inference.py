@@ -250,7 +250,7 @@ class Predictor:
         self.model_threads = None if matmul_bound or self.device.type != "cpu" else 1
         self.model = prepare_for_inference(model.to(self.device).eval(), self.precision)
         self.centiloid_readout = _centiloid_readout_from(info, self.prep_config, self.checkpoint)
-        self._parcellation = None
+        self._parcellation = _readout_parcellation(self.centiloid_readout, self.checkpoint)
 
     def predict_file(self, path: str | os.PathLike,
                      on_step: Callable[[str], None] | None = None) -> PredictionResult:
@@ -288,19 +288,11 @@ class Predictor:
 
     def predict_centiloid(self, prepared_mri: Volume) -> tuple[float, float, float]:
         """The checkpoint's Centiloid read-out on a prepared (MNI) MRI: (Centiloid, lower, upper)."""
-        from AmyloidKDLib.regional_features import case_features, parcellation_from_centroids
+        from AmyloidKDLib.regional_features import case_features
 
-        readout = self.centiloid_readout
-        if readout is None:
+        if self.centiloid_readout is None:
             raise CheckpointError(f"{self.checkpoint} has no Centiloid read-out")
-        if self._parcellation is None:
-            self._parcellation = parcellation_from_centroids(readout.centroids_mm, readout.resolution)
-            if self._parcellation.signature != readout.parcellation_signature:
-                raise CheckpointError(
-                    f"{self.checkpoint}: the parcellation rebuilt from its Centiloid read-out differs from "
-                    "the one it was trained on (another MNI152 template in this nilearn?); re-train the "
-                    "read-out with this installation")
-        values = readout.predict(case_features(prepared_mri.data, self._parcellation)[None])
+        values = self.centiloid_readout.predict(case_features(prepared_mri.data, self._parcellation)[None])
         return tuple(float(v[0]) for v in values)
 
     def _predict_prepared(self, mri: Volume, prepared: Any, timings: dict[str, float],
@@ -360,6 +352,21 @@ def _centiloid_readout_from(info: Any, prep_config: Any, checkpoint: Path):
                               f"grid, its preparation makes {template_resolution(prep_config)} mm; the "
                               "checkpoint is inconsistent - re-export it from its training run")
     return readout
+
+
+def _readout_parcellation(readout: Any, checkpoint: Path):
+    """The parcels of a Centiloid read-out, rebuilt from its stored centres and checked against
+    its stored checksum (None without a read-out)."""
+    from AmyloidKDLib.regional_features import parcellation_from_centroids
+
+    if readout is None:
+        return None
+    parcellation = parcellation_from_centroids(readout.centroids_mm, readout.resolution)
+    if parcellation.signature != readout.parcellation_signature:
+        raise CheckpointError(f"{checkpoint}: the parcels rebuilt from its Centiloid read-out differ from "
+                              "those it was trained on (another MNI152 template in this nilearn?); "
+                              "re-train the read-out with this installation")
+    return parcellation
 
 
 def _read_description(checkpoint: Path) -> dict | None:

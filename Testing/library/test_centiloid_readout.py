@@ -21,6 +21,14 @@ def two_parcels():
     return parcellation_from_centroids(np.array([[-30.0, -20.0, 10.0], [30.0, -20.0, 10.0]]), 2)
 
 
+@pytest.fixture(scope="module")
+def old_checkpoint(tmp_path_factory):
+    """A real (untrained) light-student checkpoint without a Centiloid read-out."""
+    from test_inference import write_test_checkpoint
+
+    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", kind="light_student")
+
+
 def test_the_conformal_quantile_is_the_ceil_of_09_n_plus_1_th_order_statistic():
     scores = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 7.0, 8.0, 6.0, 10.0])
     # n = 10: ⌈0.9·11⌉ = ⌈9.9⌉ = 10 -> the largest; α 0.2: ⌈0.8·11⌉ = 9 -> 9.
@@ -80,11 +88,12 @@ def _readout(two_parcels, seed=1):
                                  two_parcels), x
 
 
-def test_the_read_out_survives_the_checkpoint_bit_for_bit(two_parcels, tmp_path):
-    from AmyloidKDLib.checkpoint import load_checkpoint, set_centiloid_readout
-    from test_inference import write_test_checkpoint
+def test_the_read_out_survives_the_checkpoint_bit_for_bit(two_parcels, old_checkpoint, tmp_path):
+    import shutil
 
-    folder = write_test_checkpoint(tmp_path / "student", kind="light_student")
+    from AmyloidKDLib.checkpoint import load_checkpoint, set_centiloid_readout
+
+    folder = shutil.copytree(old_checkpoint, tmp_path / "student")
     readout, x = _readout(two_parcels)
     set_centiloid_readout(folder, readout.to_dict())
     _, info = load_checkpoint(folder)   # the weights' recorded SHA-256 still matches
@@ -116,3 +125,21 @@ def test_predict_rebuilds_the_training_parcels_exactly_from_the_stored_centres()
     assert np.array_equal(rebuilt.labels, trained.labels) and rebuilt.signature == trained.signature
     with pytest.raises(InputError, match="template grid"):
         case_features(np.zeros((10, 10, 10)), rebuilt)
+
+
+def test_a_checkpoint_whose_parcels_cannot_be_rebuilt_is_refused_at_load(two_parcels, old_checkpoint, tmp_path):
+    import shutil
+
+    from AmyloidKDLib.checkpoint import set_centiloid_readout
+    from AmyloidKDLib.inference import Predictor
+
+    folder = shutil.copytree(old_checkpoint, tmp_path / "student")
+    readout, _ = _readout(two_parcels)
+    stored = readout.to_dict()
+    stored["parcellation"]["signature"] = "0" * 16   # parcels trained on another template
+    set_centiloid_readout(folder, stored)
+    with pytest.raises(CheckpointError, match="parcels rebuilt"):
+        Predictor(folder, device="cpu", saliency=False)
+    set_centiloid_readout(folder, readout.to_dict())
+    predictor = Predictor(folder, device="cpu", saliency=False)
+    assert predictor._parcellation.signature == two_parcels.signature

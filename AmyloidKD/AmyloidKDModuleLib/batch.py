@@ -21,7 +21,10 @@ from AmyloidKDModuleLib.runner import DEVICE_CHOICES, SKULL_STRIP_CHOICES
 #: Seconds allowed per case unless --timeout says otherwise: a hung prediction must not keep a
 #: headless Slicer alive for ever (a CPU case with HD-BET v2 and SyN takes minutes, not an hour).
 DEFAULT_CASE_TIMEOUT_S = 3600.0
-SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds")
+SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds",
+                   "centiloid_pred", "centiloid_lo", "centiloid_hi")
+#: The MRI-predicted Centiloid and its 90 % interval: the same names as predict's results.csv.
+CENTILOID_COLUMNS = SUMMARY_COLUMNS[-3:]
 #: Exit codes of the batch script, the same meaning as the predict CLI's.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -95,6 +98,19 @@ class BatchRow:
     threshold: float | None = None
     error: str = ""
     seconds: float | None = None
+    centiloid_pred: str = ""   # as results.csv has them (empty: the model has no Centiloid read-out)
+    centiloid_lo: str = ""
+    centiloid_hi: str = ""
+
+
+def centiloid_cells(case_out: str | os.PathLike) -> dict[str, str]:
+    """The MRI-predicted Centiloid cells of the one case in ``case_out/results.csv`` (empty
+    strings where the model has no Centiloid read-out)."""
+    from AmyloidKDModuleLib.runner import read_results
+
+    rows = read_results(case_out)
+    extra = rows[0].extra if rows else {}
+    return {column: extra.get(column, "") for column in CENTILOID_COLUMNS}
 
 
 def write_batch_summary(rows: Iterable[BatchRow], path: str | os.PathLike) -> Path:

@@ -40,6 +40,7 @@ def run_batch(argv: list) -> int:
         EXIT_USAGE,
         BatchRow,
         batch_exit_code,
+        centiloid_cells,
         list_cases,
         parse_batch_arguments,
         write_batch_summary,
@@ -102,7 +103,8 @@ def run_batch(argv: list) -> int:
                 if not args.no_scene:
                     slicer.util.saveScene(str(caseOut / f"{case}.mrb"))
                 rows.append(BatchRow(case, str(path), "ok", result.probability, result.label, result.threshold,
-                                     seconds=round(time.monotonic() - started, 2)))
+                                     seconds=round(time.monotonic() - started, 2),
+                                     **centiloid_cells(caseOut)))
                 print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.label_text}", flush=True)
             except Exception as exc:  # one bad case must not stop the batch; it is recorded with its reason
                 logging.exception(f"AmyloidKDBatch: {case} failed")

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("case", "input", "probability", "label", "threshold", "status", "error",
                   "seconds_prepare", "seconds_model", "seconds_saliency", "seconds_total")
+#: The MRI-predicted Centiloid and its 90 % interval, after RESULT_COLUMNS; empty cells when
+#: the checkpoint has no Centiloid read-out (docs/centiloid.md, "Centiloid from the MRI").
+CENTILOID_COLUMNS = ("centiloid_pred", "centiloid_lo", "centiloid_hi")
 SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
@@ -235,8 +238,10 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
 
 
 def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:
-    """``results.csv``'s columns: the contract's, plus ``warnings`` when an ``allow_*`` option is on."""
-    return RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation else ())
+    """``results.csv``'s columns: the contract's, the Centiloid's, plus ``warnings`` when an
+    ``allow_*`` option is on."""
+    return RESULT_COLUMNS + CENTILOID_COLUMNS + (
+        (WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation else ())
 
 
 def _first_rows(cases: list[CaseInput], columns: tuple[str, ...], threshold: float,
@@ -328,6 +333,9 @@ def predict_one(item: CaseInput, predictor, out_dir: Path, row: dict, *, allow_c
                    status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
                    seconds_model=f"{result.timings.get('model', 0.0):.3f}",
                    seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
+        for column in CENTILOID_COLUMNS:
+            value = getattr(result, column, None)
+            row[column] = "" if value is None else f"{value:.2f}"
     except Exception as exc:  # a failing case is recorded, the batch continues
         if is_disk_full(exc):
             raise  # ... except on a full disk, where every later case would fail too

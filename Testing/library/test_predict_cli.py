@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from AmyloidKDLib.cli import run as cli_run
-from AmyloidKDLib.commands.predict import RESULT_COLUMNS, collect_inputs
+from AmyloidKDLib.commands.predict import CENTILOID_COLUMNS, RESULT_COLUMNS, collect_inputs
 from AmyloidKDLib.errors import InputError
 from test_inference import write_moved_mni_t1, write_test_checkpoint
 
@@ -54,7 +54,9 @@ def batch_run(batch_folder, checkpoint, tmp_path_factory):
 def _rows(out: Path) -> list[dict]:
     with open(out / "results.csv", newline="") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == CONTRACT_COLUMNS == list(RESULT_COLUMNS)
+        assert CONTRACT_COLUMNS == list(RESULT_COLUMNS)
+        assert reader.fieldnames == CONTRACT_COLUMNS + ["centiloid_pred", "centiloid_lo", "centiloid_hi"]
+        assert tuple(reader.fieldnames[-3:]) == CENTILOID_COLUMNS
         return list(reader)
 
 
@@ -78,6 +80,8 @@ def test_a_corrupt_file_is_reported_and_the_others_complete(batch_run, batch_fol
         probability, threshold = float(row["probability"]), float(row["threshold"])
         assert 0.0 < probability < 1.0 and threshold == pytest.approx(0.4)
         assert int(row["label"]) == int(probability >= threshold)
+        # The checkpoint has no Centiloid read-out (as every one saved before it existed).
+        assert [row[c] for c in CENTILOID_COLUMNS] == ["", "", ""]
         parts = [float(row[f"seconds_{step}"]) for step in ("prepare", "model", "saliency")]
         assert min(parts) > 0.0 and float(row["seconds_total"]) >= sum(parts)
     # The same image under two names gives the same answer (to registration noise: this test

@@ -380,6 +380,23 @@ def test_batch_summary_and_exit_code(tmp_path):
     assert not (tmp_path / "batch_results.csv.part").exists()
 
 
+def test_the_batch_summary_carries_predicts_centiloid_columns(tmp_path):
+    from AmyloidKDLib.commands.predict import CENTILOID_COLUMNS
+
+    assert batch.CENTILOID_COLUMNS == CENTILOID_COLUMNS   # one set of names for both tables
+    row = ["a", "a.nii", "0.7", "1", "0.5", "ok", "", "1", "1", "1", "3"]
+    _write_csv(tmp_path / "results.csv", list(runner.RESULT_COLUMNS) + list(CENTILOID_COLUMNS),
+               [row + ["31.25", "-4.50", "66.00"]])
+    cells = batch.centiloid_cells(tmp_path)
+    assert cells == {"centiloid_pred": "31.25", "centiloid_lo": "-4.50", "centiloid_hi": "66.00"}
+    path = batch.write_batch_summary([batch.BatchRow("a", "a.nii", "ok", 0.7, 1, 0.5, **cells)],
+                                     tmp_path / "batch_results.csv")
+    with open(path, newline="") as handle:
+        assert next(csv.DictReader(handle))["centiloid_lo"] == "-4.50"
+    _write_csv(tmp_path / "results.csv", list(runner.RESULT_COLUMNS), [row])   # an older library
+    assert batch.centiloid_cells(tmp_path) == dict.fromkeys(CENTILOID_COLUMNS, "")
+
+
 # --- dependencies -------------------------------------------------------------------------
 
 

@@ -58,6 +58,10 @@ class PredictionResult:
         top_regions: label map of the top-saliency regions on the native grid (integers
             1..255 by strength, 0 elsewhere; written as uint8).
         saliency_target: the class the saliency explains (1 = amyloid positive).
+        regions: the atlas regions ranked by their share of the MNI saliency
+            (:func:`AmyloidKDLib.regions.named_regions`), with saliency.
+        region_ranks: on the native grid, each voxel of a listed region holds its rank in
+            ``regions`` (0 elsewhere).
         device: where the model ran.
         details: extras for reports: the saliency threshold of the top regions and the
             sagittal MNI planes the model saw.
@@ -73,6 +77,8 @@ class PredictionResult:
     top_regions: Volume | None = None
     saliency_target: int = 1
     device: str = "cpu"
+    regions: list | None = None
+    region_ranks: Volume | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -300,6 +306,9 @@ class Predictor:
                 self.saliency_config, target_label=cam.target_label)
             result.saliency, result.saliency_mni = sal.native, sal.mni
             result.top_regions, result.saliency_target = sal.top_regions, sal.target_label
+            from AmyloidKDLib.regions import named_regions
+
+            result.regions, result.region_ranks = named_regions(sal.mni, prepared.mri_to_mni, mri)
             result.details["saliency_threshold"] = sal.threshold
             result.details["slice_positions"] = [int(p) for p in np.asarray(stack.positions)]
             timings["saliency"] = time.perf_counter() - started - timings["model"]

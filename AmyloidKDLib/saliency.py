@@ -231,8 +231,8 @@ def top_region_labels(saliency: np.ndarray, mask: np.ndarray, percentile: float,
     return new_label[components], threshold
 
 
-def _warp_within_reach(transform: Any, volume: Volume, support: np.ndarray, native: Volume,
-                       interpolation: str) -> np.ndarray:
+def warp_to_native(transform: Any, volume: Volume, support: np.ndarray, native: Volume,
+                   interpolation: str) -> np.ndarray:
     """``volume`` (zero outside ``support``) pulled onto ``native``'s grid through the inverse
     of ``transform``, resampling only the box it can reach (``Transform.reach``)."""
     from AmyloidKDLib.registration import Grid
@@ -272,8 +272,8 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
 
     # Only the part of the native grid that the evidence maps onto can be non-zero: resample
     # that box (the whole grid when the transform is not linear) and leave the rest 0.
-    native_saliency = _warp_within_reach(transform, mni_volume, mni_scaled > 0, native, "linear")
-    native_labels = _warp_within_reach(transform, labels_mni_volume, labels_mni > 0, native,
+    native_saliency = warp_to_native(transform, mni_volume, mni_scaled > 0, native, "linear")
+    native_labels = warp_to_native(transform, labels_mni_volume, labels_mni > 0, native,
                                        "nearest")
     native_saliency = Volume(np.clip(native_saliency, 0.0, 1.0), native.affine.copy(),
                              "saliency", native.source)

@@ -325,10 +325,16 @@ def point_storage_to(storable: "vtkMRMLStorableNode", directory: str | os.PathLi
     return target
 
 
-def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike):
-    """The top-regions label map as a segmentation node ("<MRI> AmyloidKD top regions segmentation")
-    whose segments are named like the label map's colour table ("AmyloidKD top region 1 (highest
-    saliency)", ...) and coloured alike, for the Segmentations and Segment Statistics modules.
+def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
+                              regions: list[Mapping[str, str]] | None = None):
+    """The named regions as a segmentation node ("<MRI> AmyloidKD top regions segmentation"), for
+    the Segmentations and Segment Statistics modules.
+
+    With ``regions`` (the rows of ``<case>_regions.csv``) ``path`` is the library's
+    ``<case>_regions.nii.gz``, whose label k is the atlas region of rank k: each segment carries
+    that region's name (and its saliency share as the tag ``AmyloidKD.saliencyShare``), in rank
+    order. Without, ``path`` is the top-regions label map and segments are named by rank, like its
+    colour table ("AmyloidKD top region 1 (highest saliency)", ...).
 
     It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
     to the MRI; it has no display node until the user shows it (the label layer already does).
@@ -341,11 +347,15 @@ def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolu
     if not reader.ReadData(segmentation):
         scene.RemoveNode(segmentation)
         raise ModuleError(f"Slicer could not read the top-regions map {path} as a segmentation.")
+    by_rank = {int(row["rank"]): row for row in regions or () if str(row.get("rank", "")).strip().isdigit()}
     segments: "vtkSegmentation" = segmentation.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
         segment: "vtkSegment" = segments.GetNthSegment(index)
         rank = segment.GetLabelValue()
-        segment.SetName(top_region_name(rank))
+        region = by_rank.get(rank)
+        segment.SetName(region["region"] if region else top_region_name(rank))
+        if region:
+            segment.SetTag("AmyloidKD.saliencyShare", str(region.get("saliency_share", "")))
         segment.SetColor(*TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)])
     segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
     segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
@@ -626,9 +636,11 @@ def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
         saliency, top_regions = load_outputs(scene, volumes_logic, job.mri_node, row.outputs.saliency,
                                              row.outputs.top_regions, attributes, settings,
                                              temporary_files=not job.keep_outputs)
-        table = results_table(scene, job.mri_node, results_rows(
-            row, model, read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")))
-        segmentation = top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions)
+        regions = read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")
+        table = results_table(scene, job.mri_node, results_rows(row, model, regions))
+        named = Path(job.request.out_dir) / f"{row.case}_regions.nii.gz"  # label k = region of rank k
+        segmentation = (top_regions_segmentation(scene, job.mri_node, named, regions) if regions and named.is_file()
+                        else top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions))
         if not job.keep_outputs:  # the files are deleted below: offer a folder the user can save to
             for output in (saliency, top_regions):
                 point_storage_to(output, save_directory(scene))

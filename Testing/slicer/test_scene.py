@@ -574,14 +574,15 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
     shares = {k: float(v) for k, v in rows.items() if k.startswith("Saliency share: ")}  # from <case>_regions.csv
     assert shares and all(k.endswith("(amyloidkd-spheres)") for k in shares) and 0 < sum(shares.values()) <= 1.0001
 
-    # the top regions as a segmentation: one named segment per label of the file, in its colour
-    import nibabel as nib
+    # the named regions as a segmentation: the segments carry the atlas names of <case>_regions.csv, in rank order
+    import csv
 
-    labels = sorted(set(np.unique(np.asanyarray(nib.load(str(outputs.outputs.top_regions)).dataobj)).tolist()) - {0})
+    with open(outputs.outputs.saliency.parent / f"{outputs.case}_regions.csv", newline="", encoding="utf-8") as handle:
+        regions = list(csv.DictReader(handle))
     segments = second.segmentation_node.GetSegmentation()
-    found = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
-             for i in range(segments.GetNumberOfSegments())}
-    assert found == {label: scene.top_region_name(label) for label in labels}
+    names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+    assert len(regions) > 2 and names == [r["region"] for r in regions]
+    assert [segments.GetNthSegment(i).GetLabelValue() for i in range(len(names))] == [int(r["rank"]) for r in regions]
     assert Path(second.segmentation_node.GetStorageNode().GetFileName()).name.endswith("segmentation.seg.nrrd")
 
     # the temporary files are gone; the storage nodes point where the user can save, and saving works

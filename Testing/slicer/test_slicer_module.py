@@ -60,7 +60,7 @@ CTK_WIDGETS = {"ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget"}
 VTK_CLASSES = {"vtkAbstractArray": {"SetName", "GetName", "GetNumberOfTuples"},
                # Slicer's segmentation core (Libs/Segmentation: vtkSegmentation.h, vtkSegment.h)
                "vtkSegmentation": {"GetNumberOfSegments", "GetNthSegment", "GetNthSegmentID"},
-               "vtkSegment": {"GetName", "SetName", "GetLabelValue", "SetColor", "GetColor"}}
+               "vtkSegment": {"GetName", "SetName", "GetLabelValue", "SetColor", "GetColor", "SetTag"}}
 QWIDGET_PROPERTIES = {"toolTip", "enabled", "geometry", "visible", "sizePolicy", "minimumSize", "maximumSize",
                       "whatsThis", "statusTip"}
 

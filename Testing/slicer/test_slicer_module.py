@@ -615,7 +615,8 @@ def test_panel_never_relies_on_try_with_error_display():
     assert "slicer.util.tryWithErrorDisplay" not in calls
 
 
-@pytest.mark.parametrize("slot", ["onApplyButton", "onProcessTimer", "onCancelButton", "onUseModelButton"])
+@pytest.mark.parametrize("slot", ["onApplyButton", "onProcessTimer", "onCancelButton", "onUseModelButton",
+                                  "onQuantifyPetButton"])
 def test_every_button_and_timer_path_refreshes_the_buttons_in_a_finally(slot):
     """Whatever happens in the slot (failure, cancel, exception), Apply/Cancel are refreshed."""
     method = _method("AmyloidKDWidget", slot)

@@ -369,6 +369,9 @@ def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolu
         if region:
             segment.SetTag("AmyloidKD.saliencyShare", str(region.get("saliency_share", "")))
         segment.SetColor(*TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)])
+    segments_display: "vtkMRMLDisplayNode" = segmentation.GetDisplayNode()
+    if segments_display is not None:  # hidden until the user shows it: the label layer outlines the top regions
+        segments_display.SetVisibility(0)
     segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
     segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
     segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())

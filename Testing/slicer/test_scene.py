@@ -583,6 +583,8 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
     names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
     assert len(regions) > 2 and names == [r["region"] for r in regions]
     assert [segments.GetNthSegment(i).GetLabelValue() for i in range(len(names))] == [int(r["rank"]) for r in regions]
+    display = second.segmentation_node.GetDisplayNode()
+    assert display is None or not display.GetVisibility()  # hidden until shown: the label layer outlines already
     assert Path(second.segmentation_node.GetStorageNode().GetFileName()).name.endswith("segmentation.seg.nrrd")
 
     # the temporary files are gone; the storage nodes point where the user can save, and saving works

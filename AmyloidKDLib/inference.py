@@ -25,7 +25,7 @@ import torch
 
 from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
-from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_gradcam
+from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_saliency
 from AmyloidKDLib.volume import Volume, load_volume
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class Predictor:
             # One forward pass serves the prediction and Grad-CAM; its time counts as "model".
             sliced = time.perf_counter() - started
             target = None if self.saliency_config.target == "predicted" else 1
-            cam = slice_gradcam(self.model, slices, target, self.threshold)
+            cam = slice_saliency(self.model, slices, target, self.threshold, self.saliency_config.method)
             timings["model"] = sliced + cam.forward_seconds
             _notify(on_step, "model")
             result = self._result(cam.logit, mri, timings)

@@ -8,7 +8,7 @@ broad Gaussian at the brain's centre, the shape a coarse CAM tends to take). Pri
 
     PYTHONPATH=$PWD python Testing/benchmarks/bench_localisation.py \
         [--checkpoint AmyloidKD/Resources/Models/synthetic-demo] [--subjects 8] [--seed 11] \
-        [--methods gradcam,gradient-x-input]
+        [--methods gradcam,gradient-x-input] [--target predicted|positive]
 
 ``--checkpoint`` takes any student checkpoint, e.g. the one ``amyloidkd demo --out DIR`` trains
 (``DIR/checkpoints/student``). Each subject's model column is given per saliency method.
@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--methods", default="gradcam,gradient-x-input",
                         help="saliency methods to score, comma-separated (AmyloidKDLib.saliency.SALIENCY_METHODS)")
+    parser.add_argument("--target", default="predicted", choices=("predicted", "positive"),
+                        help="the class the maps explain: the predicted one (as predict does) or always "
+                             "amyloid positivity")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     from AmyloidKDLib.phantom import PhantomConfig, generate_cohort
     from AmyloidKDLib.volume import load_volume
 
-    predictors = {m: Predictor(args.checkpoint, device="cpu", saliency_config=SaliencyConfig(method=m)) for m in methods}
+    predictors = {m: Predictor(args.checkpoint, device="cpu", saliency_config=SaliencyConfig(method=m, target=args.target)) for m in methods}
     rng = np.random.default_rng(args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="amyloidkd-localisation-") as work:
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
                          "centiloid": float(case["centiloid"]), "p": result.probability,
                          **{name: roc_auc_score(truth, values) for name, values in maps.items()},
                          "seconds": time.perf_counter() - started})
-    print(f"checkpoint: {args.checkpoint}; {len(rows)} phantom subjects (seed {args.seed}); "
+    print(f"checkpoint: {args.checkpoint}; {len(rows)} phantom subjects (seed {args.seed}); maps explain the "
+          f"{args.target} class; "
           "AUC of each map for the atrophy regions' voxels vs the rest of the brain (MNI, 2 mm)")
     columns = [*methods, "random", "uninformed"]
     print("| subject | label | centiloid | p(positive) | " + " | ".join(columns) + " |")

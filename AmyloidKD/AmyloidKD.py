@@ -754,18 +754,26 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
                     timeout: Optional[float] = None) -> QuantificationResult:
         """Quantify one PET with its MRI; blocks until done (scripts, the batch)."""
         job = self.startQuantification(mriNode, petNode, tracer)
+        self._waitFor(job, _("the PET quantification"), timeout)
+        return self.finishQuantification(job)
+
+    def _waitFor(self, job, what: str, timeout: Optional[float], progressCallback: Optional[Callable] = None) -> None:
+        """Keep Slicer's events running until ``job``'s process ends; cancel it on a timeout or any error."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not job.process.finished:
-                job.process.poll()
+                for event in job.process.poll():
+                    if event.progress is not None and progressCallback is not None:
+                        progressCallback(event.progress.fraction, event.progress.text)
+                    elif event.progress is None and event.line.strip():
+                        logging.info(f"AmyloidKD: {event.line}")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise ModuleError(f"the PET quantification took longer than {timeout:g} s and was stopped.")
+                    raise ModuleError(f"{what} took longer than {timeout:g} s and was stopped.")
                 slicer.app.processEvents()
                 time.sleep(0.1)
         except BaseException:
             self.cancelProcessing(job)
             raise
-        return self.finishQuantification(job)
 
     def cancelProcessing(self, job: PredictionJob) -> None:
         """Stop the job's whole process tree and remove its temporary files."""
@@ -810,21 +818,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         """
         job = self.startProcessing(mriNode, petNode, checkpoint=checkpoint, device=device,
                                    skullStrip=skullStrip, outputDirectory=outputDirectory)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not job.process.finished:
-                for event in job.process.poll():
-                    if event.progress is not None and progressCallback is not None:
-                        progressCallback(event.progress.fraction, event.progress.text)
-                    elif event.progress is None and event.line.strip():
-                        logging.info(f"AmyloidKD: {event.line}")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ModuleError(f"the prediction took longer than {timeout:g} s and was stopped.")
-                slicer.app.processEvents()
-                time.sleep(0.1)
-        except BaseException:
-            self.cancelProcessing(job)
-            raise
+        self._waitFor(job, _("the prediction"), timeout, progressCallback)
         return self.finishProcessing(job, showResult=showResult)
 
 

@@ -13,8 +13,9 @@ that decided the prediction, so this module scales the whole volume once instead
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -164,14 +165,15 @@ def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: in
     Magnitudes are comparable across the N slices.
     """
     layers, reshape = gradcam_parts(model)
-    was_training = model.training
-    model.eval()
+    with _frozen_in_eval(model):
+        return _slice_gradcam(model, slices, layers, reshape, target_label, threshold)
+
+
+def _slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, layers: list, reshape: Callable | None,
+                   target_label: int | None, threshold: float) -> SliceMaps:
     device = next(model.parameters()).device
-    # Gradients are needed only from the target layer on: freeze every parameter and start the
+    # Gradients are needed only from the target layer on: with every parameter frozen, start the
     # graph at that layer's output, so the backward pass skips the encoder below it.
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.requires_grad_(False)
     graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in layers]
     # The student's own adapter when it has one (models contract), else the equivalent here.
     case_model = model.gradcam_model() if hasattr(model, "gradcam_model") else _SliceBagModel(model)
@@ -189,9 +191,6 @@ def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: in
         cam.activations_and_grads.release()
         for handle in graph_starts + timers:
             handle.remove()
-        for parameter in trainable:
-            parameter.requires_grad_(True)
-        model.train(was_training)
     return SliceMaps(np.asarray(maps, dtype=np.float32), float(target.logit), int(target.label),
                      clock["stop"] - clock["start"])
 
@@ -207,13 +206,8 @@ def slice_gradient_x_input(model: torch.nn.Module, slices: torch.Tensor, target_
     noisy). Unlike Grad-CAM it needs no target layer, so it serves CNN and ViT students alike,
     and its resolution is the slice's, not the last stage's grid.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.requires_grad_(False)
-    try:
+    with _frozen_in_eval(model):
         images = slices.to(device).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             started = time.perf_counter()
@@ -224,10 +218,6 @@ def slice_gradient_x_input(model: torch.nn.Module, slices: torch.Tensor, target_
                 label = int(float(torch.sigmoid(logit.detach().float())) >= threshold)
             (logit if label == 1 else -logit).backward()
         attribution = (images.grad.float() * images.detach().float()).sum(dim=1).cpu().numpy()
-    finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
-        model.train(was_training)
     maps = ndimage.gaussian_filter(np.maximum(attribution, 0.0),
                                    sigma=(0.0, GRADIENT_X_INPUT_SIGMA_PX, GRADIENT_X_INPUT_SIGMA_PX))
     return SliceMaps(maps.astype(np.float32), float(logit.detach().float()), int(label), forward_seconds)
@@ -239,6 +229,22 @@ def slice_saliency(model: torch.nn.Module, slices: torch.Tensor, target_label: i
     if method == "gradient-x-input":
         return slice_gradient_x_input(model, slices, target_label, threshold)
     return slice_gradcam(model, slices, target_label, threshold)
+
+
+@contextlib.contextmanager
+def _frozen_in_eval(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode with every parameter frozen (no weight gradients are kept), restored after."""
+    was_training = model.training
+    model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        model.train(was_training)
 
 
 def _start_graph_here(module: torch.nn.Module, inputs: Any, output: Any) -> Any:

@@ -105,18 +105,23 @@ def build_centiloid_command(python_executable: str | os.PathLike, pet_path: str 
             "--tracer", tracer, "--out", str(out_dir), "--write-vois", "--no-qc", "--progress", "none"]
 
 
-def read_centiloid(out_dir: str | os.PathLike) -> dict[str, str]:
-    """The one row of ``out_dir/centiloid.csv`` (a single-PET run), checked for the columns the module uses."""
-    path = Path(out_dir) / "centiloid.csv"
+def read_checked_csv(path: Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV the library wrote, after checking it exists and has ``columns``."""
     if not path.is_file():
-        raise ModuleError(f"{path} was not written; the PET quantification did not finish. See the log for why.")
+        raise ModuleError(f"{path} was not written; {what} did not finish. See the log above for why.")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in CENTILOID_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise ModuleError(f"{path} lacks the columns {', '.join(missing)}; the installed AmyloidKDLib "
                               "does not match this module. Update the extension.")
-        rows = list(reader)
+        return list(reader)
+
+
+def read_centiloid(out_dir: str | os.PathLike) -> dict[str, str]:
+    """The one row of ``out_dir/centiloid.csv`` (a single-PET run), checked for the columns the module uses."""
+    path = Path(out_dir) / "centiloid.csv"
+    rows = read_checked_csv(path, CENTILOID_COLUMNS, "the PET quantification")
     if len(rows) != 1:
         raise ModuleError(f"{path} has {len(rows)} rows; one PET gives one.")
     return {k: (v or "") for k, v in rows[0].items() if k}
@@ -518,30 +523,22 @@ def _optional_float(value: str, column: str, row: int) -> float | None:
 def read_results(out_dir: str | os.PathLike) -> list[CaseResult]:
     """Read ``out_dir/results.csv`` into CaseResult rows, checking the contract's columns."""
     path = Path(out_dir) / "results.csv"
-    if not path.is_file():
-        raise ModuleError(f"{path} was not written; the prediction did not finish. See the log above for why.")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ModuleError(f"{path} lacks the columns {', '.join(missing)}; the installed AmyloidKDLib "
-                              "does not match this module. Update the extension.")
-        results = []
-        for row_number, row in enumerate(reader, start=2):
-            status = row["status"].strip()
-            if status not in ("ok", "failed"):
-                raise ModuleError(f"{path} row {row_number}: status {status!r} is neither 'ok' nor 'failed'.")
-            probability = _optional_float(row["probability"], "probability", row_number)
-            label = _optional_float(row["label"], "label", row_number)
-            seconds = {c[len("seconds_"):]: _optional_float(row[c], c, row_number)
-                       for c in RESULT_COLUMNS if c.startswith("seconds_")}
-            results.append(CaseResult(
-                case=row["case"], input=row["input"], probability=probability,
-                label=None if label is None else int(label),
-                threshold=_optional_float(row["threshold"], "threshold", row_number),
-                status=status, error=row["error"], seconds=seconds,
-                outputs=CaseOutputs.for_case(out_dir, row["case"]),
-                extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
+    results = []
+    for row_number, row in enumerate(read_checked_csv(path, RESULT_COLUMNS, "the prediction"), start=2):
+        status = row["status"].strip()
+        if status not in ("ok", "failed"):
+            raise ModuleError(f"{path} row {row_number}: status {status!r} is neither 'ok' nor 'failed'.")
+        probability = _optional_float(row["probability"], "probability", row_number)
+        label = _optional_float(row["label"], "label", row_number)
+        seconds = {c[len("seconds_"):]: _optional_float(row[c], c, row_number)
+                   for c in RESULT_COLUMNS if c.startswith("seconds_")}
+        results.append(CaseResult(
+            case=row["case"], input=row["input"], probability=probability,
+            label=None if label is None else int(label),
+            threshold=_optional_float(row["threshold"], "threshold", row_number),
+            status=status, error=row["error"], seconds=seconds,
+            outputs=CaseOutputs.for_case(out_dir, row["case"]),
+            extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
     return results
 
 

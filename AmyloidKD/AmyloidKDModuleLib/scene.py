@@ -337,6 +337,26 @@ def point_storage_to(storable: "vtkMRMLStorableNode", directory: str | os.PathLi
     return target
 
 
+def read_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
+                      name: str, role: str, reference_role: str):
+    """A label-map file read by Slicer's segmentation reader as a segmentation node ``name`` (one
+    segment per label value), under the MRI's transform, with the module's ``role`` attribute and
+    linked both ways with the MRI (``reference_role`` on the MRI)."""
+    segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetName(name)
+    reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    reader.SetFileName(str(path))
+    segmentation.SetAndObserveStorageNodeID(reader.GetID())
+    if not reader.ReadData(segmentation):
+        scene.RemoveNode(segmentation)
+        raise ModuleError(f"Slicer could not read {path} as a segmentation.")
+    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+    segmentation.SetAttribute(ATTRIBUTE_ROLE, role)
+    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+    mri_node.SetNodeReferenceID(reference_role, segmentation.GetID())
+    return segmentation
+
+
 def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
                               regions: list[Mapping[str, str]] | None = None):
     """The named regions as a segmentation node ("<MRI> AmyloidKD top regions segmentation"), for
@@ -349,16 +369,10 @@ def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolu
     colour table ("AmyloidKD top region 1 (highest saliency)", ...).
 
     It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
-    to the MRI; it has no display node until the user shows it (the label layer already does).
+    to the MRI; it is hidden until the user shows it (the label layer already outlines the regions).
     """
-    segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segmentation.SetName(f"{mri_node.GetName()} AmyloidKD top regions segmentation")
-    reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    reader.SetFileName(str(path))
-    segmentation.SetAndObserveStorageNodeID(reader.GetID())
-    if not reader.ReadData(segmentation):
-        scene.RemoveNode(segmentation)
-        raise ModuleError(f"Slicer could not read the top-regions map {path} as a segmentation.")
+    segmentation = read_segmentation(scene, mri_node, path, f"{mri_node.GetName()} AmyloidKD top regions segmentation",
+                                     "topRegionsSegmentation", ROLE_TOP_REGIONS_SEGMENTATION)
     by_rank = {int(row["rank"]): row for row in regions or () if str(row.get("rank", "")).strip().isdigit()}
     segments: "vtkSegmentation" = segmentation.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
@@ -372,10 +386,6 @@ def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolu
     segments_display: "vtkMRMLDisplayNode" = segmentation.GetDisplayNode()
     if segments_display is not None:  # hidden until the user shows it: the label layer outlines the top regions
         segments_display.SetVisibility(0)
-    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
-    segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
-    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
-    mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS_SEGMENTATION, segmentation.GetID())
     return segmentation
 
 
@@ -792,26 +802,15 @@ def load_vois(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: 
     previous_vois: "vtkMRMLSegmentationNode" = mri_node.GetNodeReference(ROLE_VOIS)
     if previous_vois is not None and previous_vois.GetAttribute(ATTRIBUTE_ROLE) == "vois":
         scene.RemoveNode(previous_vois)
-    segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segmentation.SetName(f"{mri_node.GetName()} AmyloidKD PET VOIs")
-    reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    reader.SetFileName(str(path))
-    segmentation.SetAndObserveStorageNodeID(reader.GetID())
-    if not reader.ReadData(segmentation):
-        scene.RemoveNode(segmentation)
-        raise ModuleError(f"Slicer could not read the VOI map {path} as a segmentation.")
+    segmentation = read_segmentation(scene, mri_node, path, f"{mri_node.GetName()} AmyloidKD PET VOIs", "vois", ROLE_VOIS)
     segments: "vtkSegmentation" = segmentation.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
         segment: "vtkSegment" = segments.GetNthSegment(index)
         name, color = VOI_SEGMENTS.get(segment.GetLabelValue(), (f"VOI {segment.GetLabelValue()}", (1.0, 1.0, 1.0)))
         segment.SetName(name)
         segment.SetColor(*color)
-    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
-    segmentation.SetAttribute(ATTRIBUTE_ROLE, "vois")
     for name in PET_ATTRIBUTES:
         segmentation.SetAttribute(f"AmyloidKD.{name}", values.get(name, ""))
-    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
-    mri_node.SetNodeReferenceID(ROLE_VOIS, segmentation.GetID())
     return segmentation
 
 

@@ -610,6 +610,13 @@ class PredictionResult:
         return float(self.seconds.get("total") or 0.0)
 
 
+def new_work_directory(temporary_root: str | os.PathLike | None, prefix: str) -> Path:
+    """A new temporary folder for one job, under ``temporary_root`` (made if missing) or the system's."""
+    if temporary_root is not None:
+        Path(temporary_root).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=temporary_root))
+
+
 def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
                      checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = None,
                      output_directory: str | os.PathLike | None = None,
@@ -624,9 +631,7 @@ def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode",
     if checkpoint is None or not str(checkpoint).strip(". "):
         raise ModuleError("select a checkpoint (the folder with model.safetensors and checkpoint.json).")
     checkpoint_dir = resolve_checkpoint(checkpoint)
-    if temporary_root is not None:
-        Path(temporary_root).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="AmyloidKD-", dir=temporary_root))
+    work = new_work_directory(temporary_root, "AmyloidKD-")
     try:
         case = safe_case_name(mri_node.GetName())
         input_path = export_volume(scene, mri_node, work / "input" / f"{case}.nii.gz")
@@ -755,9 +760,7 @@ def start_quantification(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNo
         raise ModuleError("select an MRI and a PET volume: the PET is quantified in VOIs placed through its MRI.")
     if not str(tracer or "").strip():
         raise ModuleError("choose the PET's tracer: each tracer has its own Centiloid equation.")
-    if temporary_root is not None:
-        Path(temporary_root).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="AmyloidKD-PET-", dir=temporary_root))
+    work = new_work_directory(temporary_root, "AmyloidKD-PET-")
     try:
         case = safe_case_name(pet_node.GetName())
         pet_path = export_volume(scene, pet_node, work / "input" / f"{case}.nii.gz")

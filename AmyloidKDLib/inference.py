@@ -25,7 +25,7 @@ import torch
 
 from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
-from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_gradcam
+from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_saliency
 from AmyloidKDLib.volume import Volume, load_volume
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,10 @@ class PredictionResult:
         top_regions: label map of the top-saliency regions on the native grid (integers
             1..255 by strength, 0 elsewhere; written as uint8).
         saliency_target: the class the saliency explains (1 = amyloid positive).
+        regions: the atlas regions ranked by their share of the MNI saliency
+            (:func:`AmyloidKDLib.regions.named_regions`), with saliency.
+        region_ranks: on the native grid, each voxel of a listed region holds its rank in
+            ``regions`` (0 elsewhere).
         device: where the model ran.
         details: extras for reports: the saliency threshold of the top regions and the
             sagittal MNI planes the model saw.
@@ -76,6 +80,8 @@ class PredictionResult:
     top_regions: Volume | None = None
     saliency_target: int = 1
     device: str = "cpu"
+    regions: list | None = None
+    region_ranks: Volume | None = None
     details: dict[str, Any] = field(default_factory=dict)
     centiloid_pred: float | None = None
     centiloid_lo: float | None = None
@@ -314,7 +320,7 @@ class Predictor:
             # One forward pass serves the prediction and Grad-CAM; its time counts as "model".
             sliced = time.perf_counter() - started
             target = None if self.saliency_config.target == "predicted" else 1
-            cam = slice_gradcam(self.model, slices, target, self.threshold)
+            cam = slice_saliency(self.model, slices, target, self.threshold, self.saliency_config.method)
             timings["model"] = sliced + cam.forward_seconds
             _notify(on_step, "model")
             result = self._result(cam.logit, mri, timings)
@@ -323,6 +329,9 @@ class Predictor:
                 self.saliency_config, target_label=cam.target_label)
             result.saliency, result.saliency_mni = sal.native, sal.mni
             result.top_regions, result.saliency_target = sal.top_regions, sal.target_label
+            from AmyloidKDLib.regions import named_regions
+
+            result.regions, result.region_ranks = named_regions(sal.mni, prepared.mri_to_mni, mri)
             result.details["saliency_threshold"] = sal.threshold
             result.details["slice_positions"] = [int(p) for p in np.asarray(stack.positions)]
             timings["saliency"] = time.perf_counter() - started - timings["model"]

@@ -193,7 +193,8 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
     The native-grid saliency and label map are stored in the input's own voxel order
     ``storage_code`` (its header's axis codes), so their arrays line up voxel for voxel with the
     input's array, as nnU-Net and TotalSegmentator outputs do; the MNI map stays RAS.
-    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency.
+    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency, and
+    ``<case>_regions.nii.gz`` (native grid) marks each listed region's voxels with its rank.
 
     The NIfTIs are compressed in a second thread while the PNG is drawn (zlib releases the
     GIL). Each file is written atomically; if any fails, the others of the case are removed.
@@ -209,6 +210,9 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
                   (result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz", np.float32),
                   (reorient_for_storage(result.top_regions, storage_code), out_dir / f"{case}_top_regions.nii.gz",
                    np.uint8)]
+        if getattr(result, "region_ranks", None) is not None:  # label k = the region of rank k in <case>_regions.csv
+            niftis.append((reorient_for_storage(result.region_ranks, storage_code),
+                           out_dir / f"{case}_regions.nii.gz", np.uint16))
     regions = [out_dir / f"{case}_regions.csv"] if niftis and result.saliency_mni is not None else []
     written: list[Path] = []
 
@@ -218,7 +222,8 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
         if regions:  # which named regions hold the saliency (AmyloidKDLib.regions)
             from AmyloidKDLib.regions import load_atlas, region_shares, write_regions_csv
 
-            written.append(write_regions_csv(region_shares(result.saliency_mni, load_atlas()), regions[0]))
+            shares = getattr(result, "regions", None) or region_shares(result.saliency_mni, load_atlas())
+            written.append(write_regions_csv(shares, regions[0]))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         background = pool.submit(write_niftis)

@@ -116,6 +116,11 @@ def test_each_case_gets_saliency_labels_and_an_overview_on_its_own_grid(batch_ru
             regions = list(csv.DictReader(handle))
         assert list(regions[0]) == ["rank", "region", "atlas", "saliency_share", "voxels"]
         assert [r["rank"] for r in regions] == [str(i) for i in range(1, len(regions) + 1)]
+        named = nib.load(out / f"{case}_regions.nii.gz")  # label k = the region of rank k, on the input's grid
+        assert named.shape == native.shape
+        np.testing.assert_allclose(named.affine, nib.load(batch_folder / (case + suffix)).affine, atol=1e-4)
+        assert set(np.unique(np.asarray(named.dataobj)).tolist()) - {0} <= {int(r["rank"]) for r in regions}
+        assert len(np.unique(np.asarray(named.dataobj))) > len(regions) // 2  # most regions reach the MRI
         mni = nib.load(out / f"{case}_saliency_mni.nii.gz")
         assert mni.shape == (99, 117, 95)  # the fast preset's 2 mm MNI grid
         png = (out / f"{case}_overview.png").read_bytes()

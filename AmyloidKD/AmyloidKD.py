@@ -61,11 +61,13 @@ from AmyloidKDModuleLib.panel import Outcome, PanelState, PredictionController, 
 from AmyloidKDModuleLib.runner import (
     DEVICE_CHOICES,
     SKULL_STRIP_CHOICES,
+    TRACER_CHOICES,
     ProcessEvent,
     library_environment,
     library_parent_directory,
+    mri_centiloid_text,
 )
-from AmyloidKDModuleLib.scene import OverlaySettings, PredictionJob, PredictionResult
+from AmyloidKDModuleLib.scene import OverlaySettings, PredictionJob, PredictionResult, QuantificationJob, QuantificationResult
 
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
@@ -127,8 +129,10 @@ class AmyloidKDParameterNode:
     ``AmyloidKDModuleLib.scene``; saliencyVolume and topRegionsVolume follow the selected MRI.)
 
     mriVolume - the T1-weighted MRI to classify.
-    petVolume - optional amyloid PET of the same subject, registered to the MRI; shown for
-        comparison only (the student model needs no PET).
+    petVolume - optional amyloid PET of the same subject; shown for comparison (the student model
+        needs no PET) and quantified (SUVR, Centiloid in the standard VOIs) after Apply or with
+        "Quantify PET".
+    tracer - the PET's tracer, which picks its Centiloid equation.
     checkpoint - student checkpoint folder, or its checkpoint.json.
     device - "auto" (GPU when available), "cpu" or "cuda".
     skullStrip - "as trained" (the default: the backend stored in the checkpoint), or an override:
@@ -141,6 +145,7 @@ class AmyloidKDParameterNode:
 
     mriVolume: vtkMRMLScalarVolumeNode
     petVolume: vtkMRMLScalarVolumeNode
+    tracer: Annotated[str, Choice(list(TRACER_CHOICES))] = TRACER_CHOICES[0]
     checkpoint: Path
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     skullStrip: Annotated[str, Choice([SKULL_STRIP_AS_TRAINED, *SKULL_STRIP_CHOICES])] = SKULL_STRIP_AS_TRAINED
@@ -197,6 +202,7 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.quantifyPetButton.connect("clicked(bool)", self.onQuantifyPetButton)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModelButton)
         self._catalogEntries = []
         self._fillModelCatalogue()
@@ -315,22 +321,28 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.probabilityLabel.text = _("{probability} (threshold {threshold})").format(
                 probability=values["probability"][:5], threshold=values.get("threshold", "?")[:5])
             self.ui.resultLabel.text = _("amyloid positive") if values.get("label") == "1" else _("amyloid negative")
+            self.ui.centiloidMriLabel.text = mri_centiloid_text(
+                tuple(values.get(k, "") for k in ("centiloid_pred", "centiloid_lo", "centiloid_hi")))
         else:
             self.ui.probabilityLabel.text = ""
             self.ui.resultLabel.text = ""
+            self.ui.centiloidMriLabel.text = ""
+        self.ui.petQuantLabel.text = scene.pet_quantification_text(scene.stored_quantification(mriNode))
 
     def _checkCanApply(self) -> None:
         """Buttons for what the panel is doing: nothing can start while an install, a download or a
         prediction runs (PanelState), and Cancel stops whichever it is."""
         parameters = self._parameterNode
         ready = bool(parameters and parameters.mriVolume and str(parameters.checkpoint or "").strip(". "))
-        buttons = self._state.buttons(ready, bool(self._catalogEntries)) if self._state else None
+        quantifiable = bool(parameters and parameters.mriVolume and parameters.petVolume and parameters.tracer)
+        buttons = self._state.buttons(ready, bool(self._catalogEntries), quantifiable) if self._state else None
         if buttons is None:
             return
         self.ui.applyButton.enabled = buttons.apply
         self.ui.applyButton.toolTip = buttons.apply_tooltip
         self.ui.useModelButton.enabled = buttons.use_model
         self.ui.cancelButton.enabled = buttons.cancel
+        self.ui.quantifyPetButton.enabled = buttons.quantify
 
     def _log(self, line: str) -> None:
         """One line in the panel's log (installs, downloads, the prediction's own output)."""
@@ -461,14 +473,47 @@ class AmyloidKDWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Model {name} ready: {folder}").format(name=task.entry.name, folder=folder)
         self._log(self.ui.statusLabel.text)
 
+    def onQuantifyPetButton(self) -> None:
+        """Quantify the selected PET with its MRI in the background (SUVR, Centiloid, VOIs)."""
+        if self._state.busy:
+            return
+        outcome = None
+        try:
+            outcome = self._startQuantification()
+        finally:
+            if outcome is not None:
+                self._showOutcome(outcome, _("AmyloidKD could not quantify the PET."))
+            self._checkCanApply()
+
+    def _startQuantification(self) -> Optional[Outcome]:
+        """Start the PET quantification for the current MRI, PET and tracer; a failed Outcome, or None."""
+        parameters = self._parameterNode
+        self.ui.petQuantLabel.text = _("quantifying...")
+        outcome = self._controller.start(lambda: self.logic.startQuantification(
+            parameters.mriVolume, parameters.petVolume, parameters.tracer))
+        if outcome is None:
+            self.ui.statusLabel.text = _("Quantifying the PET ({tracer})...").format(tracer=parameters.tracer)
+            self._log(" ".join(self._controller.job.process.command))
+            self._timer.start()
+        return outcome
+
     def _showOutcome(self, outcome: Outcome, title: str) -> None:
         """Copy an outcome into the panel; a failure also opens an error dialog with the reason."""
         self.ui.statusLabel.text = outcome.status
-        if outcome.ok:
+        if outcome.ok and isinstance(outcome.result, QuantificationResult):
+            result = outcome.result
+            self.ui.progressBar.setValue(100)
+            self._log(f"{result.case_name}: SUVR {result.suvr:.3f}, Centiloid {result.centiloid:.1f} ({result.tracer})")
+            self._showStoredResult(self._parameterNode.mriVolume)
+        elif outcome.ok:
             result = outcome.result
             self.ui.progressBar.setValue(100)
             self._log(f"{result.case_name}: probability {result.probability:.3f} -> {result.label_text}")
             self._followSelection()  # the MRI now has a (new) result stored on it: views and labels follow
+            if self._parameterNode.petVolume is not None and self._parameterNode.tracer:
+                followUp = self._startQuantification()  # a selected PET is quantified next
+                if followUp is not None:
+                    self._showOutcome(followUp, _("AmyloidKD could not quantify the PET."))
         elif outcome.error:
             self.ui.progressBar.setValue(0)
             self._log(outcome.error)
@@ -687,6 +732,49 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         logging.info("AmyloidKD: " + " ".join(job.process.command))
         return job
 
+    def startQuantification(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode",
+                            tracer: str) -> QuantificationJob:
+        """Write the PET and MRI to temporary NIfTIs and start ``amyloidkd centiloid`` on them (returns
+        at once): SUVR in the standard VOIs through the MRI's registration, Centiloid by ``tracer``'s
+        equation. Finish it with :meth:`finishQuantification` (or a PredictionController)."""
+        problem = python_problem()
+        if problem:
+            raise ModuleError(problem)
+        env = library_environment(slicer.util.startupEnvironment(), library_parent_directory())
+        job = scene.start_quantification(slicer.mrmlScene, mriNode, petNode, tracer, self._pythonExecutable(), env,
+                                         temporary_root=slicer.util.tempDirectory("AmyloidKD", includeDateTime=False))
+        logging.info("AmyloidKD: " + " ".join(job.process.command))
+        return job
+
+    def finishQuantification(self, job: QuantificationJob) -> QuantificationResult:
+        """The finished quantification's VOIs as a segmentation, its numbers in the MRI's results table."""
+        return scene.finish_quantification(slicer.mrmlScene, self.volumesLogic(), job)
+
+    def quantifyPet(self, mriNode: "vtkMRMLScalarVolumeNode", petNode: "vtkMRMLScalarVolumeNode", tracer: str,
+                    timeout: Optional[float] = None) -> QuantificationResult:
+        """Quantify one PET with its MRI; blocks until done (scripts, the batch)."""
+        job = self.startQuantification(mriNode, petNode, tracer)
+        self._waitFor(job, _("the PET quantification"), timeout)
+        return self.finishQuantification(job)
+
+    def _waitFor(self, job, what: str, timeout: Optional[float], progressCallback: Optional[Callable] = None) -> None:
+        """Keep Slicer's events running until ``job``'s process ends; cancel it on a timeout or any error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not job.process.finished:
+                for event in job.process.poll():
+                    if event.progress is not None and progressCallback is not None:
+                        progressCallback(event.progress.fraction, event.progress.text)
+                    elif event.progress is None and event.line.strip():
+                        logging.info(f"AmyloidKD: {event.line}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ModuleError(f"{what} took longer than {timeout:g} s and was stopped.")
+                slicer.app.processEvents()
+                time.sleep(0.1)
+        except BaseException:
+            self.cancelProcessing(job)
+            raise
+
     def cancelProcessing(self, job: PredictionJob) -> None:
         """Stop the job's whole process tree and remove its temporary files."""
         scene.cancel_prediction(job)
@@ -730,21 +818,7 @@ class AmyloidKDLogic(ScriptedLoadableModuleLogic):
         """
         job = self.startProcessing(mriNode, petNode, checkpoint=checkpoint, device=device,
                                    skullStrip=skullStrip, outputDirectory=outputDirectory)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not job.process.finished:
-                for event in job.process.poll():
-                    if event.progress is not None and progressCallback is not None:
-                        progressCallback(event.progress.fraction, event.progress.text)
-                    elif event.progress is None and event.line.strip():
-                        logging.info(f"AmyloidKD: {event.line}")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ModuleError(f"the prediction took longer than {timeout:g} s and was stopped.")
-                slicer.app.processEvents()
-                time.sleep(0.1)
-        except BaseException:
-            self.cancelProcessing(job)
-            raise
+        self._waitFor(job, _("the prediction"), timeout, progressCallback)
         return self.finishProcessing(job, showResult=showResult)
 
 

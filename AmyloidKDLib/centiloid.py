@@ -358,6 +358,7 @@ class CentiloidResult:
     reference: Volume
     reference_region: str = REFERENCE_REGION
     steps: list = field(default_factory=list)
+    mri_to_mni: object = None  # the MRI's registration (a Transform), to carry the VOIs back
 
     def row(self) -> dict[str, str]:
         """The result as CSV cells (see ``amyloidkd centiloid``)."""
@@ -422,7 +423,24 @@ def quantify_pet(pet: Volume, mri: Volume, tracer: str, *, vois: VoiSet | None =
         ctx_mean=means.ctx_mean, reference_mean=means.reference_mean, voi_set=vois.name,
         approximate_vois=vois.approximate, input_kind=input_kind, equation=equation,
         pet_mni=pet_mni, mri_mni=prepared.mri, ctx=vois.ctx, reference=vois.reference,
-        steps=prepared.steps)
+        steps=prepared.steps, mri_to_mni=prepared.mri_to_mni)
+
+
+#: Labels of the VOI map on the MRI's grid (:func:`vois_on_mri`, ``<case>_vois.nii.gz``).
+VOI_LABELS = {1: "CTX", 2: REFERENCE_REGION}
+
+
+def vois_on_mri(result: CentiloidResult, mri: Volume) -> Volume:
+    """The VOIs of ``result`` on ``mri``'s own grid (label 1 CTX, 2 WhlCbl, 0 elsewhere), carried
+    back through the inverse of the MRI's registration (nearest voxel), for display over the MRI."""
+    from AmyloidKDLib.saliency import warp_to_native
+
+    if result.mri_to_mni is None:
+        raise ConfigError("this CentiloidResult keeps no registration; quantify_pet makes one that does")
+    labels = np.where(result.reference.data > 0.5, 2, np.where(result.ctx.data > 0.5, 1, 0))
+    moved = warp_to_native(result.mri_to_mni, result.ctx.with_data(labels.astype(np.float32), "label"),
+                           labels > 0, mri, "nearest")
+    return Volume(np.rint(moved), mri.affine.copy(), "label", mri.source)
 
 
 def parse_frames(text: str | None) -> slice | None:

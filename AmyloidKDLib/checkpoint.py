@@ -45,6 +45,8 @@ class CheckpointInfo:
     versions: dict = field(default_factory=dict)
     created: str = ""
     path: Path | None = None
+    #: JSON form of an :class:`AmyloidKDLib.centiloid_readout.CentiloidReadout`, or None.
+    centiloid_readout: dict | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -207,4 +209,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model_config=config, prep_config=info["prep_config"], slice_config=info["slice_config"],
         threshold=float(info["threshold"]), metrics=info.get("metrics", {}),
         provenance=info.get("provenance", {}), versions=info.get("versions", {}),
-        created=info.get("created", ""), path=directory)
+        created=info.get("created", ""), path=directory,
+        centiloid_readout=info.get("centiloid_readout"))
+
+
+def set_centiloid_readout(path: str | Path, readout: dict | None) -> Path:
+    """Store ``readout`` (a ``CentiloidReadout.to_dict()``; None removes it) in the checkpoint
+    folder ``path``'s ``checkpoint.json``, rewritten atomically; the weights are not touched.
+
+    Raises:
+        CheckpointError: ``path`` is not a checkpoint, or ``readout`` is not finite JSON.
+    """
+    directory = Path(path)
+    info = _read_info(directory)
+    if readout is None:
+        info.pop("centiloid_readout", None)
+    else:
+        info["centiloid_readout"] = readout
+    try:
+        text = json.dumps(info, indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the Centiloid read-out is not finite JSON ({exc}).") from exc
+    write_text_atomic(directory / INFO_FILE, text + "\n")
+    return directory

@@ -25,7 +25,7 @@ import torch
 
 from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
-from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_gradcam
+from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_saliency
 from AmyloidKDLib.volume import Volume, load_volume
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,16 @@ class PredictionResult:
         top_regions: label map of the top-saliency regions on the native grid (integers
             1..255 by strength, 0 elsewhere; written as uint8).
         saliency_target: the class the saliency explains (1 = amyloid positive).
+        regions: the atlas regions ranked by their share of the MNI saliency
+            (:func:`AmyloidKDLib.regions.named_regions`), with saliency.
+        region_ranks: on the native grid, each voxel of a listed region holds its rank in
+            ``regions`` (0 elsewhere).
         device: where the model ran.
         details: extras for reports: the saliency threshold of the top regions and the
             sagittal MNI planes the model saw.
+        centiloid_pred, centiloid_lo, centiloid_hi: the MRI-predicted Centiloid and its 90 %
+            interval (:mod:`AmyloidKDLib.centiloid_readout`), None when the checkpoint has no
+            Centiloid read-out.
     """
 
     probability: float
@@ -73,7 +80,12 @@ class PredictionResult:
     top_regions: Volume | None = None
     saliency_target: int = 1
     device: str = "cpu"
+    regions: list | None = None
+    region_ranks: Volume | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    centiloid_pred: float | None = None
+    centiloid_lo: float | None = None
+    centiloid_hi: float | None = None
 
 
 def resolve_precision(precision: str, device: torch.device, matmul_bound: bool = True) -> str:
@@ -243,6 +255,8 @@ class Predictor:
         #: torch threads for the model step: one for the small CNN student on the CPU
         self.model_threads = None if matmul_bound or self.device.type != "cpu" else 1
         self.model = prepare_for_inference(model.to(self.device).eval(), self.precision)
+        self.centiloid_readout = _centiloid_readout_from(info, self.prep_config, self.checkpoint)
+        self._parcellation = _readout_parcellation(self.centiloid_readout, self.checkpoint)
 
     def predict_file(self, path: str | os.PathLike,
                      on_step: Callable[[str], None] | None = None) -> PredictionResult:
@@ -270,7 +284,22 @@ class Predictor:
 
         with deterministic_torch(self.deterministic), autocast_for(self.precision, self.device), \
                 torch_threads(self.model_threads):
-            return self._predict_prepared(mri, prepared, timings, start, on_step)
+            result = self._predict_prepared(mri, prepared, timings, start, on_step)
+        if self.centiloid_readout is not None:
+            started = time.perf_counter()
+            result.centiloid_pred, result.centiloid_lo, result.centiloid_hi = self.predict_centiloid(prepared.mri)
+            timings["centiloid"] = time.perf_counter() - started
+            timings["total"] = time.perf_counter() - start
+        return result
+
+    def predict_centiloid(self, prepared_mri: Volume) -> tuple[float, float, float]:
+        """The checkpoint's Centiloid read-out on a prepared (MNI) MRI: (Centiloid, lower, upper)."""
+        from AmyloidKDLib.regional_features import case_features
+
+        if self.centiloid_readout is None:
+            raise CheckpointError(f"{self.checkpoint} has no Centiloid read-out")
+        values = self.centiloid_readout.predict(case_features(prepared_mri.data, self._parcellation)[None])
+        return tuple(float(v[0]) for v in values)
 
     def _predict_prepared(self, mri: Volume, prepared: Any, timings: dict[str, float],
                           start: float, on_step: Callable[[str], None] | None) -> PredictionResult:
@@ -291,7 +320,7 @@ class Predictor:
             # One forward pass serves the prediction and Grad-CAM; its time counts as "model".
             sliced = time.perf_counter() - started
             target = None if self.saliency_config.target == "predicted" else 1
-            cam = slice_gradcam(self.model, slices, target, self.threshold)
+            cam = slice_saliency(self.model, slices, target, self.threshold, self.saliency_config.method)
             timings["model"] = sliced + cam.forward_seconds
             _notify(on_step, "model")
             result = self._result(cam.logit, mri, timings)
@@ -300,6 +329,9 @@ class Predictor:
                 self.saliency_config, target_label=cam.target_label)
             result.saliency, result.saliency_mni = sal.native, sal.mni
             result.top_regions, result.saliency_target = sal.top_regions, sal.target_label
+            from AmyloidKDLib.regions import named_regions
+
+            result.regions, result.region_ranks = named_regions(sal.mni, prepared.mri_to_mni, mri)
             result.details["saliency_threshold"] = sal.threshold
             result.details["slice_positions"] = [int(p) for p in np.asarray(stack.positions)]
             timings["saliency"] = time.perf_counter() - started - timings["model"]
@@ -313,6 +345,37 @@ class Predictor:
         return PredictionResult(probability=probability, label=int(probability >= self.threshold),
                                 threshold=self.threshold, timings=timings, mri=mri,
                                 device=str(self.device))
+
+
+def _centiloid_readout_from(info: Any, prep_config: Any, checkpoint: Path):
+    """The checkpoint's Centiloid read-out (``CentiloidReadout``), or None when it has none."""
+    from AmyloidKDLib.centiloid_readout import CentiloidReadout
+    from AmyloidKDLib.regional_features import template_resolution
+
+    stored = getattr(info, "centiloid_readout", None)
+    if not stored:
+        return None
+    readout = CentiloidReadout.from_dict(stored)
+    if readout.resolution != template_resolution(prep_config):
+        raise CheckpointError(f"{checkpoint}: its Centiloid read-out is for the {readout.resolution} mm MNI "
+                              f"grid, its preparation makes {template_resolution(prep_config)} mm; the "
+                              "checkpoint is inconsistent - re-export it from its training run")
+    return readout
+
+
+def _readout_parcellation(readout: Any, checkpoint: Path):
+    """The parcels of a Centiloid read-out, rebuilt from its stored centres and checked against
+    its stored checksum (None without a read-out)."""
+    from AmyloidKDLib.regional_features import parcellation_from_centroids
+
+    if readout is None:
+        return None
+    parcellation = parcellation_from_centroids(readout.centroids_mm, readout.resolution)
+    if parcellation.signature != readout.parcellation_signature:
+        raise CheckpointError(f"{checkpoint}: the parcels rebuilt from its Centiloid read-out differ from "
+                              "those it was trained on (another MNI152 template in this nilearn?); "
+                              "re-train the read-out with this installation")
+    return parcellation
 
 
 def _read_description(checkpoint: Path) -> dict | None:

@@ -75,12 +75,13 @@ class N4Config:
     white-matter CV from 0.023 to 0.033 (it starts fitting anatomy as bias) and cost about
     half of the CPU time (docs/benchmarks.md, "N4").
 
-    ``fit_spacing_mm`` (the ``fast`` preset: 2 mm) fits the field on the image resampled to
+    ``fit_spacing_mm`` (both presets: 2 mm) fits the field on the image resampled to
     that voxel size and applies the fitted field, linearly interpolated, at full resolution:
     the field is smooth (200 mm B-spline), so a coarser fitting grid loses nothing, and N4
     no longer shrinks and reconstructs the field on every native voxel. ``shrink_factor``
     then applies on top of that grid (2 mm x shrink 4 = an 8 mm fitting grid). ``None``
-    (the default, ``paper``) fits at the native resolution.
+    fits at the native resolution (the ``paper`` preset before issue 31: about 10x the CPU
+    time, docs/benchmarks.md).
     """
 
     enabled: bool = True
@@ -88,7 +89,7 @@ class N4Config:
     iterations: tuple[int, ...] = (50, 50, 50)
     tolerance: float = 1e-7
     spline_distance_mm: float = 200.0
-    fit_spacing_mm: float | None = None
+    fit_spacing_mm: float | None = 2.0
 
     def __post_init__(self) -> None:
         self.iterations = tuple(int(i) for i in self.iterations)

@@ -150,6 +150,34 @@ def region_shares(saliency_mni: Volume, atlas: RegionAtlas) -> list[RegionShare]
             for rank, (share, voxels, name) in enumerate(rows, start=1)]
 
 
+def rank_map(rows: list[RegionShare], atlas: RegionAtlas, grid: Volume) -> Volume:
+    """A label map on ``grid`` (voxel->MNI affine) in which each voxel of a listed atlas region holds
+    that region's rank in ``rows`` (1 = most saliency), 0 elsewhere: the named regions as labels."""
+    rank_of = {row.region: row.rank for row in rows}
+    lookup = np.zeros(max(atlas.names, default=0) + 1, np.int32)
+    for label, name in atlas.names.items():
+        lookup[label] = rank_of.get(name, 0)
+    labels = atlas.labels_on(grid.shape, grid.affine)
+    return grid.with_data(lookup[labels].astype(np.float32), modality="label")
+
+
+def named_regions(saliency_mni: Volume, mri_to_mni, native: Volume,
+                  atlas: RegionAtlas | None = None) -> tuple[list[RegionShare], Volume]:
+    """The atlas regions ranked by saliency share and, on the native MRI grid, a label map whose
+    value k marks the region of rank k (so a viewer can name each label from ``<case>_regions.csv``).
+
+    ``mri_to_mni`` is the case's registration; its inverse carries the MNI labels (nearest voxel)
+    to ``native``'s grid.
+    """
+    from AmyloidKDLib.saliency import warp_to_native
+
+    atlas = atlas or load_atlas()
+    rows = region_shares(saliency_mni, atlas)
+    ranks = rank_map(rows, atlas, saliency_mni)
+    native_ranks = warp_to_native(mri_to_mni, ranks, ranks.data > 0, native, "nearest")
+    return rows, Volume(np.rint(native_ranks), native.affine.copy(), "label", native.source)
+
+
 def write_regions_csv(rows: list[RegionShare], path: str | Path) -> Path:
     """Write the table atomically (temporary name, then rename)."""
     target = Path(path)

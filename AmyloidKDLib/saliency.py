@@ -13,8 +13,9 @@ that decided the prediction, so this module scales the whole volume once instead
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,11 @@ from AmyloidKDLib.errors import ConfigError
 from AmyloidKDLib.volume import Volume
 
 SALIENCY_TARGETS = ("predicted", "positive")
+#: How the per-slice maps are made: Grad-CAM at the encoder's last stage (coarse: a 3x3 grid per
+#: 96 px slice for MobileNetV3-Small, the 6x6 token grid for a ViT at 96 px), or gradient x input at
+#: the input's own pixels (smoothed by GRADIENT_X_INPUT_SIGMA_PX); see docs/inference.md.
+SALIENCY_METHODS = ("gradcam", "gradient-x-input")
+GRADIENT_X_INPUT_SIGMA_PX = 1.5
 
 
 @dataclass
@@ -37,11 +43,15 @@ class SaliencyConfig(configs.DictConfig):
     target: str = "predicted"     # explain the predicted class, or always amyloid positivity
     top_percentile: float = 90.0  # top regions: saliency above this percentile inside the brain
     max_regions: int = 255        # connected top regions kept as separate labels (uint8)
+    method: str = "gradcam"       # "gradcam" or "gradient-x-input" (SALIENCY_METHODS)
 
     def __post_init__(self) -> None:
         if self.target not in SALIENCY_TARGETS:
             raise ConfigError(f"saliency target must be one of {', '.join(SALIENCY_TARGETS)}, "
                               f"got {self.target!r}")
+        if self.method not in SALIENCY_METHODS:
+            raise ConfigError(f"saliency method must be one of {', '.join(SALIENCY_METHODS)}, "
+                              f"got {self.method!r}")
         if not 0.0 <= self.top_percentile < 100.0:
             raise ConfigError(f"top_percentile must be in [0, 100), got {self.top_percentile}")
         if not 1 <= self.max_regions <= 255:
@@ -155,14 +165,15 @@ def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: in
     Magnitudes are comparable across the N slices.
     """
     layers, reshape = gradcam_parts(model)
-    was_training = model.training
-    model.eval()
+    with _frozen_in_eval(model):
+        return _slice_gradcam(model, slices, layers, reshape, target_label, threshold)
+
+
+def _slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, layers: list, reshape: Callable | None,
+                   target_label: int | None, threshold: float) -> SliceMaps:
     device = next(model.parameters()).device
-    # Gradients are needed only from the target layer on: freeze every parameter and start the
+    # Gradients are needed only from the target layer on: with every parameter frozen, start the
     # graph at that layer's output, so the backward pass skips the encoder below it.
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.requires_grad_(False)
     graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in layers]
     # The student's own adapter when it has one (models contract), else the equivalent here.
     case_model = model.gradcam_model() if hasattr(model, "gradcam_model") else _SliceBagModel(model)
@@ -180,11 +191,60 @@ def slice_gradcam(model: torch.nn.Module, slices: torch.Tensor, target_label: in
         cam.activations_and_grads.release()
         for handle in graph_starts + timers:
             handle.remove()
+    return SliceMaps(np.asarray(maps, dtype=np.float32), float(target.logit), int(target.label),
+                     clock["stop"] - clock["start"])
+
+
+def slice_gradient_x_input(model: torch.nn.Module, slices: torch.Tensor, target_label: int | None = None,
+                           threshold: float = 0.5) -> SliceMaps:
+    """Gradient x input of one case: ``slices`` (N, 3, S, S) -> non-negative maps (N, S, S) at the
+    input's own resolution, and the logit; the same contract as :func:`slice_gradcam`.
+
+    Each pixel's map value is the positive part of sum over channels of d(score)/d(pixel) * pixel
+    (score: the logit for ``target_label`` 1, minus it for 0, the predicted class for None),
+    smoothed by a Gaussian of GRADIENT_X_INPUT_SIGMA_PX pixels (single pixels' gradients are
+    noisy). Unlike Grad-CAM it needs no target layer, so it serves CNN and ViT students alike,
+    and its resolution is the slice's, not the last stage's grid.
+    """
+    device = next(model.parameters()).device
+    with _frozen_in_eval(model):
+        images = slices.to(device).detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            started = time.perf_counter()
+            logit = model(images.unsqueeze(0)).logits.reshape(-1)[0]
+            forward_seconds = time.perf_counter() - started
+            label = target_label
+            if label is None:
+                label = int(float(torch.sigmoid(logit.detach().float())) >= threshold)
+            (logit if label == 1 else -logit).backward()
+        attribution = (images.grad.float() * images.detach().float()).sum(dim=1).cpu().numpy()
+    maps = ndimage.gaussian_filter(np.maximum(attribution, 0.0),
+                                   sigma=(0.0, GRADIENT_X_INPUT_SIGMA_PX, GRADIENT_X_INPUT_SIGMA_PX))
+    return SliceMaps(maps.astype(np.float32), float(logit.detach().float()), int(label), forward_seconds)
+
+
+def slice_saliency(model: torch.nn.Module, slices: torch.Tensor, target_label: int | None = None,
+                   threshold: float = 0.5, method: str = "gradcam") -> SliceMaps:
+    """Per-slice maps by ``method`` (:data:`SALIENCY_METHODS`)."""
+    if method == "gradient-x-input":
+        return slice_gradient_x_input(model, slices, target_label, threshold)
+    return slice_gradcam(model, slices, target_label, threshold)
+
+
+@contextlib.contextmanager
+def _frozen_in_eval(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode with every parameter frozen (no weight gradients are kept), restored after."""
+    was_training = model.training
+    model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
         model.train(was_training)
-    return SliceMaps(np.asarray(maps, dtype=np.float32), float(target.logit), int(target.label),
-                     clock["stop"] - clock["start"])
 
 
 def _start_graph_here(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
@@ -231,8 +291,8 @@ def top_region_labels(saliency: np.ndarray, mask: np.ndarray, percentile: float,
     return new_label[components], threshold
 
 
-def _warp_within_reach(transform: Any, volume: Volume, support: np.ndarray, native: Volume,
-                       interpolation: str) -> np.ndarray:
+def warp_to_native(transform: Any, volume: Volume, support: np.ndarray, native: Volume,
+                   interpolation: str) -> np.ndarray:
     """``volume`` (zero outside ``support``) pulled onto ``native``'s grid through the inverse
     of ``transform``, resampling only the box it can reach (``Transform.reach``)."""
     from AmyloidKDLib.registration import Grid
@@ -272,8 +332,8 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
 
     # Only the part of the native grid that the evidence maps onto can be non-zero: resample
     # that box (the whole grid when the transform is not linear) and leave the rest 0.
-    native_saliency = _warp_within_reach(transform, mni_volume, mni_scaled > 0, native, "linear")
-    native_labels = _warp_within_reach(transform, labels_mni_volume, labels_mni > 0, native,
+    native_saliency = warp_to_native(transform, mni_volume, mni_scaled > 0, native, "linear")
+    native_labels = warp_to_native(transform, labels_mni_volume, labels_mni > 0, native,
                                        "nearest")
     native_saliency = Volume(np.clip(native_saliency, 0.0, 1.0), native.affine.copy(),
                              "saliency", native.source)
@@ -285,6 +345,7 @@ def saliency_volumes(slice_maps: np.ndarray, place_back: Callable[[np.ndarray, V
 
 
 __all__: Sequence[str] = (
-    "SaliencyConfig", "SaliencyResult", "SliceMaps", "slice_gradcam", "scale_in_brain", "top_region_labels",
+    "SaliencyConfig", "SaliencyResult", "SliceMaps", "slice_gradcam", "slice_gradient_x_input", "slice_saliency",
+    "SALIENCY_METHODS", "scale_in_brain", "top_region_labels",
     "saliency_volumes", "gradcam_parts", "SALIENCY_TARGETS",
 )

@@ -16,12 +16,17 @@ from AmyloidKDModuleLib.errors import ModuleError
 from AmyloidKDLib.atomic import atomic_open
 from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import collect_image_cases
-from AmyloidKDModuleLib.runner import DEVICE_CHOICES, SKULL_STRIP_CHOICES
+from AmyloidKDModuleLib.runner import DEVICE_CHOICES, SKULL_STRIP_CHOICES, TRACER_CHOICES
 
 #: Seconds allowed per case unless --timeout says otherwise: a hung prediction must not keep a
 #: headless Slicer alive for ever (a CPU case with HD-BET v2 and SyN takes minutes, not an hour).
 DEFAULT_CASE_TIMEOUT_S = 3600.0
-SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds")
+SUMMARY_COLUMNS = ("case", "input", "status", "probability", "label", "threshold", "error", "seconds",
+                   # the MRI-predicted Centiloid and its 90 % interval (empty when the model has none), and
+                   # the PET quantification of a manifest's pet_path (empty without a PET)
+                   "centiloid_pred", "centiloid_lo", "centiloid_hi", "tracer", "suvr", "centiloid")
+#: The MRI-predicted Centiloid and its 90 % interval: the same names as predict's results.csv.
+CENTILOID_COLUMNS = ("centiloid_pred", "centiloid_lo", "centiloid_hi")
 #: Exit codes of the batch script, the same meaning as the predict CLI's.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,6 +48,10 @@ def build_batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_timeout, default=DEFAULT_CASE_TIMEOUT_S,
                         help=f"seconds allowed per case; the case is stopped and recorded as failed after it "
                              f"(default {DEFAULT_CASE_TIMEOUT_S:g}; 0 = no limit)")
+    parser.add_argument("--tracer", default=None,
+                        help=f"tracer of the manifest's PET images whose row has no tracer cell "
+                             f"({', '.join(TRACER_CHOICES)}); a manifest row with pet_path is quantified "
+                             "(SUVR, Centiloid) after its prediction")
     parser.add_argument("--no-scene", action="store_true",
                         help="do not save a Slicer scene (<case>.mrb) with the overlays per case")
     return parser
@@ -83,6 +92,33 @@ def list_cases(input_path: str | os.PathLike) -> list[Path]:
     return [c.mri for c in cases]
 
 
+def pet_of_cases(input_path: str | os.PathLike, default_tracer: str | None = None) -> dict[Path, tuple[Path, str]]:
+    """MRI file -> (PET file, tracer) for the manifest rows that name a PET (``pet_path``); the
+    tracer comes from the row's ``tracer`` cell, else ``default_tracer``. Empty for a file or folder.
+
+    Raises ModuleError when a row names a PET but no tracer is known for it.
+    """
+    path = Path(input_path)
+    if not path.name.lower().endswith(".csv"):
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        tracers = [(row.get("tracer") or "").strip() for row in csv.DictReader(handle)]
+    try:
+        cases = collect_image_cases(path)
+    except InputError as exc:
+        raise ModuleError(str(exc)) from None
+    pets = {}
+    for case, tracer in zip(cases, tracers):
+        if case.pet is None or case.mri is None:
+            continue
+        tracer = tracer or default_tracer or ""
+        if not tracer:
+            raise ModuleError(f"{case.where}: the row names a PET but no tracer; add a tracer column or "
+                              f"pass --tracer ({', '.join(TRACER_CHOICES)}).")
+        pets[case.mri] = (case.pet, tracer)
+    return pets
+
+
 @dataclass
 class BatchRow:
     """One line of the batch summary."""
@@ -95,6 +131,22 @@ class BatchRow:
     threshold: float | None = None
     error: str = ""
     seconds: float | None = None
+    centiloid_pred: str = ""
+    centiloid_lo: str = ""
+    centiloid_hi: str = ""
+    tracer: str = ""
+    suvr: str = ""
+    centiloid: str = ""
+
+
+def centiloid_cells(case_out: str | os.PathLike) -> dict[str, str]:
+    """The MRI-predicted Centiloid cells of the one case in ``case_out/results.csv`` (empty
+    strings where the model has no Centiloid read-out)."""
+    from AmyloidKDModuleLib.runner import read_results
+
+    rows = read_results(case_out)
+    extra = rows[0].extra if rows else {}
+    return {column: extra.get(column, "") for column in CENTILOID_COLUMNS}
 
 
 def write_batch_summary(rows: Iterable[BatchRow], path: str | os.PathLike) -> Path:

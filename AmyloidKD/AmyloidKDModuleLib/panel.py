@@ -19,9 +19,11 @@ from AmyloidKDModuleLib.runner import ProcessEvent
 from AmyloidKDModuleLib.scene import (
     PredictionJob,
     PredictionResult,
+    QuantificationJob,
     cancel_prediction,
     case_overlay,
     finish_prediction,
+    finish_quantification,
 )
 
 
@@ -49,7 +51,8 @@ class Outcome:
 
 
 class PredictionController:
-    """Start, follow, finish and cancel one prediction for the panel (never leaves it stuck).
+    """Start, follow, finish and cancel one prediction (or one PET quantification, a
+    :class:`~AmyloidKDModuleLib.scene.QuantificationJob`) for the panel (never leaves it stuck).
 
     ``scene`` and ``volumes_logic`` are where results are loaded (``slicer.mrmlScene`` and
     ``slicer.modules.volumes.logic()`` in Slicer).
@@ -94,7 +97,8 @@ class PredictionController:
         if job is None:
             return Outcome("Nothing is running.")
         try:
-            result = self._finish(self.scene, self.volumes_logic, job, settings)
+            finish = finish_quantification if isinstance(job, QuantificationJob) else self._finish
+            result = finish(self.scene, self.volumes_logic, job, settings)
         except Exception as error:
             reason = failure_text(error)
             return Outcome(f"Failed: {reason.splitlines()[0]}", error=reason,
@@ -174,6 +178,7 @@ class ButtonStates:
     use_model: bool
     cancel: bool
     apply_tooltip: str
+    quantify: bool = False  # "Quantify PET": an MRI, a PET and a tracer are chosen and nothing runs
 
 
 class PanelState:
@@ -203,8 +208,9 @@ class PanelState:
             return "predicting"
         return None
 
-    def buttons(self, ready_to_apply: bool, have_models: bool) -> ButtonStates:
-        """The buttons for the current activity; ``ready_to_apply``: an MRI and a checkpoint are chosen."""
+    def buttons(self, ready_to_apply: bool, have_models: bool, ready_to_quantify: bool = False) -> ButtonStates:
+        """The buttons for the current activity; ``ready_to_apply``: an MRI and a checkpoint are chosen;
+        ``ready_to_quantify``: an MRI, a PET and its tracer are chosen."""
         busy = self.busy
         if busy is not None:
             what = {"installing": "Python packages are being installed",
@@ -212,5 +218,6 @@ class PanelState:
                     "predicting": "the prediction is running"}[busy]
             return ButtonStates(False, False, True, f"Wait: {what}; Cancel stops it.")
         if not ready_to_apply:
-            return ButtonStates(False, have_models, False, "Select an MRI volume and a checkpoint")
-        return ButtonStates(True, have_models, False, "Predict amyloid status and compute the saliency map")
+            return ButtonStates(False, have_models, False, "Select an MRI volume and a checkpoint", ready_to_quantify)
+        return ButtonStates(True, have_models, False, "Predict amyloid status and compute the saliency map",
+                            ready_to_quantify)

@@ -87,6 +87,73 @@ def build_predict_command(python_executable: str | os.PathLike, request: Predict
     return command + ["--progress", "lines"]
 
 
+#: Tracers the PET quantification knows (``AmyloidKDLib.centiloid.TRACER_EQUATIONS``; a test keeps
+#: the two lists equal), in the order the panel offers them.
+TRACER_CHOICES = ("PiB", "florbetapir", "florbetaben", "flutemetamol", "NAV4694")
+#: Columns of ``centiloid.csv`` the module reads (docs/INTERFACES.md, ``amyloidkd centiloid``).
+CENTILOID_COLUMNS = ("case", "tracer", "suvr", "centiloid", "voi_set", "status", "error")
+#: The MRI-side Centiloid read-out's columns in ``results.csv`` (present only with a library that
+#: writes them; empty when the checkpoint has no Centiloid read-out).
+MRI_CENTILOID_COLUMNS = ("centiloid_pred", "centiloid_lo", "centiloid_hi")
+
+
+def build_centiloid_command(python_executable: str | os.PathLike, pet_path: str | os.PathLike,
+                            mri_path: str | os.PathLike, tracer: str, out_dir: str | os.PathLike) -> list[str]:
+    """The argument list that quantifies one PET with its MRI (``amyloidkd centiloid``) and writes the
+    VOIs on the MRI's grid for display (``<case>_vois.nii.gz``)."""
+    return [str(python_executable), "-m", "AmyloidKDLib", "centiloid", str(pet_path), "--mri", str(mri_path),
+            "--tracer", tracer, "--out", str(out_dir), "--write-vois", "--no-qc", "--progress", "none"]
+
+
+def read_checked_csv(path: Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV the library wrote, after checking it exists and has ``columns``."""
+    if not path.is_file():
+        raise ModuleError(f"{path} was not written; {what} did not finish. See the log above for why.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ModuleError(f"{path} lacks the columns {', '.join(missing)}; the installed AmyloidKDLib "
+                              "does not match this module. Update the extension.")
+        return list(reader)
+
+
+def read_centiloid(out_dir: str | os.PathLike) -> dict[str, str]:
+    """The one row of ``out_dir/centiloid.csv`` (a single-PET run), checked for the columns the module uses."""
+    path = Path(out_dir) / "centiloid.csv"
+    rows = read_checked_csv(path, CENTILOID_COLUMNS, "the PET quantification")
+    if len(rows) != 1:
+        raise ModuleError(f"{path} has {len(rows)} rows; one PET gives one.")
+    return {k: (v or "") for k, v in rows[0].items() if k}
+
+
+def mri_centiloid(row: "CaseResult") -> tuple[str, str, str] | None:
+    """(pred, lo, hi) of the MRI-predicted Centiloid as text; None when results.csv has no such
+    columns (a library without the read-out); empty strings when the checkpoint has none."""
+    if not all(column in row.extra for column in MRI_CENTILOID_COLUMNS):
+        return None
+    return tuple(row.extra[column].strip() for column in MRI_CENTILOID_COLUMNS)
+
+
+def format_centiloid(value: str, digits: int = 0) -> str:
+    """A Centiloid cell as the panel writes it: rounded, with a true minus sign; "—" when empty."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "\u2014"
+    return f"{round(number, digits) + 0.0:.{digits}f}".replace("-", "\u2212")  # + 0.0: no "-0"
+
+
+def mri_centiloid_text(values: tuple[str, str, str] | None) -> str:
+    """"34 [\u221220, 88], 90 % interval" for the MRI-predicted Centiloid, or "\u2014" when there is none."""
+    if not values or not values[0]:
+        return "\u2014"
+    prediction, low, high = values
+    if not low or not high:
+        return format_centiloid(prediction)
+    return f"{format_centiloid(prediction)} [{format_centiloid(low)}, {format_centiloid(high)}], 90 % interval"
+
+
 #: The two files every checkpoint folder holds (docs/INTERFACES.md, "Models").
 CHECKPOINT_FILES = ("model.safetensors", "checkpoint.json")
 
@@ -456,30 +523,22 @@ def _optional_float(value: str, column: str, row: int) -> float | None:
 def read_results(out_dir: str | os.PathLike) -> list[CaseResult]:
     """Read ``out_dir/results.csv`` into CaseResult rows, checking the contract's columns."""
     path = Path(out_dir) / "results.csv"
-    if not path.is_file():
-        raise ModuleError(f"{path} was not written; the prediction did not finish. See the log above for why.")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ModuleError(f"{path} lacks the columns {', '.join(missing)}; the installed AmyloidKDLib "
-                              "does not match this module. Update the extension.")
-        results = []
-        for row_number, row in enumerate(reader, start=2):
-            status = row["status"].strip()
-            if status not in ("ok", "failed"):
-                raise ModuleError(f"{path} row {row_number}: status {status!r} is neither 'ok' nor 'failed'.")
-            probability = _optional_float(row["probability"], "probability", row_number)
-            label = _optional_float(row["label"], "label", row_number)
-            seconds = {c[len("seconds_"):]: _optional_float(row[c], c, row_number)
-                       for c in RESULT_COLUMNS if c.startswith("seconds_")}
-            results.append(CaseResult(
-                case=row["case"], input=row["input"], probability=probability,
-                label=None if label is None else int(label),
-                threshold=_optional_float(row["threshold"], "threshold", row_number),
-                status=status, error=row["error"], seconds=seconds,
-                outputs=CaseOutputs.for_case(out_dir, row["case"]),
-                extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
+    results = []
+    for row_number, row in enumerate(read_checked_csv(path, RESULT_COLUMNS, "the prediction"), start=2):
+        status = row["status"].strip()
+        if status not in ("ok", "failed"):
+            raise ModuleError(f"{path} row {row_number}: status {status!r} is neither 'ok' nor 'failed'.")
+        probability = _optional_float(row["probability"], "probability", row_number)
+        label = _optional_float(row["label"], "label", row_number)
+        seconds = {c[len("seconds_"):]: _optional_float(row[c], c, row_number)
+                   for c in RESULT_COLUMNS if c.startswith("seconds_")}
+        results.append(CaseResult(
+            case=row["case"], input=row["input"], probability=probability,
+            label=None if label is None else int(label),
+            threshold=_optional_float(row["threshold"], "threshold", row_number),
+            status=status, error=row["error"], seconds=seconds,
+            outputs=CaseOutputs.for_case(out_dir, row["case"]),
+            extra={k: (v or "") for k, v in row.items() if k and k not in RESULT_COLUMNS}))
     return results
 
 

@@ -36,8 +36,12 @@ from AmyloidKDModuleLib.runner import (
     BackgroundProcess,
     CaseResult,
     PredictRequest,
+    build_centiloid_command,
     build_predict_command,
     describe_exit,
+    format_centiloid,
+    mri_centiloid,
+    read_centiloid,
     read_results,
     resolve_checkpoint,
 )
@@ -55,7 +59,15 @@ OUTPUT_ROLES = (ROLE_SALIENCY, ROLE_TOP_REGIONS, ROLE_RESULTS_TABLE, ROLE_TOP_RE
 RESULTS_TABLE_COLUMNS = ("Measurement", "Value")
 ATTRIBUTE_BACKGROUND = "AmyloidKD.background"  # "mri" | "pet"
 ATTRIBUTE_OPACITY = "AmyloidKD.opacity"
-RESULT_ATTRIBUTES = ("probability", "label", "threshold", "checkpoint", "model")
+RESULT_ATTRIBUTES = ("probability", "label", "threshold", "checkpoint", "model",
+                     "centiloid_pred", "centiloid_lo", "centiloid_hi")
+ROLE_VOIS = "AmyloidKD.vois"  # MRI node -> the segmentation of the PET quantification's VOIs
+#: Attributes of the VOI segmentation: the PET quantification's numbers.
+PET_ATTRIBUTES = ("tracer", "suvr", "centiloid", "voi_set")
+#: Results-table rows that come from the PET quantification (kept when a prediction re-runs).
+PET_MEASUREMENTS = ("Tracer", "SUVR (PET)", "Centiloid (PET)", "VOI set (PET)")
+#: Segment names and colours of the VOI map's labels (``<case>_vois.nii.gz``: 1 CTX, 2 WhlCbl).
+VOI_SEGMENTS = {1: ("CTX", (1.0, 0.55, 0.0)), 2: ("WhlCbl", (0.3, 0.6, 1.0))}
 TOP_REGIONS_COLOR_TABLE_NAME = "AmyloidKD top regions"
 #: Label values 1..255 (uint8); 1 is the region with the highest summed saliency.
 MAX_TOP_REGIONS = 255
@@ -325,41 +337,64 @@ def point_storage_to(storable: "vtkMRMLStorableNode", directory: str | os.PathLi
     return target
 
 
-def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike):
-    """The top-regions label map as a segmentation node ("<MRI> AmyloidKD top regions segmentation")
-    whose segments are named like the label map's colour table ("AmyloidKD top region 1 (highest
-    saliency)", ...) and coloured alike, for the Segmentations and Segment Statistics modules.
-
-    It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
-    to the MRI; it has no display node until the user shows it (the label layer already does).
-    """
+def read_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
+                      name: str, role: str, reference_role: str):
+    """A label-map file read by Slicer's segmentation reader as a segmentation node ``name`` (one
+    segment per label value), under the MRI's transform, with the module's ``role`` attribute and
+    linked both ways with the MRI (``reference_role`` on the MRI)."""
     segmentation: "vtkMRMLSegmentationNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    segmentation.SetName(f"{mri_node.GetName()} AmyloidKD top regions segmentation")
+    segmentation.SetName(name)
     reader: "vtkMRMLStorageNode" = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     reader.SetFileName(str(path))
     segmentation.SetAndObserveStorageNodeID(reader.GetID())
     if not reader.ReadData(segmentation):
         scene.RemoveNode(segmentation)
-        raise ModuleError(f"Slicer could not read the top-regions map {path} as a segmentation.")
+        raise ModuleError(f"Slicer could not read {path} as a segmentation.")
+    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
+    segmentation.SetAttribute(ATTRIBUTE_ROLE, role)
+    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
+    mri_node.SetNodeReferenceID(reference_role, segmentation.GetID())
+    return segmentation
+
+
+def top_regions_segmentation(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
+                              regions: list[Mapping[str, str]] | None = None):
+    """The named regions as a segmentation node ("<MRI> AmyloidKD top regions segmentation"), for
+    the Segmentations and Segment Statistics modules.
+
+    With ``regions`` (the rows of ``<case>_regions.csv``) ``path`` is the library's
+    ``<case>_regions.nii.gz``, whose label k is the atlas region of rank k: each segment carries
+    that region's name (and its saliency share as the tag ``AmyloidKD.saliencyShare``), in rank
+    order. Without, ``path`` is the top-regions label map and segments are named by rank, like its
+    colour table ("AmyloidKD top region 1 (highest saliency)", ...).
+
+    It is read by Slicer's own segmentation reader, placed under the MRI's transform and linked
+    to the MRI; it is hidden until the user shows it (the label layer already outlines the regions).
+    """
+    segmentation = read_segmentation(scene, mri_node, path, f"{mri_node.GetName()} AmyloidKD top regions segmentation",
+                                     "topRegionsSegmentation", ROLE_TOP_REGIONS_SEGMENTATION)
+    by_rank = {int(row["rank"]): row for row in regions or () if str(row.get("rank", "")).strip().isdigit()}
     segments: "vtkSegmentation" = segmentation.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
         segment: "vtkSegment" = segments.GetNthSegment(index)
         rank = segment.GetLabelValue()
-        segment.SetName(top_region_name(rank))
+        region = by_rank.get(rank)
+        segment.SetName(region["region"] if region else top_region_name(rank))
+        if region:
+            segment.SetTag("AmyloidKD.saliencyShare", str(region.get("saliency_share", "")))
         segment.SetColor(*TOP_REGION_COLORS[(rank - 1) % len(TOP_REGION_COLORS)])
-    segmentation.SetAndObserveTransformNodeID(mri_node.GetTransformNodeID())
-    segmentation.SetAttribute(ATTRIBUTE_ROLE, "topRegionsSegmentation")
-    segmentation.SetNodeReferenceID(ROLE_MRI, mri_node.GetID())
-    mri_node.SetNodeReferenceID(ROLE_TOP_REGIONS_SEGMENTATION, segmentation.GetID())
+    segments_display: "vtkMRMLDisplayNode" = segmentation.GetDisplayNode()
+    if segments_display is not None:  # hidden until the user shows it: the label layer outlines the top regions
+        segments_display.SetVisibility(0)
     return segmentation
 
 
 def results_rows(row: CaseResult, model: ModelInfo | None, regions: Iterable[Mapping[str, str]] = ()) -> list[tuple[str, str]]:
     """(measurement, value) rows of a case's results table.
 
-    ``row.extra`` carries columns the library adds to results.csv beyond the contract: a
-    ``centiloid`` column (the Centiloid issue) becomes a row here without any change to this
-    module. ``regions`` are the rows of ``<case>_regions.csv`` (rank, region, atlas,
+    ``row.extra`` carries columns the library adds to results.csv beyond the contract: with
+    ``centiloid_pred, centiloid_lo, centiloid_hi`` (the MRI-predicted Centiloid and its 90 %
+    interval) they become three rows, empty when the model has no Centiloid read-out. ``regions`` are the rows of ``<case>_regions.csv`` (rank, region, atlas,
     saliency_share, voxels) when the library writes it.
     """
     rows = [("Model", model.name if model else ""),
@@ -367,12 +402,38 @@ def results_rows(row: CaseResult, model: ModelInfo | None, regions: Iterable[Map
             ("Probability", f"{row.probability:.4f}"),
             ("Threshold", f"{row.threshold:.4f}"),
             ("Result", row.label_text)]
-    if str(row.extra.get("centiloid") or "").strip():
-        rows.append(("Centiloid", row.extra["centiloid"].strip()))
+    predicted = mri_centiloid(row)
+    if predicted is not None:  # the library writes the MRI-side Centiloid read-out (empty: the model has none)
+        rows += [("Centiloid (MRI)", predicted[0]), ("Centiloid (MRI) 90% interval low", predicted[1]),
+                 ("Centiloid (MRI) 90% interval high", predicted[2])]
     for region in regions:
         rows.append((f"Saliency share: {region.get('region', '')} ({region.get('atlas', '')})",
                      str(region.get("saliency_share", ""))))
     return rows
+
+
+def table_rows(results: "vtkMRMLTableNode") -> list[tuple[str, str]]:
+    """The (measurement, value) rows of a results table."""
+    if results is None:
+        return []
+    return [(results.GetCellText(index, 0), results.GetCellText(index, 1)) for index in range(results.GetNumberOfRows())]
+
+
+def set_results_rows(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", rows: Iterable[tuple[str, str]]):
+    """Put ``rows`` into the MRI's results table, replacing rows of the same measurement (the table
+    is made when the MRI has none yet); returns the table."""
+    results: "vtkMRMLTableNode" = mri_node.GetNodeReference(ROLE_RESULTS_TABLE)
+    if results is None:
+        return results_table(scene, mri_node, rows)
+    index_of = {name: index for index, (name, _) in enumerate(table_rows(results))}
+    for measurement, value in rows:
+        index = index_of.get(measurement)
+        if index is None:
+            index = results.AddEmptyRow()
+            results.SetCellText(index, 0, measurement)
+            index_of[measurement] = index
+        results.SetCellText(index, 1, value)
+    return results
 
 
 def results_table(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", rows: Iterable[tuple[str, str]]):
@@ -549,6 +610,13 @@ class PredictionResult:
         return float(self.seconds.get("total") or 0.0)
 
 
+def new_work_directory(temporary_root: str | os.PathLike | None, prefix: str) -> Path:
+    """A new temporary folder for one job, under ``temporary_root`` (made if missing) or the system's."""
+    if temporary_root is not None:
+        Path(temporary_root).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=temporary_root))
+
+
 def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", python_executable: str | os.PathLike, env: Mapping[str, str],
                      checkpoint, pet_node=None, device: str = "auto", skull_strip: str | None = None,
                      output_directory: str | os.PathLike | None = None,
@@ -563,9 +631,7 @@ def start_prediction(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode",
     if checkpoint is None or not str(checkpoint).strip(". "):
         raise ModuleError("select a checkpoint (the folder with model.safetensors and checkpoint.json).")
     checkpoint_dir = resolve_checkpoint(checkpoint)
-    if temporary_root is not None:
-        Path(temporary_root).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="AmyloidKD-", dir=temporary_root))
+    work = new_work_directory(temporary_root, "AmyloidKD-")
     try:
         case = safe_case_name(mri_node.GetName())
         input_path = export_volume(scene, mri_node, work / "input" / f"{case}.nii.gz")
@@ -622,13 +688,17 @@ def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
         attributes = {"probability": f"{row.probability:.6f}", "label": row.label,
                       "threshold": f"{row.threshold:.6f}", "checkpoint": job.request.checkpoint,
                       "model": model.name if model else ""}
+        attributes.update(zip(("centiloid_pred", "centiloid_lo", "centiloid_hi"), mri_centiloid(row) or ()))
+        pet_rows = [r for r in table_rows(job.mri_node.GetNodeReference(ROLE_RESULTS_TABLE)) if r[0] in PET_MEASUREMENTS]
         remove_case_outputs(scene, job.mri_node)  # a re-run replaces the case's previous outputs
         saliency, top_regions = load_outputs(scene, volumes_logic, job.mri_node, row.outputs.saliency,
                                              row.outputs.top_regions, attributes, settings,
                                              temporary_files=not job.keep_outputs)
-        table = results_table(scene, job.mri_node, results_rows(
-            row, model, read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")))
-        segmentation = top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions)
+        regions = read_regions(Path(job.request.out_dir) / f"{row.case}_regions.csv")
+        table = results_table(scene, job.mri_node, results_rows(row, model, regions) + pet_rows)
+        named = Path(job.request.out_dir) / f"{row.case}_regions.nii.gz"  # label k = region of rank k
+        segmentation = (top_regions_segmentation(scene, job.mri_node, named, regions) if regions and named.is_file()
+                        else top_regions_segmentation(scene, job.mri_node, row.outputs.top_regions))
         if not job.keep_outputs:  # the files are deleted below: offer a folder the user can save to
             for output in (saliency, top_regions):
                 point_storage_to(output, save_directory(scene))
@@ -642,3 +712,136 @@ def finish_prediction(scene: "vtkMRMLScene", volumes_logic, job: PredictionJob,
         threshold=row.threshold, seconds=dict(row.seconds), saliency_node=saliency,
         top_regions_node=top_regions, table_node=table, segmentation_node=segmentation, output_directory=job.request.out_dir if job.keep_outputs else None,
         log=list(job.process.log))
+
+
+# --- PET quantification (SUVR, Centiloid) of the selected PET with its MRI ----------------------
+
+
+@dataclass
+class QuantificationJob:
+    """``amyloidkd centiloid`` running in the background for one PET and its MRI.
+
+    ``work_directory`` (the exported volumes and the command's files) is removed when the job is
+    finished or cancelled (:func:`cancel_prediction` stops it like a prediction).
+    """
+
+    process: BackgroundProcess
+    mri_node: Any
+    pet_node: Any
+    tracer: str
+    out_dir: Path
+    work_directory: Path
+
+
+@dataclass
+class QuantificationResult:
+    """What the PET quantification gives back: its numbers and the nodes it made or updated."""
+
+    case_name: str
+    tracer: str
+    suvr: float
+    centiloid: float
+    voi_set: str
+    seconds: dict
+    segmentation_node: Any = None
+    table_node: Any = None
+
+    @property
+    def seconds_total(self) -> float:
+        """Wall time the command reported for this PET."""
+        return float(self.seconds.get("total") or 0.0)
+
+
+def start_quantification(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", pet_node: "vtkMRMLScalarVolumeNode",
+                         tracer: str, python_executable: str | os.PathLike, env: Mapping[str, str],
+                         temporary_root: str | os.PathLike | None = None) -> QuantificationJob:
+    """Export the PET and MRI nodes and start ``amyloidkd centiloid`` on them (returns at once)."""
+    if mri_node is None or pet_node is None:
+        raise ModuleError("select an MRI and a PET volume: the PET is quantified in VOIs placed through its MRI.")
+    if not str(tracer or "").strip():
+        raise ModuleError("choose the PET's tracer: each tracer has its own Centiloid equation.")
+    work = new_work_directory(temporary_root, "AmyloidKD-PET-")
+    try:
+        case = safe_case_name(pet_node.GetName())
+        pet_path = export_volume(scene, pet_node, work / "input" / f"{case}.nii.gz")
+        mri_path = export_volume(scene, mri_node, work / "input" / f"{safe_case_name(mri_node.GetName())}_mri.nii.gz")
+        out_dir = work / "output"
+        process = BackgroundProcess.start(build_centiloid_command(python_executable, pet_path, mri_path, tracer, out_dir),
+                                          env=env, cwd=work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return QuantificationJob(process, mri_node, pet_node, tracer, out_dir, work)
+
+
+def pet_rows(values: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The results-table rows of a PET quantification (``centiloid.csv``'s cells)."""
+    return [("Tracer", values.get("tracer", "")), ("SUVR (PET)", values.get("suvr", "")),
+            ("Centiloid (PET)", values.get("centiloid", "")), ("VOI set (PET)", values.get("voi_set", ""))]
+
+
+def pet_quantification_text(values: Mapping[str, str]) -> str:
+    """"SUVR 1.800, Centiloid 74 (PiB)" for the panel; "—" without a quantification."""
+    if not values or not values.get("suvr"):
+        return "\u2014"
+    approximate = " (approximate VOIs)" if values.get("voi_set", "").startswith("approx") else ""
+    return (f"SUVR {float(values['suvr']):.3f}, Centiloid {format_centiloid(values.get('centiloid', ''))} "
+            f"({values.get('tracer', '')}){approximate}")
+
+
+def stored_quantification(mri_node: "vtkMRMLScalarVolumeNode") -> dict[str, str]:
+    """The PET quantification stored with ``mri_node`` (on its VOI segmentation), or {}."""
+    vois: "vtkMRMLSegmentationNode" = mri_node.GetNodeReference(ROLE_VOIS) if mri_node is not None else None
+    if vois is None:
+        return {}
+    return {name: vois.GetAttribute(f"AmyloidKD.{name}") or "" for name in PET_ATTRIBUTES}
+
+
+def load_vois(scene: "vtkMRMLScene", mri_node: "vtkMRMLScalarVolumeNode", path: str | os.PathLike,
+              values: Mapping[str, str]):
+    """The VOIs on the MRI's grid as a segmentation "<MRI> AmyloidKD PET VOIs" with the segments
+    CTX and WhlCbl, under the MRI's transform, carrying the quantification's numbers as attributes;
+    replaces the MRI's previous one."""
+    previous_vois: "vtkMRMLSegmentationNode" = mri_node.GetNodeReference(ROLE_VOIS)
+    if previous_vois is not None and previous_vois.GetAttribute(ATTRIBUTE_ROLE) == "vois":
+        scene.RemoveNode(previous_vois)
+    segmentation = read_segmentation(scene, mri_node, path, f"{mri_node.GetName()} AmyloidKD PET VOIs", "vois", ROLE_VOIS)
+    segments: "vtkSegmentation" = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment: "vtkSegment" = segments.GetNthSegment(index)
+        name, color = VOI_SEGMENTS.get(segment.GetLabelValue(), (f"VOI {segment.GetLabelValue()}", (1.0, 1.0, 1.0)))
+        segment.SetName(name)
+        segment.SetColor(*color)
+    for name in PET_ATTRIBUTES:
+        segmentation.SetAttribute(f"AmyloidKD.{name}", values.get(name, ""))
+    return segmentation
+
+
+def finish_quantification(scene: "vtkMRMLScene", volumes_logic, job: QuantificationJob,
+                          settings: OverlaySettings | None = None) -> QuantificationResult:
+    """Read the finished quantification: VOIs as a segmentation, SUVR/Centiloid/tracer into the
+    MRI's results table. Raises ModuleError with the reason when it was cancelled or failed; the
+    temporary folder is removed in every case. (``volumes_logic`` and ``settings``: the signature
+    of :func:`finish_prediction`, so one controller runs both.)"""
+    try:
+        job.process.poll()
+        if job.process.cancelled:
+            raise ModuleError("the PET quantification was cancelled.")
+        returncode = job.process.returncode
+        if returncode is None:
+            raise ModuleError("the PET quantification is still running.")
+        if returncode != 0:
+            last = next((line.strip() for line in reversed(job.process.log) if line.strip()), "no output")
+            raise ModuleError(f"the PET quantification stopped ({describe_exit(returncode)}): {last}")
+        values = read_centiloid(job.out_dir)
+        if values.get("status") != "ok":
+            raise ModuleError(f"the PET quantification failed: {values.get('error') or 'no reason given'}")
+        segmentation = load_vois(scene, job.mri_node, job.out_dir / f"{values['case']}_vois.nii.gz", values)
+        table = set_results_rows(scene, job.mri_node, pet_rows(values))
+        point_storage_to(segmentation, save_directory(scene), ".seg.nrrd")
+        place_in_study(scene, job.mri_node, (segmentation, table))
+    finally:
+        shutil.rmtree(job.work_directory, ignore_errors=True)
+    return QuantificationResult(values["case"], values["tracer"], float(values["suvr"]), float(values["centiloid"]),
+                                values.get("voi_set", ""), {"total": float(values.get("seconds") or 0.0)},
+                                segmentation_node=segmentation, table_node=table)

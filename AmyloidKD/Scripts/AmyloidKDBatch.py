@@ -2,7 +2,7 @@
 
     Slicer --no-main-window --python-script AmyloidKDBatch.py -- \
         --input DIR_OR_CSV --out DIR [--checkpoint CKPT] [--device auto|cpu|cuda] \
-        [--skull-strip hd-bet-v1|hd-bet|none] [--timeout SECONDS] [--no-scene]
+        [--skull-strip hd-bet-v1|hd-bet|none] [--timeout SECONDS] [--tracer NAME] [--no-scene]
 
 Each MRI is loaded as a volume node and run through ``AmyloidKDLogic.process`` (the same
 path as the Apply button). Per case, ``OUT/<case>/`` receives the prediction command's files
@@ -40,8 +40,10 @@ def run_batch(argv: list) -> int:
         EXIT_USAGE,
         BatchRow,
         batch_exit_code,
+        centiloid_cells,
         list_cases,
         parse_batch_arguments,
+        pet_of_cases,
         write_batch_summary,
     )
     from AmyloidKDModuleLib import scene
@@ -61,6 +63,7 @@ def run_batch(argv: list) -> int:
     checkpoint = args.checkpoint
     try:
         cases = list_cases(args.input)
+        pets = pet_of_cases(args.input, args.tracer)
         if checkpoint is None:  # never silently: say which model runs, and check it is still there
             checkpoint = slicer.util.settingsValue("AmyloidKD/checkpoint", "")
             if not str(checkpoint).strip():
@@ -99,11 +102,23 @@ def run_batch(argv: list) -> int:
                     scene.ensure_slice_views(slicer.mrmlScene)
                 result = logic.process(mriNode, checkpoint=checkpoint, device=args.device, skullStrip=args.skull_strip,
                                        showResult=not args.no_scene, outputDirectory=caseOut, timeout=args.timeout)
+                row = BatchRow(case, str(path), "ok", result.probability, result.label, result.threshold,
+                               **centiloid_cells(caseOut))
+                print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.label_text}", flush=True)
+                if path in pets:  # the manifest names a PET: SUVR and Centiloid in the standard VOIs
+                    petPath, tracer = pets[path]
+                    petNode: "vtkMRMLScalarVolumeNode" = slicer.util.loadVolume(str(petPath), properties={"name": f"{case} PET", "show": False})
+                    try:
+                        quantified = logic.quantifyPet(mriNode, petNode, tracer, timeout=args.timeout)
+                        row.tracer, row.suvr, row.centiloid = quantified.tracer, f"{quantified.suvr:.4f}", f"{quantified.centiloid:.1f}"
+                        print(f"AmyloidKDBatch:   PET SUVR {row.suvr}, Centiloid {row.centiloid} ({tracer})", flush=True)
+                    except Exception as exc:  # the prediction stands; the case is failed with the PET's reason
+                        row.tracer, row.status = tracer, "failed"
+                        row.error = "PET quantification: " + (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 if not args.no_scene:
                     slicer.util.saveScene(str(caseOut / f"{case}.mrb"))
-                rows.append(BatchRow(case, str(path), "ok", result.probability, result.label, result.threshold,
-                                     seconds=round(time.monotonic() - started, 2)))
-                print(f"AmyloidKDBatch:   probability {result.probability:.3f} -> {result.label_text}", flush=True)
+                row.seconds = round(time.monotonic() - started, 2)
+                rows.append(row)
             except Exception as exc:  # one bad case must not stop the batch; it is recorded with its reason
                 logging.exception(f"AmyloidKDBatch: {case} failed")
                 rows.append(BatchRow(case, str(path), "failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,

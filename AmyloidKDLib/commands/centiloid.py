@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "registration at 2 mm; paper: N4, HD-BET, 1 mm)")
     parser.add_argument("--cache-dir", help="content-addressed preparation cache folder")
     parser.add_argument("--no-qc", action="store_true", help="do not write the QC pictures")
+    parser.add_argument("--write-vois", action="store_true",
+                        help="also write DIR/<case>_vois.nii.gz: the VOIs on the MRI's own grid and "
+                             "voxel order (1 CTX, 2 WhlCbl), e.g. for a viewer")
     executor.add_arguments(
         parser, jobs_help="cases quantified in parallel: worker processes with --scheduler local",
         threads_help="ITK threads per case for registration (default 1)")
@@ -163,6 +166,8 @@ def quantify_one(case: dict, options: dict) -> dict:
                               input_kind=options["input_kind"], equations=equations,
                               cache_dir=options["cache_dir"])
         row.update(result.row())
+        if options.get("vois"):
+            _write_vois(result, mri, case, Path(options["out"]))
         if options["qc"]:
             from AmyloidKDLib.centiloid_qc import render_centiloid_qc
             render_centiloid_qc(result, Path(options["out"]) / f"{case['case']}_centiloid_qc.png",
@@ -176,6 +181,21 @@ def quantify_one(case: dict, options: dict) -> dict:
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     row["seconds"] = f"{time.perf_counter() - start:.2f}"
     return row
+
+
+def _write_vois(result, mri, case: dict, out: Path) -> Path:
+    """``<case>_vois.nii.gz`` on the MRI's grid, stored in the MRI file's own voxel order."""
+    import nibabel as nib
+    import numpy as np
+
+    from AmyloidKDLib.centiloid import vois_on_mri
+    from AmyloidKDLib.volume import reorient_for_storage, save_volume
+
+    order = ("".join(nib.aff2axcodes(nib.load(case["mri"]).affine))
+             if case["mri"].lower().endswith((".nii", ".nii.gz")) else "RAS")
+    out.mkdir(parents=True, exist_ok=True)
+    return save_volume(reorient_for_storage(vois_on_mri(result, mri), order),
+                       out / f"{case['case']}_vois.nii.gz", dtype=np.uint8)
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -204,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     options = {"frame": args.frame, "voi_dir": args.voi_dir, "equations": args.equations,
                "preset": args.preset, "input_kind": "suvr" if args.suvr_input else "static",
-               "cache_dir": args.cache_dir, "qc": not args.no_qc, "out": str(out)}
+               "cache_dir": args.cache_dir, "qc": not args.no_qc, "out": str(out),
+               "vois": args.write_vois}
     task = functools.partial(quantify_one, options=options)
     # a bar and a line per case for batches; one PET reports only its result (or its error)
     per_case = len(cases) > 1 and getattr(args, "progress", "bar") != "none"

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("case", "input", "probability", "label", "threshold", "status", "error",
                   "seconds_prepare", "seconds_model", "seconds_saliency", "seconds_total")
+#: The MRI-predicted Centiloid and its 90 % interval, after RESULT_COLUMNS; empty cells when
+#: the checkpoint has no Centiloid read-out (docs/centiloid.md, "Centiloid from the MRI").
+CENTILOID_COLUMNS = ("centiloid_pred", "centiloid_lo", "centiloid_hi")
 SKULL_STRIP_CHOICES = ("hd-bet-v1", "hd-bet", "none")
 PROGRESS_PREFIX = "AMYLOIDKD_PROGRESS"
 #: Per-case steps reported on the progress channel, in order.
@@ -190,7 +193,8 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
     The native-grid saliency and label map are stored in the input's own voxel order
     ``storage_code`` (its header's axis codes), so their arrays line up voxel for voxel with the
     input's array, as nnU-Net and TotalSegmentator outputs do; the MNI map stays RAS.
-    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency.
+    ``<case>_regions.csv`` lists the atlas regions by their share of the MNI saliency, and
+    ``<case>_regions.nii.gz`` (native grid) marks each listed region's voxels with its rank.
 
     The NIfTIs are compressed in a second thread while the PNG is drawn (zlib releases the
     GIL). Each file is written atomically; if any fails, the others of the case are removed.
@@ -206,6 +210,9 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
                   (result.saliency_mni, out_dir / f"{case}_saliency_mni.nii.gz", np.float32),
                   (reorient_for_storage(result.top_regions, storage_code), out_dir / f"{case}_top_regions.nii.gz",
                    np.uint8)]
+        if getattr(result, "region_ranks", None) is not None:  # label k = the region of rank k in <case>_regions.csv
+            niftis.append((reorient_for_storage(result.region_ranks, storage_code),
+                           out_dir / f"{case}_regions.nii.gz", np.uint16))
     regions = [out_dir / f"{case}_regions.csv"] if niftis and result.saliency_mni is not None else []
     written: list[Path] = []
 
@@ -215,7 +222,8 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
         if regions:  # which named regions hold the saliency (AmyloidKDLib.regions)
             from AmyloidKDLib.regions import load_atlas, region_shares, write_regions_csv
 
-            written.append(write_regions_csv(region_shares(result.saliency_mni, load_atlas()), regions[0]))
+            shares = getattr(result, "regions", None) or region_shares(result.saliency_mni, load_atlas())
+            written.append(write_regions_csv(shares, regions[0]))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         background = pool.submit(write_niftis)
@@ -235,8 +243,10 @@ def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RA
 
 
 def _result_columns(allow_coarse: bool, allow_missing_orientation: bool) -> tuple[str, ...]:
-    """``results.csv``'s columns: the contract's, plus ``warnings`` when an ``allow_*`` option is on."""
-    return RESULT_COLUMNS + ((WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation else ())
+    """``results.csv``'s columns: the contract's, the Centiloid's, plus ``warnings`` when an
+    ``allow_*`` option is on."""
+    return RESULT_COLUMNS + CENTILOID_COLUMNS + (
+        (WARNINGS_COLUMN,) if allow_coarse or allow_missing_orientation else ())
 
 
 def _first_rows(cases: list[CaseInput], columns: tuple[str, ...], threshold: float,
@@ -328,6 +338,9 @@ def predict_one(item: CaseInput, predictor, out_dir: Path, row: dict, *, allow_c
                    status="ok", seconds_prepare=f"{result.timings.get('prepare', 0.0):.3f}",
                    seconds_model=f"{result.timings.get('model', 0.0):.3f}",
                    seconds_saliency=f"{result.timings.get('saliency', 0.0):.3f}")
+        for column in CENTILOID_COLUMNS:
+            value = getattr(result, column, None)
+            row[column] = "" if value is None else f"{value:.2f}"
     except Exception as exc:  # a failing case is recorded, the batch continues
         if is_disk_full(exc):
             raise  # ... except on a full disk, where every later case would fail too

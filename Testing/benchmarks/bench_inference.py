@@ -16,15 +16,25 @@ thread count (fp32, and bf16 where the CPU has AVX512_BF16 or AMX), the student'
 forward pass of its slices (``torch.utils.flop_counter``) and the ratio of the measured model
 step to ``FLOPs / floor`` for the dtype the Predictor chose.
 
-Targets (issue 20), on an idle 2-core machine: fast preparation <= 5 s, light student <= 6 s
-per case, paper preparation <= 60 s, peak RSS <= 3 GB; for the BiomedCLIP-size student on the
-fast path, model step <= 1.5x the floor and total <= preparation + 1.5x floor + 1 s. The
-light CNN's ratio is reported too (its 1.7 GFLOP are too few for a GEMM floor to bind).
+The CPU capability in effect is recorded and printed with the table: PyTorch's kernel set
+(``ATEN_CPU_CAPABILITY``), oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA``) and whether bf16
+is native (``AmyloidKDLib.capability.cpu_has_native_bf16``). Run it under
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 machine to see what an
+AVX2-only CPU sees (both are needed: oneDNN picks its own instructions). Each target is judged
+on the machine at hand. The preparation's steps are listed with their wall and CPU seconds
+(CPU of all threads: steadier than wall time on a shared machine).
+
+Targets (issues 20 and 31, the same on every CPU), on an idle 2-core machine: fast preparation
+<= 5 s, light student <= 6 s per case, paper path <= 60 s, peak RSS <= 3 GB; for the
+BiomedCLIP-size student on the fast path, model step <= 1.5x the floor and total <=
+preparation + 1.5x floor + 1 s. The light CNN's ratio is reported too (its 1.7 GFLOP are too
+few for a GEMM floor to bind).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -124,11 +134,15 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
 
     preset, kind = STUDENTS[student]
     config = ModelConfig.preset(preset, kind, weights="none")
-    checkpoint = work / f"ckpt_{student}_{prep}"
+    # the checkpoint carries its preparation: one per preset version, so a kept --work folder
+    # never times an older preset
+    prep_values = PrepConfig.preset(prep).to_dict()
+    version = hashlib.sha256(json.dumps(prep_values, sort_keys=True).encode()).hexdigest()[:8]
+    checkpoint = work / f"ckpt_{student}_{prep}_{version}"
     if not (checkpoint / "checkpoint.json").exists():
         torch.manual_seed(0)
         save_checkpoint(checkpoint, build_model(config), config,
-                        prep_config=PrepConfig.preset(prep).to_dict(),
+                        prep_config=prep_values,
                         slice_config=SliceConfig(n_slices=config.n_slices,
                                                  image_size=config.image_size).to_dict(),
                         threshold=0.5, provenance={"note": "random weights, benchmark only"})
@@ -146,6 +160,17 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     if cpu_has_native_bf16():  # (an emulated bf16 floor would take minutes and say nothing)
         floors["bf16"] = gemm_floor("bf16")
 
+    from AmyloidKDLib import pipeline
+
+    steps = []  # each case's preparation steps, for their CPU seconds
+    prepare_case = pipeline.prepare_case
+
+    def recording_prepare_case(*args, **kwargs):
+        case = prepare_case(*args, **kwargs)
+        steps.append(case.steps)
+        return case
+
+    pipeline.prepare_case = recording_prepare_case  # predict() looks it up at each call
     cases = []
     out = work / f"out_{prep}_{student}"
     for path in inputs:
@@ -158,7 +183,9 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
         write = time.perf_counter() - written
         cases.append({"read": read, "write": write, "total": time.perf_counter() - started,
                       "cpu": time.process_time() - cpu_started, "load_average": os.getloadavg()[0],
-                      **{k: v for k, v in result.timings.items() if k != "total"}})
+                      **{k: v for k, v in result.timings.items() if k != "total"},
+                      **{f"prepare_cpu/{s['name']}": s.get("cpu_seconds", float("nan"))
+                         for s in steps[-1]}})
         del result, mri  # as in `amyloidkd predict`: a finished case is not kept during the next
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flops = model_flops(predictor.model, config.n_slices, config.image_size)
@@ -167,6 +194,9 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
             "load_checkpoint": load_seconds, "cases": cases, "peak_rss_gb": peak_kb / 2**20,
             "threads": threads, "deterministic": deterministic,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_native_bf16(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(not set)"),
+            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", "(not set)"),
             "precision": predictor.precision, "floor_flops": floors, "model_flops": flops,
             "itk_threads": registration_threads()}
 
@@ -183,7 +213,10 @@ def print_floor(results: list[dict]) -> None:
         return
     first = done[0]
     floors = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in first["floor_flops"].items())
-    print(f"CPU capability {first['cpu_capability']}; GEMM floor {FLOOR_GEMM} on "
+    print(f"CPU capability {first['cpu_capability']} (ATEN_CPU_CAPABILITY "
+          f"{first.get('aten_cpu_capability', '?')}, ONEDNN_MAX_CPU_ISA {first.get('onednn_max_isa', '?')}; "
+          f"native bf16: {first.get('native_bf16', '?')}); every target below is judged on this machine")
+    print(f"GEMM floor {FLOOR_GEMM} on "
           f"{first['threads']} threads: {floors} (bf16 only where AVX512_BF16/AMX)")
     header = (f"{'prep':6} {'student':10} {'precision':9} {'GFLOP':>7} {'floor s':>8} "
               f"{'model s':>8} {'ratio':>6}  target")
@@ -251,13 +284,15 @@ def print_table(results: list[dict]) -> None:
     print("(seconds of wall time per case; CPU s = CPU time of all threads; load avg = the "
           "machine's 1-min load during the case: above the thread count, other work competed)")
     print()
-    print("preparation steps (median seconds):")
+    print("preparation steps (median wall / CPU seconds, CPU of all threads):")
     for r in results:
         if "error" in r:
             continue
-        steps = sorted({k for c in r["cases"] for k in c if k.startswith("prepare/")})
-        parts = ", ".join(f"{k.split('/', 1)[1]} {_median([c.get(k, 0.0) for c in r['cases']]):.1f}"
-                          for k in steps)
+        steps = sorted({k.split("/", 1)[1] for c in r["cases"] for k in c if k.startswith("prepare/")})
+        parts = ", ".join(
+            f"{k} {_median([c.get('prepare/' + k, 0.0) for c in r['cases']]):.1f}"
+            f" / {_median([c.get('prepare_cpu/' + k, float('nan')) for c in r['cases']]):.1f}"
+            for k in steps)
         print(f"  {r['prep']:6} {r['student']:10} {parts}")
 
 

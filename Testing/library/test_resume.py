@@ -59,7 +59,8 @@ def test_a_rerun_after_kill_finishes_the_missing_cases_without_redoing_the_other
     first_outputs = {p.name: p.stat().st_mtime_ns for p in out.glob(f"{CASES[0]}_*")}
     # overview, saliency (native and MNI), top regions and the region table
     assert sorted(first_outputs) == sorted(f"{CASES[0]}_{name}" for name in (
-        "overview.png", "saliency.nii.gz", "saliency_mni.nii.gz", "top_regions.nii.gz", "regions.csv"))
+        "overview.png", "saliency.nii.gz", "saliency_mni.nii.gz", "top_regions.nii.gz", "regions.csv",
+        "regions.nii.gz"))
 
     done = subprocess.run(_command(folder, checkpoint, out), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

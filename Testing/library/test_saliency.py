@@ -319,3 +319,34 @@ def test_saliency_volumes_equal_warping_the_whole_grid(template, known_transform
     np.testing.assert_allclose(result.native.data, np.clip(whole, 0.0, 1.0), atol=1e-6)
     np.testing.assert_array_equal(result.top_regions.data, np.rint(labels))
     assert result.top_regions.data.max() >= 1
+
+
+def test_gradient_x_input_maps_the_pixels_the_logit_reads_at_full_resolution():
+    """A model whose logit is 0.5 x the sum of channel 0 over a 12x12 square of slice 2: gradient x input
+    is 0.5 x pixel there and 0 elsewhere (at the square's centre the 1.5 px smoothing changes nothing)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from AmyloidKDLib.saliency import SaliencyConfig, slice_saliency
+
+    class SquareReader(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, cases):
+            return SimpleNamespace(logits=self.weight * cases[:, 2, 0, 20:32, 40:52].sum(dim=(-2, -1)))
+
+    slices = torch.full((4, 3, 64, 64), 2.0)
+    maps = slice_saliency(SquareReader(), slices, target_label=1, method="gradient-x-input")
+    assert maps.maps.shape == (4, 64, 64) and maps.target_label == 1
+    assert maps.logit == pytest.approx(0.5 * 2.0 * 144)
+    assert maps.maps[2, 26, 46] == pytest.approx(1.0, abs=1e-3)  # 0.5 * 2.0 inside, away from the edges
+    assert maps.maps[2, 0:10].max() < 1e-6 and maps.maps[[0, 1, 3]].max() == 0.0
+    bright = maps.maps[2] > 0.5
+    assert bright[20:32, 40:52].mean() > 0.7 and not bright[:16].any() and not bright[:, :36].any()
+    negative = slice_saliency(SquareReader(), slices, target_label=0, method="gradient-x-input")
+    assert negative.maps.max() == 0.0  # evidence against the negative class only: nothing to show
+    with pytest.raises(ConfigError, match="saliency method must be one of gradcam, gradient-x-input"):
+        SaliencyConfig(method="occlusion")

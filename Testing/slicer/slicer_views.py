@@ -110,14 +110,15 @@ def write_figure(images: dict, path: str | os.PathLike, title: str) -> Path:
     return target
 
 
-def _peak_ras(saliency_path: Path) -> tuple[float, float, float]:
-    """RAS of the centre of the saliency's top 10 % (the node has no parent transform here)."""
+def brain_centre_ras(mri_path: Path) -> tuple[float, float, float]:
+    """RAS of the brain's centre: the centroid of the voxels above 10 % of the robust maximum (the
+    sample case is brain-only), so the three views cross in the middle of the brain."""
     import nibabel as nib
 
-    image = nib.load(str(saliency_path))
-    values = np.asanyarray(image.dataobj)
-    top = np.argwhere(values >= np.quantile(values[values > 0], 0.90))
-    return tuple(float(v) for v in (image.affine @ np.r_[top.mean(axis=0), 1.0])[:3])
+    image = nib.load(str(mri_path))
+    values = np.asanyarray(image.dataobj).astype(np.float32)
+    brain = np.argwhere(values > 0.1 * np.percentile(values[values > 0], 99))
+    return tuple(float(v) for v in (image.affine @ np.r_[brain.mean(axis=0), 1.0])[:3])
 
 
 def _tiny_checkpoint(folder: Path) -> Path:
@@ -178,10 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if job.process.wait(timeout=600) != 0:
             print(job.process.tail(), file=sys.stderr)
             return 1
-        (row,) = runner.read_results(job.request.out_dir)
-        peak = _peak_ras(row.outputs.saliency)  # the views cross at the strongest saliency
+        centre = brain_centre_ras(args.mri)  # the views cross at the brain's centre
         result = scene.finish_prediction(app.scene, app.volumes_logic, job)
-        images = render_case(app, scene.case_overlay(mri), args.size, point_ras=peak)
+        images = render_case(app, scene.case_overlay(mri), args.size, point_ras=centre)
         title = (f"AmyloidKD in Slicer's slice views: synthetic phantom, {model} "
                  f"(synthetic data only), p = {result.probability:.2f}")
         print(write_figure(images, args.out, title))

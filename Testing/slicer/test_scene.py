@@ -574,14 +574,17 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
     shares = {k: float(v) for k, v in rows.items() if k.startswith("Saliency share: ")}  # from <case>_regions.csv
     assert shares and all(k.endswith("(amyloidkd-spheres)") for k in shares) and 0 < sum(shares.values()) <= 1.0001
 
-    # the top regions as a segmentation: one named segment per label of the file, in its colour
-    import nibabel as nib
+    # the named regions as a segmentation: the segments carry the atlas names of <case>_regions.csv, in rank order
+    import csv
 
-    labels = sorted(set(np.unique(np.asanyarray(nib.load(str(outputs.outputs.top_regions)).dataobj)).tolist()) - {0})
+    with open(outputs.outputs.saliency.parent / f"{outputs.case}_regions.csv", newline="", encoding="utf-8") as handle:
+        regions = list(csv.DictReader(handle))
     segments = second.segmentation_node.GetSegmentation()
-    found = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i).GetName()
-             for i in range(segments.GetNumberOfSegments())}
-    assert found == {label: scene.top_region_name(label) for label in labels}
+    names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+    assert len(regions) > 2 and names == [r["region"] for r in regions]
+    assert [segments.GetNthSegment(i).GetLabelValue() for i in range(len(names))] == [int(r["rank"]) for r in regions]
+    display = second.segmentation_node.GetDisplayNode()
+    assert display is None or not display.GetVisibility()  # hidden until shown: the label layer outlines already
     assert Path(second.segmentation_node.GetStorageNode().GetFileName()).name.endswith("segmentation.seg.nrrd")
 
     # the temporary files are gone; the storage nodes point where the user can save, and saving works
@@ -593,15 +596,48 @@ def test_rerun_replaces_outputs_in_the_mris_study_with_a_results_table_and_savab
         assert storage.WriteData(output) and target.is_file()
 
 
-def test_results_table_carries_centiloid_and_region_shares_when_the_library_writes_them(outputs):
+def test_results_table_carries_region_shares_and_the_mri_centiloid_only_when_the_library_writes_it(outputs):
     import dataclasses
 
-    row = dataclasses.replace(outputs, extra={"centiloid": "42.5"})
+    row = dataclasses.replace(outputs, extra={"centiloid_pred": "34.2", "centiloid_lo": "-20.4", "centiloid_hi": "88.0"})
     rows = scene.results_rows(row, None, [{"rank": "1", "region": "Precuneus", "atlas": "aal",
                                            "saliency_share": "0.31", "voxels": "812"}])
-    assert ("Centiloid", "42.5") in rows
+    assert ("Centiloid (MRI)", "34.2") in rows and ("Centiloid (MRI) 90% interval low", "-20.4") in rows
+    assert ("Centiloid (MRI) 90% interval high", "88.0") in rows
     assert ("Saliency share: Precuneus (aal)", "0.31") in rows
-    assert not any(name == "Centiloid" for name, _ in scene.results_rows(outputs, None))
+    assert not any(name.startswith("Centiloid") for name, _ in scene.results_rows(outputs, None))  # today's predict
+    empty = dataclasses.replace(outputs, extra={"centiloid_pred": "", "centiloid_lo": "", "centiloid_hi": ""})
+    assert ("Centiloid (MRI)", "") in scene.results_rows(empty, None)  # a checkpoint without the read-out
+    # what the panel shows beside the probability
+    assert runner.mri_centiloid_text(runner.mri_centiloid(row)) == "34 [\u221220, 88], 90 % interval"
+    assert runner.mri_centiloid_text(runner.mri_centiloid(empty)) == "\u2014"
+    assert runner.mri_centiloid_text(runner.mri_centiloid(outputs)) == "\u2014"
+
+
+def test_a_prediction_with_centiloid_columns_fills_the_table_and_keeps_the_pet_rows(app, phantom, outputs, tmp_path):
+    """results.csv with the MRI-side Centiloid columns (as the library will write them): the loaded
+    outputs carry them, the table shows them, and a PET quantification's rows survive the re-run."""
+    import csv
+
+    mri = load_mri(app, phantom, "ras")
+    scene.results_table(app.scene, mri, scene.pet_rows({"tracer": "PiB", "suvr": "1.8000", "centiloid": "74.1",
+                                                        "voi_set": "gaain"}))
+    job = finished_job(mri, outputs, phantom["checkpoint"], tmp_path)
+    path = job.request.out_dir / "results.csv"
+    with open(path, newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*table[0], *runner.MRI_CENTILOID_COLUMNS])
+        writer.writeheader()
+        writer.writerows({**r, "centiloid_pred": "34.2", "centiloid_lo": "-20.4", "centiloid_hi": "88.0"} for r in table)
+    result = scene.finish_prediction(app.scene, app.volumes_logic, job)
+
+    rows = _table_rows(result.table_node)
+    assert rows["Centiloid (MRI)"] == "34.2" and rows["Centiloid (MRI) 90% interval low"] == "-20.4"
+    assert rows["Centiloid (MRI) 90% interval high"] == "88.0"
+    assert rows["Tracer"] == "PiB" and rows["SUVR (PET)"] == "1.8000" and rows["Centiloid (PET)"] == "74.1"
+    stored = scene.result_attributes(result.saliency_node)
+    assert (stored["centiloid_pred"], stored["centiloid_lo"], stored["centiloid_hi"]) == ("34.2", "-20.4", "88.0")
 
 
 @pytest.mark.parametrize("with_views", [True, False])
@@ -633,3 +669,81 @@ def test_batch_mrb_opens_in_slicer_with_the_overlays_shown(app, phantom, outputs
             assert layers == [mri.GetName(), saliency.GetName(), top_regions.GetName()], name
         else:
             assert layers == [None, None, None], name
+
+
+# --- PET quantification (issue 27): SUVR, Centiloid, tracer, VOIs, results table -------------------
+
+
+@pytest.fixture(scope="module")
+def known_pet(tmp_path_factory):
+    """The MNI152 template (2 mm) as the MRI and a PET on its grid that is 2.7 in the CTX VOI and 1.5 in
+    the WhlCbl VOI (each widened by 2 voxels, so that a near-identity registration keeps the means):
+    SUVR 1.8, so PiB's Centiloid is 100 (1.8 - 1.009) / 1.067 = 74.13."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    from AmyloidKDLib.centiloid import approximate_voi_set
+    from AmyloidKDLib.template import load_template
+
+    root = tmp_path_factory.mktemp("known_pet")
+    template, vois = load_template(2), approximate_voi_set(2)
+    assert template.t1.shape == vois.ctx.shape
+    ctx, reference = vois.ctx.data > 0.5, vois.reference.data > 0.5
+    # tissue contrast elsewhere, so the rigid PET->MRI registration has something to align (a flat PET
+    # lands ~5 mm off with one ITK thread: SUVR 1.65)
+    pet = (0.1 + 1.2 * template.gm.data + 0.6 * template.wm.data).astype(np.float32)
+    pet[ndimage.binary_dilation(ctx, iterations=2) & ~reference] = 2.7
+    pet[ndimage.binary_dilation(reference, iterations=2) & ~ctx] = 1.5
+    mri_path, pet_path = root / "mni_t1.nii.gz", root / "known_pet.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(template.t1.data, np.float32), template.t1.affine), str(mri_path))
+    nib.save(nib.Nifti1Image(pet, template.t1.affine), str(pet_path))
+    return {"mri": mri_path, "pet": pet_path, "ctx_voxels": int(ctx.sum()), "reference_voxels": int(reference.sum())}
+
+
+def _binary_voxels(segmentation, segment_name: str) -> int:
+    """How many voxels a segment of a segmentation node holds (its binary labelmap)."""
+    import slicer
+
+    segments = segmentation.GetSegmentation()
+    segment_id = segments.GetSegmentIdBySegmentName(segment_name)
+    image = slicer.vtkOrientedImageData()
+    segmentation.GetBinaryLabelmapRepresentation(segment_id, image)
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    values = vtk_to_numpy(image.GetPointData().GetScalars())
+    return int((values > 0).sum())
+
+
+def test_pet_quantification_shows_the_equations_centiloid_with_the_vois_and_the_results_table(app, known_pet, tmp_path):
+    mri = app.volumes_logic.AddArchetypeVolume(str(known_pet["mri"]), "MNI T1", 0)
+    pet = app.volumes_logic.AddArchetypeVolume(str(known_pet["pet"]), "known PET", 0)
+    earlier = scene.results_table(app.scene, mri, [("Probability", "0.7000")])  # a prediction's table is kept
+    job = scene.start_quantification(app.scene, mri, pet, "PiB", sys.executable, predict_env(), temporary_root=tmp_path)
+    assert job.process.wait(timeout=300) == 0, job.process.tail()
+    result = scene.finish_quantification(app.scene, app.volumes_logic, job)
+
+    assert result.suvr == pytest.approx(1.8, abs=0.005)  # the known means: 2.7 / 1.5
+    assert result.centiloid == pytest.approx(100.0 * (result.suvr - 1.009) / 1.067, abs=0.05)  # Klunk's equation
+    assert result.centiloid == pytest.approx(74.13, abs=0.6)
+    assert result.tracer == "PiB" and result.voi_set == "approx-mni152-2009"
+    shown = scene.pet_quantification_text(scene.stored_quantification(mri))
+    assert shown == f"SUVR {result.suvr:.3f}, Centiloid {round(result.centiloid):.0f} (PiB) (approximate VOIs)"
+
+    rows = dict(scene.table_rows(result.table_node))
+    assert result.table_node is earlier and rows["Probability"] == "0.7000"
+    assert rows["Tracer"] == "PiB" and float(rows["SUVR (PET)"]) == pytest.approx(result.suvr, abs=1e-4)
+    assert float(rows["Centiloid (PET)"]) == pytest.approx(result.centiloid, abs=0.05)
+
+    vois = result.segmentation_node  # CTX and WhlCbl on the MRI's grid (the template: about the MNI VOIs)
+    assert mri.GetNodeReference(scene.ROLE_VOIS) is vois and vois.GetName() == "MNI T1 AmyloidKD PET VOIs"
+    segments = vois.GetSegmentation()
+    assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == ["CTX", "WhlCbl"]
+    assert _binary_voxels(vois, "CTX") == pytest.approx(known_pet["ctx_voxels"], rel=0.05)
+    assert _binary_voxels(vois, "WhlCbl") == pytest.approx(known_pet["reference_voxels"], rel=0.05)
+    assert not job.work_directory.exists()
+
+    # a second quantification replaces the VOIs and updates the same rows; a prediction re-run keeps them
+    assert scene.set_results_rows(app.scene, mri, scene.pet_rows({"tracer": "florbetapir", "suvr": "1.2",
+                                                                  "centiloid": "28.2"})) is earlier
+    assert sum(1 for name, _ in scene.table_rows(earlier) if name == "Tracer") == 1
+    assert dict(scene.table_rows(earlier))["Tracer"] == "florbetapir"

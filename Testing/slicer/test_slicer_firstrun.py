@@ -102,11 +102,11 @@ def test_apply_and_use_model_are_disabled_while_a_real_pip_runs(tmp_path):
                                                   command=command)
     seen = []
     while not state.install.finished:
-        buttons = state.buttons(True, True)
-        seen.append((buttons.apply, buttons.use_model, buttons.cancel))
+        buttons = state.buttons(True, True, True)
+        seen.append((buttons.apply, buttons.use_model, buttons.cancel, buttons.quantify))
         state.install.poll()
         time.sleep(0.05)
-    assert seen and set(seen) == {(False, False, True)}
+    assert seen and set(seen) == {(False, False, True, False)}  # "Quantify PET" too
     assert "packages are being installed" in state.buttons(True, True).apply_tooltip
     job, state.install = state.install, None
     lines = job.poll() + job.process.log
@@ -115,6 +115,7 @@ def test_apply_and_use_model_are_disabled_while_a_real_pip_runs(tmp_path):
                                            r"see the panel's log"):
         job.finish()
     assert state.busy is None and state.buttons(True, True).apply
+    assert state.buttons(False, True, True).quantify and not state.buttons(True, True, False).quantify
 
 
 class _SlowHandler(http.server.BaseHTTPRequestHandler):

@@ -60,7 +60,7 @@ CTK_WIDGETS = {"ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget"}
 VTK_CLASSES = {"vtkAbstractArray": {"SetName", "GetName", "GetNumberOfTuples"},
                # Slicer's segmentation core (Libs/Segmentation: vtkSegmentation.h, vtkSegment.h)
                "vtkSegmentation": {"GetNumberOfSegments", "GetNthSegment", "GetNthSegmentID"},
-               "vtkSegment": {"GetName", "SetName", "GetLabelValue", "SetColor", "GetColor"}}
+               "vtkSegment": {"GetName", "SetName", "GetLabelValue", "SetColor", "GetColor", "SetTag"}}
 QWIDGET_PROPERTIES = {"toolTip", "enabled", "geometry", "visible", "sizePolicy", "minimumSize", "maximumSize",
                       "whatsThis", "statusTip"}
 
@@ -615,7 +615,8 @@ def test_panel_never_relies_on_try_with_error_display():
     assert "slicer.util.tryWithErrorDisplay" not in calls
 
 
-@pytest.mark.parametrize("slot", ["onApplyButton", "onProcessTimer", "onCancelButton", "onUseModelButton"])
+@pytest.mark.parametrize("slot", ["onApplyButton", "onProcessTimer", "onCancelButton", "onUseModelButton",
+                                  "onQuantifyPetButton"])
 def test_every_button_and_timer_path_refreshes_the_buttons_in_a_finally(slot):
     """Whatever happens in the slot (failure, cancel, exception), Apply/Cancel are refreshed."""
     method = _method("AmyloidKDWidget", slot)

@@ -349,6 +349,25 @@ def test_batch_cases_from_a_folder_a_file_or_a_manifest(tmp_path):
     assert batch.list_cases(tmp_path / "manifest.csv") == [tmp_path / "b.nii.gz", tmp_path / "a.nii"]
 
 
+def test_batch_finds_each_manifest_rows_pet_and_tracer(tmp_path):
+    for name in ("a.nii", "b.nii", "pa.nii", "pb.nii"):
+        (tmp_path / name).write_bytes(b"")
+    _write_csv(tmp_path / "m.csv", ["t1w", "pet_path", "tracer"], [["a.nii", "pa.nii", "PiB"], ["b.nii", "pb.nii", ""]])
+    assert batch.pet_of_cases(tmp_path / "m.csv", "florbetapir") == {
+        tmp_path / "a.nii": (tmp_path / "pa.nii", "PiB"), tmp_path / "b.nii": (tmp_path / "pb.nii", "florbetapir")}
+    with pytest.raises(ModuleError, match="names a PET but no tracer; add a tracer column or pass --tracer"):
+        batch.pet_of_cases(tmp_path / "m.csv")
+    _write_csv(tmp_path / "n.csv", ["t1w"], [["a.nii"]])
+    assert batch.pet_of_cases(tmp_path / "n.csv") == {} and batch.pet_of_cases(tmp_path / "a.nii") == {}
+    assert batch.parse_batch_arguments(["--input", "m.csv", "--out", "o", "--tracer", "PiB"]).tracer == "PiB"
+
+
+def test_tracers_offered_in_slicer_are_the_librarys():
+    from AmyloidKDLib.centiloid import TRACER_EQUATIONS
+
+    assert set(runner.TRACER_CHOICES) == set(TRACER_EQUATIONS)
+
+
 def test_batch_input_errors_name_the_problem(tmp_path):
     with pytest.raises(ModuleError, match="no such file or folder"):
         batch.list_cases(tmp_path / "missing")
@@ -368,16 +387,37 @@ def test_batch_input_errors_name_the_problem(tmp_path):
 
 
 def test_batch_summary_and_exit_code(tmp_path):
-    rows = [batch.BatchRow("a", "a.nii", "ok", 0.8, 1, 0.5, seconds=2.0),
+    rows = [batch.BatchRow("a", "a.nii", "ok", 0.8, 1, 0.5, seconds=2.0, centiloid_pred="34.2", centiloid_lo="-20.4",
+                           centiloid_hi="88.0", tracer="PiB", suvr="1.8000", centiloid="74.1"),
             batch.BatchRow("b", "b.nii", "failed", error="bad file")]
     path = batch.write_batch_summary(rows, tmp_path / "batch_results.csv")
     with open(path, newline="") as handle:
         written = list(csv.DictReader(handle))
     assert written[0]["probability"] == "0.8" and written[1]["probability"] == ""
+    assert [written[0][c] for c in ("centiloid_pred", "centiloid_lo", "centiloid_hi", "tracer", "suvr", "centiloid")] == [
+        "34.2", "-20.4", "88.0", "PiB", "1.8000", "74.1"]
+    assert written[1]["suvr"] == "" and written[1]["centiloid_pred"] == ""
     assert written[1]["error"] == "bad file" and list(written[0]) == list(batch.SUMMARY_COLUMNS)
     assert batch.batch_exit_code(rows) == batch.EXIT_SOME_FAILED
     assert batch.batch_exit_code(rows[:1]) == batch.EXIT_OK
     assert not (tmp_path / "batch_results.csv.part").exists()
+
+
+def test_the_batch_summary_carries_predicts_centiloid_columns(tmp_path):
+    from AmyloidKDLib.commands.predict import CENTILOID_COLUMNS
+
+    assert batch.CENTILOID_COLUMNS == CENTILOID_COLUMNS   # one set of names for both tables
+    row = ["a", "a.nii", "0.7", "1", "0.5", "ok", "", "1", "1", "1", "3"]
+    _write_csv(tmp_path / "results.csv", list(runner.RESULT_COLUMNS) + list(CENTILOID_COLUMNS),
+               [row + ["31.25", "-4.50", "66.00"]])
+    cells = batch.centiloid_cells(tmp_path)
+    assert cells == {"centiloid_pred": "31.25", "centiloid_lo": "-4.50", "centiloid_hi": "66.00"}
+    path = batch.write_batch_summary([batch.BatchRow("a", "a.nii", "ok", 0.7, 1, 0.5, **cells)],
+                                     tmp_path / "batch_results.csv")
+    with open(path, newline="") as handle:
+        assert next(csv.DictReader(handle))["centiloid_lo"] == "-4.50"
+    _write_csv(tmp_path / "results.csv", list(runner.RESULT_COLUMNS), [row])   # an older library
+    assert batch.centiloid_cells(tmp_path) == dict.fromkeys(CENTILOID_COLUMNS, "")
 
 
 # --- dependencies -------------------------------------------------------------------------

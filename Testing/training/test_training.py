@@ -381,3 +381,41 @@ def test_train_without_a_teacher_checkpoint_is_a_clear_error(tiny_cohort, tmp_pa
     assert code == 2
     assert "amyloidkd train teacher" in capsys.readouterr().err
     assert not (tmp_path / "run" / "cache").exists()  # refused before preparing anything
+
+
+@pytest.mark.slow
+def test_train_stores_a_centiloid_readout_that_predict_writes(tiny_run, tmp_path):
+    """train -> checkpoint -> predict: the student checkpoint carries the read-out fitted on the
+    training cases, and results.csv gets the MRI Centiloid inside its interval."""
+    import csv
+
+    from AmyloidKDLib.centiloid_readout import CentiloidReadout
+    from AmyloidKDLib.checkpoint import load_checkpoint
+    from AmyloidKDLib.cli import run as cli
+    from Training.cli import TRAINING_COMMANDS
+
+    config, dataset, split, run_dir, _ = tiny_run
+    common = ["--manifest", dataset_source(run_dir), "--out", str(run_dir), "--config", "cpu"]
+    common += [x for item in TINY for x in ("--set", item)]
+    assert cli(["train", "baseline", *common], TRAINING_COMMANDS) == 0
+    readout = CentiloidReadout.from_dict(load_checkpoint(run_dir / "checkpoints" / "baseline")[1].centiloid_readout)
+    training = sorted(set(split.train) | set(split.val))
+    assert readout.details["n_cases"] == len(training) == len(readout.residuals)
+    assert readout.details["n_subjects"] == len({dataset.subjects[i] for i in training})
+    # predict one held-out case from its raw MRI
+    from Training.regional import regional_data
+    from Training.workflow import CohortSource, load_records
+
+    record = load_records(CohortSource(manifest=dataset_source(run_dir)), config)[split.test[0]]
+    t1 = record.mri["T1w"]
+    out = tmp_path / "predicted"
+    assert cli(["predict", str(t1), "--checkpoint", str(run_dir / "checkpoints" / "baseline"),
+                "--out", str(out), "--device", "cpu", "--skull-strip", "none"]) == 0
+    with open(out / "results.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    pred, lo, hi = (float(row[c]) for c in ("centiloid_pred", "centiloid_lo", "centiloid_hi"))
+    assert lo < pred < hi
+    # the numbers are the read-out's on the case's regional measures (prepared with its PET
+    # in training, alone in predict: the same MRI registration, to ITK's thread noise)
+    expected = readout.predict(regional_data([record], config, config.cache_root(run_dir)).mri)
+    np.testing.assert_allclose([pred, lo, hi], [float(v[0]) for v in expected], atol=0.5)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from Training.centiloid_readout import attach_to_run
 from Training.commands.common import (add_config_arguments, add_data_arguments, config_from_args,
                                       source_from_args)
 from Training.config import RunConfig
@@ -67,6 +68,7 @@ def cross_validate(config: RunConfig, source: CohortSource, out: Path, phases: t
         write_json(fold_dir / "split.json", split_to_ids(split, dataset))
         started = time.perf_counter()
         results = run_phases(config, dataset, split, fold_dir, phases)
+        attach_to_run(config, dataset, records, split, fold_dir, phases)   # the MRI Centiloid read-out
         _, evaluation = evaluate_run(config, dataset, split, fold_dir,
                                      {name: (r.model, r.threshold) for name, r in results.items()})
         test = list(split.test)

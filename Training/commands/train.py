@@ -59,4 +59,20 @@ def run(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{k} {best[k]:.3f}" for k in ("val_auc", "val_f1", "val_loss") if k in best)
         print(f"{name}: best epoch {result.fit.best_epoch}/{len(result.fit.history)} ({summary}); "
               f"threshold {result.threshold:.3f}; checkpoint {result.checkpoint}")
+    _attach_centiloid_readout(config, dataset, split, args, phases)
     return 0
+
+
+def _attach_centiloid_readout(config, dataset, split, args: argparse.Namespace, phases) -> None:
+    """The MRI Centiloid read-out with its 90 % interval, into the student checkpoints just trained."""
+    from Training.centiloid_readout import attach_to_run
+    from Training.engine import is_main_process
+    from Training.workflow import load_records
+
+    if not is_main_process():
+        return
+    records = load_records(source_from_args(args), config)
+    readout = attach_to_run(config, dataset, records, split, args.out, phases)
+    if readout is not None:
+        print(f"Centiloid read-out: {readout.details['n_cases']} training cases, held-out median "
+              f"|error| {readout.details['median_residual']:.1f} CL; stored in the student checkpoints")

@@ -225,7 +225,8 @@ def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
     Measured at load ~10 on the 2-core build machine: 90 s with both (fp32 57 s, bf16 23 s),
     54 s with fp32 alone (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): over 60 s only
     on a busy machine; real HD-BET at full size is what it checks. Since issue 31 it also runs
-    the package's own entry point once (fp32) to compare with."""
+    the package's own entry point once (fp32) to compare with: 65-66 s in `make test` (two
+    xdist workers on 2 cores), over 60 s because the mask identity needs both full-size runs."""
     # A fresh interpreter: earlier tests in this process leave torch settings behind that make
     # HD-BET's CPU inference several times slower (about 1 min alone, over 5 min in-suite).
     import json

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from AmyloidKDLib.centiloid_readout import DEFAULT_ALPHA, CentiloidReadout, RidgeModel
-from Training.readouts import centiloid_target, fit_linear
+from Training.readouts import centiloid_target, fit_linear, subject_splits
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +41,17 @@ def fit_ridge(x: np.ndarray, centiloids: np.ndarray, alpha: float) -> RidgeModel
 
 def subject_folds(subjects: Sequence[str], labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Each case's fold (0..K-1): subject-disjoint, stratified by label where possible."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+    from sklearn.model_selection import GroupKFold
 
     groups = np.asarray([str(s) for s in subjects])
-    k = max(2, min(folds, len(set(groups.tolist()))))
     labels = np.asarray(labels, dtype=int)
+    k = max(2, min(folds, len(set(groups.tolist()))))
     if min(np.bincount(labels, minlength=2)) >= k:
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = subject_splits(labels, groups, folds, seed)
     else:
-        splitter = GroupKFold(n_splits=k)
+        splits = GroupKFold(n_splits=k).split(labels, labels, groups)
     assignment = np.full(len(groups), -1)
-    for fold, (_, held_out) in enumerate(splitter.split(labels, labels, groups)):
+    for fold, (_, held_out) in enumerate(splits):
         assignment[held_out] = fold
     return assignment
 

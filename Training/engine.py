@@ -14,6 +14,7 @@ no arbitrary object is unpickled) plus the engine's ``trainer.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -452,6 +453,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: torch.
                      extra={"processes": accelerator.num_processes})
 
 
+def _cast_inputs(dtype: torch.dtype, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of :func:`in_dtype`: floating tensor arguments to ``dtype``."""
+    def cast(value: Any) -> Any:
+        return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
 def in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """``model`` converted in place to ``dtype``; for float64, floating inputs are cast on the way
     in (a forward pre-hook), so float32 batches and cached features need no change. Converting
@@ -463,11 +471,8 @@ def in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         model._amyloidkd_cast_hook = None
     model.to(dtype)
     if dtype != torch.float32:
-        def cast(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            def one(value: Any) -> Any:
-                return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
-            return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-        model._amyloidkd_cast_hook = model.register_forward_pre_hook(cast, with_kwargs=True)
+        model._amyloidkd_cast_hook = model.register_forward_pre_hook(
+            functools.partial(_cast_inputs, dtype), with_kwargs=True)
     return model
 
 

@@ -131,7 +131,8 @@ def fit_linear(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, lam: f
     return LinearReadout(mean, scale, theta[:-1].copy(), float(theta[-1]))
 
 
-def _inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int):
+def subject_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list:
+    """Stratified, subject-disjoint ``(train, test)`` index pairs; at most one fold per subject."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     k = max(2, min(folds, len(set(groups.tolist()))))
@@ -142,7 +143,7 @@ def cross_fitted_teacher_logits(x_teacher: np.ndarray, y: np.ndarray, groups: np
                                 config: ReadoutConfig) -> np.ndarray:
     """Each case's teacher logit from a teacher that never trained on its subject."""
     logits = np.zeros(len(y))
-    for inner_train, inner_test in _inner_splits(y, groups, config.inner_folds, config.seed):
+    for inner_train, inner_test in subject_splits(y, groups, config.inner_folds, config.seed):
         teacher = fit_linear(x_teacher[inner_train], y[inner_train], alpha=config.teacher_alpha)
         logits[inner_test] = teacher.score(x_teacher[inner_test])
     return np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
@@ -184,7 +185,7 @@ def _fit_with_threshold(x: np.ndarray, y: np.ndarray, t: np.ndarray, z: np.ndarr
     from Training.metrics import f1_optimal_threshold
 
     scores = np.zeros(len(y))
-    for inner_train, inner_test in _inner_splits(y, groups, config.inner_folds, config.seed + 1):
+    for inner_train, inner_test in subject_splits(y, groups, config.inner_folds, config.seed + 1):
         model = fit_linear(x[inner_train], t[inner_train], None if z is None else z[inner_train],
                            lam, config.alpha)
         scores[inner_test] = model.score(x[inner_test])

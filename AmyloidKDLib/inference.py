@@ -171,11 +171,20 @@ def deterministic_torch(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+#: glibc allocator settings while predicting (:func:`keep_freed_memory_for_reuse`): blocks
+#: below this size come from the heap ...
+HEAP_BLOCKS_BELOW_BYTES = 64 * 2**20
+#: ... and freed heap memory up to this much is kept for reuse instead of returned at once.
+HEAP_KEPT_BYTES = 2**30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
 @lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc() -> Any:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to do
         return None
 
 
@@ -186,9 +195,27 @@ def release_freed_memory() -> None:
     activations, resampled volumes) stay in the resident set and the next case's peak stacks
     on them; ``malloc_trim`` returns them. It takes milliseconds and changes no result.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def keep_freed_memory_for_reuse() -> None:
+    """Let glibc keep freed memory for the next allocation instead of returning it at once
+    (process-wide; glibc only; changes no result).
+
+    glibc's defaults hand most freed blocks of a few MB back to the operating system, so the
+    next tensor of that size is page-faulted in again: in the ViT student's bf16 forward pass
+    the 18 MB activations cost about 15% of its time that way (docs/benchmarks.md, issue 31).
+    Here blocks below :data:`HEAP_BLOCKS_BELOW_BYTES` come from the heap and up to
+    :data:`HEAP_KEPT_BYTES` of freed heap stay for reuse; the Predictor still returns them
+    at the start of every case (:func:`release_freed_memory`), and larger blocks (HD-BET's
+    full-resolution activations) are still returned when freed.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCKS_BELOW_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT_BYTES)
 
 
 class Predictor:
@@ -249,6 +276,8 @@ class Predictor:
         self.deterministic = deterministic and self.device.type == "cpu"
         if deterministic:
             make_deterministic(self.device)
+        load_preparation(self.prep_config)
+        keep_freed_memory_for_reuse()
         encoder = getattr(model, "encoder", None)
         matmul_bound = bool(getattr(encoder, "is_vit", True))
         self.precision = resolve_precision(precision, self.device, matmul_bound)
@@ -345,6 +374,17 @@ class Predictor:
         return PredictionResult(probability=probability, label=int(probability >= self.threshold),
                                 threshold=self.threshold, timings=timings, mri=mri,
                                 device=str(self.device))
+
+
+def load_preparation(prep_config: Any) -> None:
+    """Pay the preparation's one-time costs now instead of in the first case: ANTs' import
+    (about 1 s) and the MNI template the registration uses (about 0.5 s, then cached). Called
+    by the Predictor after :func:`make_deterministic`, which ITK must see first."""
+    from AmyloidKDLib.preprocess import import_ants
+    from AmyloidKDLib.template import load_template
+
+    import_ants()
+    load_template(prep_config.registration.template_resolution)
 
 
 def _centiloid_readout_from(info: Any, prep_config: Any, checkpoint: Path):

@@ -243,6 +243,9 @@ def _hdbet_v1_mask(data_zyx: np.ndarray, spacing_zyx: tuple[float, ...], files: 
     mirrorings = [()]
     if tta:
         mirrorings = [tuple(axis for axis in (2, 3, 4) if code >> (axis - 2) & 1) for code in range(8)]
+    # fp32 on the CPU: full-resolution layers slab by slab (the same mask, less memory)
+    in_slabs = (device.type == "cpu" and not channels_last and not torch.is_autocast_enabled("cpu"))
+    forward = _slab_forward if in_slabs else _lean_forward
     total, count = None, 0
     for file in files:
         network.load_state_dict(torch.load(file, map_location=device, weights_only=True))
@@ -250,7 +253,7 @@ def _hdbet_v1_mask(data_zyx: np.ndarray, spacing_zyx: tuple[float, ...], files: 
         network.apply(SetNetworkToVal(False, False))
         with torch.inference_mode():
             for axes in mirrorings:
-                output = _lean_forward(network, torch.flip(inputs, axes) if axes else inputs)
+                output = forward(network, torch.flip(inputs, axes) if axes else inputs)
                 if axes:
                     output = torch.flip(output, axes)
                 output = output[0, :, :shape[0], :shape[1], :shape[2]].float().cpu().numpy()
@@ -288,6 +291,83 @@ def _lean_forward(network, x):
         x = conv(x)
         x = F.leaky_relu(norm(x), network.leakiness, inplace=True)
     return network.final_nonlin(network.seg_layer(x))
+
+
+#: z-planes per slab in :func:`_slab_forward` (plus a one-plane halo on each side).
+SLAB_PLANES = 8
+
+
+def _slab_forward(network, x, planes: int = SLAB_PLANES):
+    """:func:`_lean_forward` with the full-resolution layers run on slabs of ``planes`` z-planes
+    and their instance norms in place; fp32 on the CPU. The peak memory of the 1.5 mm
+    network falls by about 0.64 GB (docs/benchmarks.md, issue 31) and the output is the same:
+    bit for bit at full size on the build machine under both its kernel sets, and otherwise
+    within float rounding, as oneDNN may pick another kernel for a slab than for the whole
+    volume (tested: the same labels, probabilities within 1e-4).
+
+    At full resolution each 3-D convolution otherwise holds its input, its output and oneDNN's
+    reordered copies of both (0.3-0.6 GB each); per slab, only the slab's copies are extra. A
+    convolution sums over channels and kernel taps for each output voxel on its own, so a
+    slab with a one-plane halo computes the voxels of the whole-volume call, and the
+    instance norms still see the whole volume.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def conv(layer, source, out=None):
+        depth = source.shape[2]
+        if out is None:
+            out = source.new_empty((source.shape[0], layer.out_channels, *source.shape[2:]))
+        halo = layer.kernel_size[0] // 2
+        for start in range(0, depth, planes):
+            stop = min(start + planes, depth)
+            piece = source[:, :, max(start - halo, 0):min(stop + halo, depth)]
+            if halo:  # the zero padding of the whole volume, where the slab touches its ends
+                piece = F.pad(piece, (halo, halo, halo, halo, halo * (start == 0), halo * (stop == depth)))
+            out[:, :, start:stop] = F.conv3d(piece, layer.weight, layer.bias)
+        return out
+
+    def norm_leaky_(norm, tensor, slope, out=None):
+        # instance norm with the statistics of this volume (HD-BET's norms run in training
+        # mode), written in place: the kernel behind nn.InstanceNorm3d, without its copy
+        channels = tensor.shape[1]
+        out = tensor if out is None else out
+        torch.ops.aten.native_batch_norm.out(
+            tensor, norm.weight, norm.bias, None, None, True, 0.0, norm.eps, out=out,
+            save_mean=tensor.new_empty(channels), save_invstd=tensor.new_empty(channels))
+        return F.leaky_relu_(out, slope)
+
+    x = network.init_conv(x)
+    block = network.context1  # x + conv2(act(norm(conv1(act(norm(x)))))), as EncodingModule
+    y = norm_leaky_(block.bn_1, x, block.leakiness, out=torch.empty_like(x))
+    y = norm_leaky_(block.bn_2, conv(block.conv1, y), block.leakiness)
+    y = conv(block.conv2, y)
+    y += x
+    del x
+    skip1 = norm_leaky_(network.down1.bn, y, network.down1.leakiness)  # as DownsamplingModule
+    del y
+    x = network.down1.downsample(skip1)
+    skip2, x = network.down2(network.context2(x))
+    skip3, x = network.down3(network.context3(x))
+    skip4, x = network.down4(network.context4(x))
+    x = F.leaky_relu(network.bn_after_context5(network.context5(x)), network.leakiness, inplace=True)
+    for up, skip, localization in ((network.up1, skip4, network.loc1), (network.up2, skip3, network.loc2),
+                                   (network.up3, skip2, network.loc3)):
+        x = localization(torch.cat((skip, up(x)), dim=1))
+    del skip2, skip3, skip4, skip
+    # up4 writes into the second half of the concatenation with skip1 (no separate copy)
+    channels = skip1.shape[1]
+    both = skip1.new_empty((skip1.shape[0], 2 * channels, *skip1.shape[2:]))
+    both[:, :channels] = skip1
+    del skip1
+    upsampled = network.up4.upsample(x)
+    del x
+    conv(network.up4.upsample_conv, upsampled, out=both[:, channels:])
+    del upsampled
+    norm_leaky_(network.up4.bn, both[:, channels:], network.up4.leakiness)
+    for layer, norm in ((network.end_conv_1, network.end_conv_1_bn), (network.end_conv_2, network.end_conv_2_bn)):
+        both = norm_leaky_(norm, conv(layer, both), network.leakiness)
+    return network.final_nonlin(conv(network.seg_layer, both))
 
 
 @contextlib.contextmanager

@@ -9,14 +9,12 @@ Nothing is downloaded: the checkpoint folder holds everything the student needs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 
 from AmyloidKDLib.capability import autocast_for, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import CheckpointError, ConfigError
+from AmyloidKDLib.memory import keep_freed_memory_for_reuse, release_freed_memory
 from AmyloidKDLib.saliency import SaliencyConfig, SaliencyResult, saliency_volumes, slice_saliency
 from AmyloidKDLib.volume import Volume, load_volume
 
@@ -171,53 +170,6 @@ def deterministic_torch(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-#: glibc allocator settings while predicting (:func:`keep_freed_memory_for_reuse`): blocks
-#: below this size come from the heap ...
-HEAP_BLOCKS_BELOW_BYTES = 64 * 2**20
-#: ... and freed heap memory up to this much is kept for reuse instead of returned at once.
-HEAP_KEPT_BYTES = 2**30
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
-
-
-@lru_cache(maxsize=1)
-def _glibc() -> Any:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-    except OSError:  # not glibc (macOS, Windows, musl): nothing to do
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand memory that earlier cases freed back to the operating system (glibc only).
-
-    glibc keeps freed heap pages for reuse, so one case's large temporary arrays (HD-BET's
-    activations, resampled volumes) stay in the resident set and the next case's peak stacks
-    on them; ``malloc_trim`` returns them. It takes milliseconds and changes no result.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def keep_freed_memory_for_reuse() -> None:
-    """Let glibc keep freed memory for the next allocation instead of returning it at once
-    (process-wide; glibc only; changes no result).
-
-    glibc's defaults hand most freed blocks of a few MB back to the operating system, so the
-    next tensor of that size is page-faulted in again: in the ViT student's bf16 forward pass
-    the 18 MB activations cost about 15% of its time that way (docs/benchmarks.md, issue 31).
-    Here blocks below :data:`HEAP_BLOCKS_BELOW_BYTES` come from the heap and up to
-    :data:`HEAP_KEPT_BYTES` of freed heap stay for reuse; the Predictor still returns them
-    at the start of every case (:func:`release_freed_memory`), and larger blocks (HD-BET's
-    full-resolution activations) are still returned when freed.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCKS_BELOW_BYTES)
-        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT_BYTES)
-
-
 class Predictor:
     """A loaded student checkpoint that turns raw MRIs into predictions and saliency maps.
 
@@ -283,7 +235,10 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device, matmul_bound)
         #: torch threads for the model step: one for the small CNN student on the CPU
         self.model_threads = None if matmul_bound or self.device.type != "cpu" else 1
-        self.model = prepare_for_inference(model.to(self.device).eval(), self.precision)
+        # bf16 ViT layers below the Grad-CAM layer keep oneDNN's weight layout (same output);
+        # gradient x input needs gradients through them, so it keeps plain layers
+        pack = not saliency or self.saliency_config.method == "gradcam"
+        self.model = prepare_for_inference(model.to(self.device).eval(), self.precision, pack)
         self.centiloid_readout = _centiloid_readout_from(info, self.prep_config, self.checkpoint)
         self._parcellation = _readout_parcellation(self.centiloid_readout, self.checkpoint)
 

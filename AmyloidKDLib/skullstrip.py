@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from AmyloidKDLib.capability import DEVICES, cpu_has_native_bf16, resolve_device
 from AmyloidKDLib.errors import ConfigError, DependencyError, InputError
+from AmyloidKDLib.memory import release_freed_memory
 from AmyloidKDLib.volume import Volume, reorient_to_ras
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,10 @@ def _slab_forward(network, x, planes: int = SLAB_PLANES):
                                    (network.up3, skip2, network.loc3)):
         x = localization(torch.cat((skip, up(x)), dim=1))
     del skip2, skip3, skip4, skip
-    # up4 writes into the second half of the concatenation with skip1 (no separate copy)
+    # the lower levels' freed activations go back to the system before the peak (glibc keeps
+    # blocks under 64 MB for reuse, AmyloidKDLib.memory); up4 then writes into the second
+    # half of the concatenation with skip1 (no separate copy)
+    release_freed_memory()
     channels = skip1.shape[1]
     both = skip1.new_empty((skip1.shape[0], 2 * channels, *skip1.shape[2:]))
     both[:, :channels] = skip1

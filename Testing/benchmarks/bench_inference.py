@@ -79,20 +79,25 @@ def gemm_floor(dtype_name: str, repeats: int = 5) -> float:
     return 2.0 * m * k * n / best
 
 
-def model_flops(model, n_slices: int, image_size: int) -> float:
-    """FLOPs of one forward pass of ``model`` over one case (``n_slices`` slices), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions) on an fp32 copy
-    (the count does not depend on the dtype; bf16 students store bf16 weights). Call it after
-    the peak memory is read: the copy is as large as the model."""
-    import copy
-
+def model_flops(config, n_slices: int, image_size: int) -> float:
+    """FLOPs of one forward pass of the student ``config`` describes over one case (``n_slices``
+    slices), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions)
+    on a freshly built fp32 model with its LoRA merged, as the Predictor runs it: the count
+    depends on neither the weights nor the dtype, and
+    the Predictor's own model may hold packed bf16 weights that the counter cannot see. Call it
+    after the peak memory is read: the model is built anew."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from AmyloidKDLib.models import build_model
+    from AmyloidKDLib.models.precision import merge_lora_adapters
+
+    model = build_model(config).eval()
+    merge_lora_adapters(model)  # as the Predictor runs it: no separate adapter matmuls
     slices = torch.zeros(1, n_slices, 3, image_size, image_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        copy.deepcopy(model).float()(slices)
+        model(slices)
     return float(counter.get_total_flops())
 
 
@@ -188,7 +193,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
                          for s in steps[-1]}})
         del result, mri  # as in `amyloidkd predict`: a finished case is not kept during the next
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    flops = model_flops(predictor.model, config.n_slices, config.image_size)
+    flops = model_flops(config, config.n_slices, config.image_size)
     return {"prep": prep, "student": student, "encoder": config.encoder,
             "parameters": sum(p.numel() for p in predictor.model.parameters()),
             "load_checkpoint": load_seconds, "cases": cases, "peak_rss_gb": peak_kb / 2**20,

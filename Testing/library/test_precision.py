@@ -181,3 +181,38 @@ def test_bf16_stores_linear_weights_in_bf16_with_the_autocast_output(tmp_path):
     with torch.inference_mode(), autocast_for("bf16", torch.device("cpu")):
         expected, got = reference(slices).logits, stored(slices).logits
     assert torch.equal(got, expected)
+
+
+def test_packed_bf16_weights_give_the_same_logit_and_gradcam_maps(tmp_path):
+    """bf16 on the CPU: the Linear layers below the Grad-CAM block keep oneDNN's weight layout
+    (issue 31). The logit and every Grad-CAM map are the unpacked bf16 model's, bit for bit;
+    the Grad-CAM block keeps plain layers (its gradients are needed), the lower blocks have
+    none left. Where oneDNN cannot pack bf16 (AVX2-only CPUs, or ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2: "needs avx512bw/vl/dq or avx_ne_convert") nothing is packed and
+    the model is the plain one; bf16 is not chosen there anyway."""
+    from AmyloidKDLib.checkpoint import load_checkpoint
+    from AmyloidKDLib.models.precision import PackedBF16Linear, _packing_gives_the_same_output
+    from AmyloidKDLib.saliency import slice_saliency
+
+    model, _ = load_checkpoint(write_test_checkpoint(tmp_path / "student", seed=5), device="cpu")
+    with torch.no_grad():  # non-zero adapters, so that the merged weights are not the base ones
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    slices = torch.rand(model.config.n_slices, 3, model.config.image_size, model.config.image_size,
+                        generator=torch.Generator().manual_seed(3))
+    plain = prepare_for_inference(copy.deepcopy(model), "bf16")
+    packed = prepare_for_inference(copy.deepcopy(model), "bf16", pack_weights=True)
+    blocks = packed.encoder.trunk.blocks
+    can_pack = _packing_gives_the_same_output()
+    assert can_pack or not cpu_has_native_bf16()  # AVX512_BF16 CPUs have what oneDNN needs
+    for block in blocks[:-1]:
+        kinds = [type(m) for name, m in block.named_modules() if "lora_" not in name]
+        assert kinds.count(PackedBF16Linear) == (4 if can_pack else 0)  # qkv, proj, fc1, fc2
+        assert (torch.nn.Linear in kinds) == (not can_pack)
+    assert not any(isinstance(m, PackedBF16Linear) for m in blocks[-1].modules())
+    with autocast_for("bf16", torch.device("cpu")):
+        expected = slice_saliency(plain, slices, 1)
+        got = slice_saliency(packed, slices, 1)
+    assert got.logit == expected.logit
+    assert np.array_equal(got.maps, expected.maps) and expected.maps.max() > 0

@@ -187,6 +187,14 @@ def stored_axis_codes(path: str | os.PathLike) -> str:
     return "".join(nib.aff2axcodes(nib.load(str(path)).affine))
 
 
+def load_writers() -> None:
+    """Import what :func:`write_case_outputs` draws with (matplotlib's Agg canvas, about 0.3 s)
+    with the checkpoint, so that the first case costs what every later one does. Not at module
+    import: every ``amyloidkd`` command imports this module to build its parser."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+
 def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RAS") -> list[Path]:
     """Write one case's saliency NIfTIs, label map and overview PNG; return their paths.
 
@@ -363,6 +371,7 @@ def _predict_task(work: tuple) -> dict:
     key = tuple(sorted(options.items()))
     if key not in _PREDICTORS:
         _PREDICTORS[key] = Predictor(**options)
+        load_writers()
     started = time.perf_counter()
     predict_one(item, _PREDICTORS[key], Path(out_dir), row, allow_coarse=allow_coarse,
                 allow_missing_orientation=allow_missing_orientation)
@@ -422,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
     deterministic = getattr(args, "deterministic", True)
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
                           precision=args.precision, deterministic=deterministic)
+    load_writers()
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
                "allow_missing_orientation": args.allow_missing_orientation,
                "precision": args.precision}

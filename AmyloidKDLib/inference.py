@@ -192,6 +192,10 @@ class Predictor:
             probability and 0.98 in saliency correlation on the test cases
             (``Testing/library/test_precision.py``).
 
+    Loading also pays the preparation's one-time costs (ANTs' import, the MNI template:
+    :func:`load_preparation`) and sets glibc to keep freed blocks under 64 MB for reuse, for
+    the whole process (:func:`AmyloidKDLib.memory.keep_freed_memory_for_reuse`).
+
     Raises:
         CheckpointError: missing/damaged checkpoint, or one that is not a student.
         ConfigError: bad device or skull-strip choice.

@@ -5,12 +5,14 @@ the student's activations. glibc's defaults return some freed blocks to the oper
 at once (the next allocation of that size is page-faulted in again) and keep others in the
 heap (they stay in the resident set while the next step allocates more). The two calls here
 set the balance: keep blocks below 64 MB for reuse, and return kept memory where a step's
-peak is about to come. Neither changes any result.
+peak is about to come. A third keeps the loaded model's Python objects out of the garbage
+collector's full passes. None of them changes any result.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 from functools import lru_cache
 from typing import Any
 
@@ -59,3 +61,18 @@ def keep_freed_memory_for_reuse() -> None:
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCKS_BELOW_BYTES)
         libc.mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT_BYTES)
+
+
+def freeze_loaded_objects() -> None:
+    """Leave everything loaded so far out of Python's later garbage collections (``gc.freeze``,
+    after one last collection). For a command that has loaded its model and will now run case
+    after case; not for a library call (it changes the caller's process).
+
+    The imports and a loaded student hold about 650,000 objects that live to the end. Each full
+    collection walks all of them: 0.34 s on the 2-core build machine, landing in whichever step
+    of a case crossed the collector's threshold (it doubled the first case's output writing in
+    bench_inference). Objects made later are collected as before; a reference cycle among the
+    frozen objects is never freed.
+    """
+    gc.collect()
+    gc.freeze()

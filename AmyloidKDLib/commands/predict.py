@@ -29,6 +29,7 @@ from AmyloidKDLib import executor
 from AmyloidKDLib.atomic import is_disk_full, write_json_atomic, write_text_atomic
 from AmyloidKDLib.errors import InputError
 from AmyloidKDLib.layouts import case_name, collect_image_cases  # noqa: F401  (case_name: public API)
+from AmyloidKDLib.memory import freeze_loaded_objects
 from AmyloidKDLib.volume import check_volume, reorient_for_storage, save_volume
 
 log = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ def _predict_task(work: tuple) -> dict:
     if key not in _PREDICTORS:
         _PREDICTORS[key] = Predictor(**options)
         load_writers()
+        freeze_loaded_objects()
     started = time.perf_counter()
     predict_one(item, _PREDICTORS[key], Path(out_dir), row, allow_coarse=allow_coarse,
                 allow_missing_orientation=allow_missing_orientation)
@@ -432,6 +434,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
                           precision=args.precision, deterministic=deterministic)
     load_writers()
+    freeze_loaded_objects()  # the model's objects stay out of later full collections
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
                "allow_missing_orientation": args.allow_missing_orientation,
                "precision": args.precision}

@@ -7,7 +7,8 @@ input, coarse registration at 2 mm). Inputs are phantom subjects at 1 mm: with a
 ``paper``, skull-free for ``fast``. Every configuration runs in a fresh process, so its peak
 RSS and its cold start are its own. "load" is what `amyloidkd predict` does once per run: the
 checkpoint, and the one-time imports and template read of the preparation and the output writers
-(ANTs, the MNI template, matplotlib; about 2 s). The other columns are per case: what every case of
+(ANTs, the MNI template, matplotlib; about 2 s) and freezing the loaded objects out of later
+garbage collections, as the command does. The other columns are per case: what every case of
 a batch costs, the first one included. Peak RSS covers the whole process, load included.
 
     python Testing/benchmarks/bench_inference.py [--threads 2] [--cases 1]
@@ -134,6 +135,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     warnings.simplefilter("ignore")
     from AmyloidKDLib.checkpoint import save_checkpoint
     from AmyloidKDLib.commands.predict import case_name, load_writers, write_case_outputs
+    from AmyloidKDLib.memory import freeze_loaded_objects
     from AmyloidKDLib.inference import Predictor
     from AmyloidKDLib.models import ModelConfig, build_model
     from AmyloidKDLib.pipeline import PrepConfig
@@ -162,6 +164,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     predictor = Predictor(checkpoint, device="cpu", deterministic=deterministic,
                           precision=precision)
     load_writers()  # as `amyloidkd predict` does once, with the checkpoint
+    freeze_loaded_objects()
     load_seconds = time.perf_counter() - start
     floors = {"fp32": gemm_floor("fp32")}
     from AmyloidKDLib.capability import cpu_has_native_bf16

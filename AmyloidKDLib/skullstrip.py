@@ -268,6 +268,23 @@ def _hdbet_v1_mask(data_zyx: np.ndarray, spacing_zyx: tuple[float, ...], files: 
     return padorcut(resize_image(segmentation, grid, spacing_zyx, order=0), data_zyx.shape) > 0
 
 
+def _lower_levels(network, x):
+    """HD-BET v1 below full resolution, shared by both forwards: from the first downsampling's
+    output up to ``loc3``'s (half resolution again); each skip connection is released when
+    this returns, before the full-resolution layers run."""
+    import torch
+    import torch.nn.functional as F
+
+    skip2, x = network.down2(network.context2(x))
+    skip3, x = network.down3(network.context3(x))
+    skip4, x = network.down4(network.context4(x))
+    x = F.leaky_relu(network.bn_after_context5(network.context5(x)), network.leakiness, inplace=True)
+    for up, skip, localization in ((network.up1, skip4, network.loc1), (network.up2, skip3, network.loc2),
+                                   (network.up3, skip2, network.loc3)):
+        x = localization(torch.cat((skip, up(x)), dim=1))
+    return x
+
+
 def _lean_forward(network, x):
     """HD-BET v1's ``Network.forward`` (without deep supervision): the same modules in the same
     order, so the same output, but each activation is released as soon as it has been used.
@@ -278,14 +295,7 @@ def _lean_forward(network, x):
 
     x = network.context1(network.init_conv(x))
     skip1, x = network.down1(x)
-    skip2, x = network.down2(network.context2(x))
-    skip3, x = network.down3(network.context3(x))
-    skip4, x = network.down4(network.context4(x))
-    x = F.leaky_relu(network.bn_after_context5(network.context5(x)), network.leakiness, inplace=True)
-    for up, skip, localization in ((network.up1, skip4, network.loc1), (network.up2, skip3, network.loc2),
-                                   (network.up3, skip2, network.loc3)):
-        x = localization(torch.cat((skip, up(x)), dim=1))
-    del skip2, skip3, skip4, skip
+    x = _lower_levels(network, x)
     x = torch.cat((skip1, network.up4(x)), dim=1)
     del skip1
     for conv, norm in ((network.end_conv_1, network.end_conv_1_bn), (network.end_conv_2, network.end_conv_2_bn)):
@@ -347,15 +357,7 @@ def _slab_forward(network, x, planes: int = SLAB_PLANES):
     del x
     skip1 = norm_leaky_(network.down1.bn, y, network.down1.leakiness)  # as DownsamplingModule
     del y
-    x = network.down1.downsample(skip1)
-    skip2, x = network.down2(network.context2(x))
-    skip3, x = network.down3(network.context3(x))
-    skip4, x = network.down4(network.context4(x))
-    x = F.leaky_relu(network.bn_after_context5(network.context5(x)), network.leakiness, inplace=True)
-    for up, skip, localization in ((network.up1, skip4, network.loc1), (network.up2, skip3, network.loc2),
-                                   (network.up3, skip2, network.loc3)):
-        x = localization(torch.cat((skip, up(x)), dim=1))
-    del skip2, skip3, skip4, skip
+    x = _lower_levels(network, network.down1.downsample(skip1))
     # the lower levels' freed activations go back to the system before the peak (glibc keeps
     # blocks under 64 MB for reuse, AmyloidKDLib.memory); up4 then writes into the second
     # half of the concatenation with skip1 (no separate copy)

@@ -188,12 +188,17 @@ def stored_axis_codes(path: str | os.PathLike) -> str:
     return "".join(nib.aff2axcodes(nib.load(str(path)).affine))
 
 
-def load_writers() -> None:
-    """Import what :func:`write_case_outputs` draws with (matplotlib's Agg canvas, about 0.3 s)
-    with the checkpoint, so that the first case costs what every later one does. Not at module
-    import: every ``amyloidkd`` command imports this module to build its parser."""
+def ready_for_cases() -> None:
+    """Once the checkpoint is loaded, before the first case: import what
+    :func:`write_case_outputs` draws with (matplotlib's Agg canvas, about 0.3 s; not at module
+    import, as every ``amyloidkd`` command imports this module to build its parser), then
+    freeze everything loaded out of later full garbage collections
+    (:func:`AmyloidKDLib.memory.freeze_loaded_objects`). The first case then costs what every
+    later one does."""
     import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
+
+    freeze_loaded_objects()
 
 
 def write_case_outputs(result, out_dir: Path, case: str, storage_code: str = "RAS") -> list[Path]:
@@ -372,8 +377,7 @@ def _predict_task(work: tuple) -> dict:
     key = tuple(sorted(options.items()))
     if key not in _PREDICTORS:
         _PREDICTORS[key] = Predictor(**options)
-        load_writers()
-        freeze_loaded_objects()
+        ready_for_cases()
     started = time.perf_counter()
     predict_one(item, _PREDICTORS[key], Path(out_dir), row, allow_coarse=allow_coarse,
                 allow_missing_orientation=allow_missing_orientation)
@@ -433,8 +437,7 @@ def run(args: argparse.Namespace) -> int:
     deterministic = getattr(args, "deterministic", True)
     predictor = Predictor(args.checkpoint, device=args.device, skull_strip=args.skull_strip,
                           precision=args.precision, deterministic=deterministic)
-    load_writers()
-    freeze_loaded_objects()  # the model's objects stay out of later full collections
+    ready_for_cases()
     options = {"skull_strip": args.skull_strip, "allow_coarse": args.allow_coarse,
                "allow_missing_orientation": args.allow_missing_orientation,
                "precision": args.precision}

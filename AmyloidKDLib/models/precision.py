@@ -132,7 +132,7 @@ def pack_linear_weights_below_gradcam_layer(model: nn.Module) -> int:
             if "lora_" in parent_name:  # merged adapters' own layers are never called
                 continue
             for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear and not name.startswith("lora_"):
+                if type(child) is nn.Linear:
                     setattr(parent, name, PackedBF16Linear(child))
                     packed += 1
     return packed

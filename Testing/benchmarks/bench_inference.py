@@ -86,10 +86,10 @@ def gemm_floor(dtype_name: str, repeats: int = 20) -> float:
 def model_flops(config, n_slices: int, image_size: int) -> float:
     """FLOPs of one forward pass of the student ``config`` describes over one case (``n_slices``
     slices), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions)
-    on a freshly built fp32 model with its LoRA merged, as the Predictor runs it: the count
-    depends on neither the weights nor the dtype, and
-    the Predictor's own model may hold packed bf16 weights that the counter cannot see. Call it
-    after the peak memory is read: the model is built anew."""
+    on a freshly built fp32 model with its LoRA merged, as the Predictor runs it. The count
+    depends on neither the weights nor the dtype, and the Predictor's own model may hold packed
+    bf16 weights that the counter cannot see. Call it after the peak memory is read: the model
+    is built anew."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -134,8 +134,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
     from AmyloidKDLib.checkpoint import save_checkpoint
-    from AmyloidKDLib.commands.predict import case_name, load_writers, write_case_outputs
-    from AmyloidKDLib.memory import freeze_loaded_objects
+    from AmyloidKDLib.commands.predict import case_name, ready_for_cases, write_case_outputs
     from AmyloidKDLib.inference import Predictor
     from AmyloidKDLib.models import ModelConfig, build_model
     from AmyloidKDLib.pipeline import PrepConfig
@@ -163,8 +162,7 @@ def run_one(prep: str, student: str, inputs: list[str], work: Path, threads: int
     start = time.perf_counter()
     predictor = Predictor(checkpoint, device="cpu", deterministic=deterministic,
                           precision=precision)
-    load_writers()  # as `amyloidkd predict` does once, with the checkpoint
-    freeze_loaded_objects()
+    ready_for_cases()  # as `amyloidkd predict` does once, with the checkpoint
     load_seconds = time.perf_counter() - start
     floors = {"fp32": gemm_floor("fp32")}
     from AmyloidKDLib.capability import cpu_has_native_bf16

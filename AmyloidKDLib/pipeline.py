@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -200,10 +201,46 @@ def load_prepared(folder: str | os.PathLike) -> PreparedCase:
         steps=record["steps"], cache_key=record.get("key", ""))
 
 
+def _writer_prefix(folder: Path, pid: int | None = None) -> str:
+    """Name prefix of this host's process ``pid``'s (default: this one's) temporaries of ``folder``."""
+    return f".{folder.name}.{socket.gethostname()}-{os.getpid() if pid is None else pid}."
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but belongs to someone else
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden temporaries of ``folder`` whose writer, a process on this host, is gone;
+    return them. A worker killed while writing a case (SIGKILL: no cleanup runs) leaves its
+    temporary behind; the next writer of that case removes it here. Writers on other hosts
+    (a cluster on a shared disk) and live ones are never touched; on Windows, where signal 0
+    is not a liveness check, nothing is removed."""
+    if os.name != "posix" or not folder.parent.is_dir():
+        return []
+    mine = _writer_prefix(folder)
+    host_prefix = mine[:mine.rindex("-") + 1]
+    removed = []
+    for path in folder.parent.iterdir():
+        pid = path.name[len(host_prefix):].split(".", 1)[0]
+        if path.name.startswith(host_prefix) and pid.isdigit() and _process_is_gone(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _write_folder(case: PreparedCase, folder: Path) -> Path:
-    # The case, complete, in a new hidden folder beside ``folder`` (removed again on failure).
+    # The case, complete, in a new hidden folder beside ``folder`` (removed again on failure),
+    # named after this host and process so that a killed writer's leftover can be recognised.
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    remove_stale_temporaries(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=_writer_prefix(folder), dir=folder.parent))
     try:
         _save(case, tmp)
     except BaseException:

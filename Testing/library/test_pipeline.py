@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -152,3 +153,33 @@ def test_preprocess_command_runs_a_manifest_and_reports_failed_cases(prepared, s
     assert {"mri.nii.gz", "mask.nii.gz", "pet.nii.gz", "steps.json"} <= {p.name for p in good.iterdir()}
     np.testing.assert_array_equal(load_volume(good / "pet.nii.gz", "PET").data, prepared.pet.data)
     assert load_volume(good / "mri.nii.gz").shape == load_template(2).shape
+
+
+def test_saving_a_case_removes_the_temporary_a_killed_writer_left_and_keeps_live_ones(prepared, tmp_path):
+    """A worker SIGKILLed while writing a case leaves its hidden temporary folder (no cleanup
+    can run). The next save of that case removes it when its writer (named in the folder) is a
+    process of this host that is gone; a live writer's temporary and another host's are kept."""
+    import socket
+    import subprocess
+    import sys
+
+    from AmyloidKDLib.pipeline import load_prepared, save_prepared
+
+    folder = tmp_path / "out" / "case01"
+    folder.parent.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname()
+    dead = folder.parent / f".case01.{host}-{dead_pid}.abc123"
+    live = folder.parent / f".case01.{host}-{os.getppid()}.def456"
+    elsewhere = folder.parent / f".case01.other-host-{dead_pid}.ghi789"
+    for path in (dead, live, elsewhere):
+        path.mkdir()
+        (path / "mri.nii.gz").write_bytes(b"half")
+    save_prepared(prepared, folder)
+    assert not dead.exists()
+    assert live.exists() and elsewhere.exists()
+    np.testing.assert_array_equal(load_prepared(folder).mri.data, prepared.mri.data)
+    leftovers = sorted(p.name for p in folder.parent.iterdir())
+    assert leftovers == sorted([folder.name, live.name, elsewhere.name])  # ours was renamed in
